@@ -1,0 +1,232 @@
+"""The ``napari-unet`` command: train, predict, info. Needs no display."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other bad input
+        raise _UsageError(message)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"the time budget must be a positive number of seconds, got {text}")
+    return value
+
+
+def _tile(text):
+    if text.lower() in ("none", "whole", "0"):
+        if text == "0":
+            raise argparse.ArgumentTypeError("tile size 0 is not valid: give a size such as 512, or 'none' for "
+                                             "one pass over the whole image")
+        return None
+    if text.lower() == "auto":
+        return "auto"
+    parts = text.lower().split("x")
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a tile size like 512, 64x256x256, 'auto' or 'none', got {text!r}") from None
+    if any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"tile sizes must be positive, got {text}")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="napari-unet", description="Train a UNet on annotations and segment microscopy images.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model from images and labels")
+    t.add_argument("-i", "--image", action="append", required=True, help="image file (.tif/.zarr/.npy); repeat for more")
+    t.add_argument("-l", "--labels", action="append", required=True, help="labels file, one per image")
+    t.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.pt)")
+    t.add_argument("--mode", choices=["semantic", "instance"], default="semantic",
+                   help="semantic: sparse strokes (0 = not annotated, 1 = background, 2.. = classes); "
+                        "instance: dense masks (0 = background, each id one object)")
+    t.add_argument("--dims", type=int, choices=[2, 3], default=2)
+    t.add_argument("--depth", type=_positive_int, default=4)
+    t.add_argument("--base-channels", type=_positive_int, default=32)
+    t.add_argument("--time-budget", type=_seconds, default=None, help="seconds of training (default 60)")
+    t.add_argument("--epochs", type=_positive_int, default=None)
+    t.add_argument("--init", default=None, help="model file to continue training from (fine-tuning)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--channel-axis", type=int, default=None, help="axis of the image holding channels")
+
+    r = sub.add_parser("predict", help="segment an image with a trained model")
+    r.add_argument("model", help="model file")
+    r.add_argument("input", help="image file (.tif/.zarr/.npy)")
+    r.add_argument("-o", "--output", required=True, help="labels file to write (.tif/.zarr/.npy)")
+    r.add_argument("--probabilities", default=None, help="also write class probabilities here")
+    r.add_argument("--tile", type=_tile, default="auto", help="tile size (e.g. 512 or 32x256x256), 'auto' or 'none'")
+    r.add_argument("--batch-size", type=_positive_int, default=None)
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    r.add_argument("--channel-axis", type=int, default=None)
+
+    n = sub.add_parser("info", help="describe a model file")
+    n.add_argument("model")
+    return p
+
+
+def _train(args):
+    import numpy as np
+
+    from .io import read_image
+    from .modelfile import load_model, save_model
+    from .train import iter_train
+
+    if len(args.image) != len(args.labels):
+        raise ValueError(f"got {len(args.image)} image(s) but {len(args.labels)} labels file(s): give one -l per -i")
+    out = Path(args.output)
+    if not out.parent.exists():
+        raise FileNotFoundError(f"the output folder {str(out.parent)!r} does not exist")
+    if out.is_dir():
+        raise ValueError(f"{str(out)!r} is a folder: give a model file name such as model.pt")
+    images = [read_image(p) for p in args.image]
+    labels = [np.asarray(read_image(p)) for p in args.labels]
+    init = load_model(args.init) if args.init else None
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping: finishing the current step and saving the best model so far "
+              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        last = None
+        for event in iter_train(images, labels, mode=args.mode, dims=args.dims, depth=args.depth,
+                                base_channels=args.base_channels, time_budget=args.time_budget,
+                                epochs=args.epochs, init=init, device=args.device, seed=args.seed,
+                                channel_axis=args.channel_axis, stop=stop):
+            last = event
+            if event.kind == "start":
+                print(event.message, file=sys.stderr, flush=True)
+            elif event.kind == "validation":
+                print(f"step {event.step:5d}  {event.elapsed:6.1f} s  loss {event.loss:.4f}  "
+                      f"validation {event.val_loss:.4f}", file=sys.stderr, flush=True)
+            elif event.kind == "step" and event.step % 20 == 0:
+                print(f"step {event.step:5d}  {event.elapsed:6.1f} s  loss {event.loss:.4f}",
+                      file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    save_model(last.model, out)
+    print(f"{last.message}; model saved to {out}", file=sys.stderr)
+    return 0
+
+
+def _predict(args):
+    from .io import OutputFile, check_output_path, read_image
+    from .modelfile import load_model
+    from .predict import iter_predict, plan_prediction
+
+    model = load_model(args.model)
+    image = read_image(args.input)
+    outputs = [Path(args.output)] + ([Path(args.probabilities)] if args.probabilities else [])
+    for o in outputs:
+        check_output_path(o)
+        if o.resolve() == Path(args.input).resolve():
+            raise ValueError(f"the output {str(o)!r} is the input image: choose another output path")
+    if args.probabilities and Path(args.probabilities).resolve() == Path(args.output).resolve():
+        raise ValueError("--probabilities and -o name the same file")
+    kwargs = dict(tile=args.tile, batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis)
+    plan = plan_prediction(model, image, output="labels", **kwargs)  # all checks before any file is created
+    with OutputFile(args.output, plan.shape, plan.dtype) as labels_out:
+        print(plan.describe(), file=sys.stderr, flush=True)
+        _drain_predict(iter_predict(model, image, output="labels", out=labels_out.array, **kwargs))
+        if args.probabilities:
+            with OutputFile(args.probabilities, (model.num_classes,) + plan.shape, "float32") as prob_out:
+                _drain_predict(iter_predict(model, image, output="probabilities", out=prob_out.array, **kwargs))
+    print(f"labels written to {args.output}" + (f", probabilities to {args.probabilities}" if args.probabilities else ""),
+          file=sys.stderr)
+    return 0
+
+
+def _drain_predict(events):
+    shown = -1
+    for event in events:
+        pct = int(event.fraction * 100)
+        if pct // 10 > shown // 10:
+            shown = pct
+            print(f"  {pct:3d}%  {event.elapsed:6.1f} s", file=sys.stderr, flush=True)
+
+
+def _info(args):
+    from .modelfile import load_model
+
+    print(load_model(args.model).describe())
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``napari-unet`` command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.version:
+            from . import __version__
+
+            print(__version__)
+            return 0
+        if args.command is None:
+            parser.print_help()
+            return EXIT_BAD_INPUT
+        return {"train": _train, "predict": _predict, "info": _info}[args.command](args)
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError as exc:
+        print(f"error: {_one_line(exc) or 'out of memory'}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # anything unexpected: still one line, but say it is a failure, not bad input
+        print(f"error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _one_line(exc) -> str:
+    text = str(exc)
+    if isinstance(exc, (FileNotFoundError, PermissionError)) and exc.filename and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename!r}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

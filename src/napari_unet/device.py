@@ -1,0 +1,61 @@
+"""Choosing the torch device and the mixed-precision settings that go with it."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+__all__ = ["resolve_device", "autocast", "amp_dtype"]
+
+_VALID = "auto, cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(device="auto") -> torch.device:
+    """Turn ``"auto"`` (cuda, then mps, then cpu) or a device name into a `torch.device`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, or a device this machine does not have.
+    """
+    if isinstance(device, torch.device):
+        name = str(device)
+    elif isinstance(device, str):
+        name = device.strip().lower()
+    else:
+        raise TypeError(f"device must be a string ({_VALID}), got {type(device).__name__}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {device!r}: use {_VALID}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {device!r}: use {_VALID}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available here: use --device cpu "
+                         "or install a CUDA build of torch")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} was asked for but MPS is not available here: use --device cpu")
+    return dev
+
+
+def amp_dtype(device: torch.device):
+    """The autocast dtype for a device: bf16 on GPUs that support it, fp16 on older ones, None on CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """Mixed precision on GPU; a no-op elsewhere (CPU autocast is slower for convolutions)."""
+    dtype = amp_dtype(device)
+    if not enabled or dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,264 @@
+"""Reading and writing images lazily (tif, zarr, npy), with outputs that are never left half-written."""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["FORMATS", "read_image", "allocate", "check_output_path", "OutputFile", "write_image", "available_memory",
+           "INCOMPLETE_ATTR"]
+
+FORMATS = (".tif", ".tiff", ".zarr", ".npy")
+INCOMPLETE_ATTR = "napari_unet_incomplete"
+# TIFFs up to this size are read into memory; larger ones stay on disk (memmap or zarr view)
+EAGER_TIFF_BYTES = 256 * 2**20
+
+
+def _suffix(path) -> str:
+    name = str(path).rstrip("/\\").lower()
+    for ext in FORMATS:
+        if name.endswith(ext):
+            return ext
+    return Path(name).suffix
+
+
+def _check_format(path, what: str) -> str:
+    ext = _suffix(path)
+    if ext not in FORMATS:
+        raise ValueError(f"unknown {what} format {ext or '(no extension)'!r} for {str(path)!r}: use .tif, .tiff, "
+                         ".zarr or .npy")
+    return ext
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable on Linux; a guess elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def allocate(shape, dtype, fraction: float = 0.8) -> np.ndarray:
+    """``np.zeros`` that refuses, with advice, to take more than ``fraction`` of the available memory."""
+    nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    avail = available_memory()
+    if nbytes > fraction * avail:
+        raise MemoryError(
+            f"the result ({nbytes / 2**30:.1f} GiB, shape {tuple(shape)}) does not fit in the available memory "
+            f"({avail / 2**30:.1f} GiB): write it to disk instead (out= a zarr array, or an output path ending "
+            ".zarr on the command line)")
+    return np.zeros(shape, dtype)
+
+
+def read_image(path, *, lazy: bool = True):
+    """Open an image file as an array, without loading big files whole.
+
+    ``.npy`` is memory-mapped; ``.zarr`` opens the array (the first level of an OME-Zarr multiscale
+    group); ``.tif`` is memory-mapped when stored contiguously, otherwise read through a zarr view when
+    large, or read whole when small.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the path does not exist.
+    ValueError
+        If the file is not a readable image of a known format, or is an interrupted output.
+    """
+    p = Path(path)
+    ext = _check_format(p, "image")
+    if not p.exists():
+        raise FileNotFoundError(f"{str(path)!r} does not exist")
+    try:
+        if ext == ".npy":
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        elif ext == ".zarr":
+            arr = _open_zarr(p)
+        else:
+            arr = _open_tiff(p, lazy)
+    except (FileNotFoundError, ValueError, MemoryError):
+        raise
+    except Exception as exc:  # every reader has its own exception types; say which file is bad
+        raise ValueError(f"cannot read {str(path)!r} as {ext[1:]}: {_one_line(exc)}") from exc
+    if np.dtype(arr.dtype).kind not in "biuf":
+        raise ValueError(f"{str(path)!r} holds {arr.dtype} data: only numbers can be segmented")
+    if 0 in arr.shape or arr.ndim < 2:
+        raise ValueError(f"{str(path)!r} holds an array of shape {tuple(arr.shape)}: an image needs at least "
+                         "two non-empty axes")
+    return arr
+
+
+def _one_line(exc) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _open_tiff(p: Path, lazy: bool):
+    import tifffile
+
+    with tifffile.TiffFile(p) as tif:
+        series = tif.series[0]
+        nbytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
+    if not lazy or nbytes <= EAGER_TIFF_BYTES:
+        return tifffile.imread(p)
+    try:
+        return tifffile.memmap(p, mode="r")
+    except ValueError:  # compressed or tiled: read through zarr, chunk by chunk
+        import zarr
+
+        store = tifffile.imread(p, aszarr=True)
+        return zarr.open(store, mode="r")
+
+
+def _open_zarr(p: Path):
+    import zarr
+
+    node = zarr.open(str(p), mode="r")
+    if INCOMPLETE_ATTR in node.attrs:
+        raise ValueError(f"{str(p)!r} is an interrupted output (marked incomplete): run the prediction again")
+    if hasattr(node, "shape"):
+        return node
+    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if multiscales:
+        return node[multiscales[0]["datasets"][0]["path"]]
+    arrays = list(node.array_keys())
+    if len(arrays) == 1:
+        return node[arrays[0]]
+    raise ValueError(f"{str(p)!r} is a zarr group with {len(arrays)} arrays: point to one of them "
+                     f"({', '.join(arrays[:5])})")
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+
+
+def _replace(tmp: Path, dest: Path):
+    """Move ``tmp`` onto ``dest``; an existing directory (zarr) is swapped out, then removed."""
+    if dest.is_dir() and not dest.is_symlink():
+        old = _tmp_name(dest).with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
+def _remove(path: Path):
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def check_output_path(path) -> Path:
+    """Raise a clear error for an output path that cannot be written (format, folder, file/folder clash)."""
+    path = Path(path)
+    ext = _check_format(path, "output")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"the output folder {str(path.parent)!r} does not exist")
+    if path.exists() and path.is_dir() != (ext == ".zarr"):
+        raise ValueError(f"{str(path)!r} exists and is a {'folder' if path.is_dir() else 'file'}: "
+                         "choose another output path")
+    return path
+
+
+class OutputFile:
+    """An output written piece by piece under a temporary name, put in place only by `commit`.
+
+    Use as a context manager: leaving the block with an exception (Ctrl-C included) removes the partial
+    file and leaves any existing file at ``path`` untouched.
+
+    Parameters
+    ----------
+    path : path
+        Final location (.tif/.tiff, .zarr, .npy).
+    shape, dtype :
+        Of the array to write.
+    chunks : tuple, optional
+        zarr chunks (default: whole trailing two axes per chunk, at most 1024 px each side).
+
+    Attributes
+    ----------
+    array : array-like
+        Write results into it (``array[region] = values``).
+    """
+
+    def __init__(self, path, shape, dtype, chunks=None):
+        self.path = check_output_path(path)
+        self.ext = _suffix(self.path)
+        self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        self.tmp = _tmp_name(self.path)
+        self._scratch = None
+        if self.ext == ".zarr":
+            import zarr
+
+            if chunks is None:
+                chunks = tuple([1] * (len(shape) - 2) + [min(s, 1024) for s in shape[-2:]])
+            self.array = zarr.open_array(str(self.tmp), mode="w", shape=self.shape, chunks=chunks,
+                                         dtype=self.dtype, fill_value=0)
+            self.array.attrs[INCOMPLETE_ATTR] = True
+        elif self.ext == ".npy":
+            self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=self.shape)
+        else:  # TIFF pages are written in order at commit; fill a scratch memmap first
+            self._scratch = self.tmp.with_name(self.tmp.name + ".npy")
+            self.array = np.lib.format.open_memmap(self._scratch, mode="w+", dtype=self.dtype, shape=self.shape)
+
+    def commit(self):
+        """Finish the file and move it into place (replacing an existing one only now)."""
+        if self.ext == ".zarr":
+            del self.array.attrs[INCOMPLETE_ATTR]
+        elif self.ext == ".npy":
+            self.array.flush()
+            del self.array
+        else:
+            import tifffile
+
+            self.array.flush()
+            data = self.array
+            planes = data.reshape((-1,) + data.shape[-2:]) if data.ndim > 2 else data[None]
+            big = data.nbytes > 2**32 - 2**25
+            with tifffile.TiffWriter(self.tmp, bigtiff=big) as tw:
+                tw.write(iter(planes), shape=data.shape, dtype=data.dtype, photometric="minisblack",
+                         metadata={"axes": {2: "YX", 3: "ZYX", 4: "TZYX"}.get(data.ndim, None)})
+            del self.array, data, planes
+            _remove(self._scratch)
+        _replace(self.tmp, self.path)
+
+    def abort(self):
+        """Remove the partial output; the destination is left as it was."""
+        self.array = None
+        _remove(self.tmp)
+        if self._scratch is not None:
+            _remove(self._scratch)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+
+def write_image(path, array):
+    """Write an in-memory or lazy array to ``path`` atomically (plane by plane for lazy arrays)."""
+    with OutputFile(path, np.shape(array), array.dtype) as f:
+        if np.ndim(array) > 2:
+            for i in np.ndindex(*np.shape(array)[:-2]):
+                f.array[i] = np.asarray(array[i])
+        else:
+            f.array[...] = np.asarray(array)

@@ -1,0 +1,96 @@
+"""Model files: one file with weights, architecture, normalization, mode and classes.
+
+Files are written with `torch.save` and read with ``torch.load(weights_only=True)``, which refuses any
+pickled object other than tensors and plain containers: loading a shared file never runs its code. The
+configuration is stored as JSON text.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .model import Model, network_from_config
+
+__all__ = ["save_model", "load_model", "MAGIC"]
+
+MAGIC = "napari-unet-model"
+SUPPORTED_VERSIONS = (1,)
+_REQUIRED = ("dims", "depth", "base_channels", "in_channels", "num_classes", "mode", "class_ids",
+             "norm_low", "norm_high")
+
+
+def save_model(model: Model, path) -> Path:
+    """Save a model to one file, atomically (an existing file is replaced only when the new one is complete).
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"save_model takes a napari_unet Model, got {type(model).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder: give a file name such as model.pt")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"the folder {str(path.parent)!r} does not exist")
+    payload = {
+        "format": MAGIC,
+        "format_version": 1,
+        "config": json.dumps(model.config),
+        "history": json.dumps(model.history),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()},
+    }
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_model(path) -> Model:
+    """Load a model file safely (no code from the file is executed).
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ValueError
+        If the file is not a napari-unet model, is damaged, or was written by a newer version.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder, not a model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip/EOF errors, refused globals: all mean "not a model we can trust"
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if "Unsupported global" in str(exc) or "not an allowed global" in str(exc).lower():
+            reason = "it contains executable Python objects, which are never loaded"
+        raise ValueError(f"{str(path)!r} is not a napari-unet model file or is damaged ({reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MAGIC:
+        raise ValueError(f"{str(path)!r} is not a napari-unet model file (it may be a plain PyTorch checkpoint)")
+    if payload.get("format_version") not in SUPPORTED_VERSIONS:
+        raise ValueError(f"{str(path)!r} was written by a newer napari-unet (format version "
+                         f"{payload.get('format_version')}): upgrade napari-unet")
+    try:
+        config = json.loads(payload["config"])
+        history = json.loads(payload.get("history", "[]"))
+        missing = [k for k in _REQUIRED if k not in config]
+        if missing:
+            raise KeyError(", ".join(missing))
+        network = network_from_config(config)
+        network.load_state_dict(payload["state_dict"], strict=True)
+    except Exception as exc:
+        raise ValueError(f"{str(path)!r} is a damaged napari-unet model file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    network.eval()
+    return Model(network=network, config=config, history=history)
