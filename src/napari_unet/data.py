@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
-    "IGNORE", "INSTANCE_CLASSES", "check_labels", "as_channels_first", "iter_items",
+    "IGNORE", "INSTANCE_CLASSES", "check_labels", "ChannelsFirst", "as_channels_first", "iter_items",
     "compute_normalization", "semantic_targets", "instance_targets", "add_border_band",
     "TrainItem", "prepare_items", "PatchSampler",
 ]
@@ -43,18 +43,59 @@ def check_labels(labels, name: str = "labels") -> np.ndarray:
     raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
 
 
-def as_channels_first(image, channel_axis: int | None):
-    """Move a declared channel axis to the front (a view); add a length-1 channel axis when there is none."""
-    if channel_axis is None:
-        return image[None]
-    ndim = np.ndim(image)
-    if not -ndim <= channel_axis < ndim:
-        raise ValueError(f"channel_axis={channel_axis} is out of range for an image with {ndim} axes")
-    axis = channel_axis % ndim
-    if hasattr(image, "transpose"):
-        order = (axis,) + tuple(i for i in range(ndim) if i != axis)
-        return image.transpose(order)
-    return np.moveaxis(np.asarray(image), axis, 0)
+class ChannelsFirst:
+    """A lazy view of an image with its channel axis first (a length-1 axis when it has none).
+
+    Indexing reads only the requested region from the underlying array (numpy, dask, zarr, memmap) and
+    returns numpy. It supports what the pipeline needs: integers and slices (with steps).
+    """
+
+    def __init__(self, array, channel_axis: int | None):
+        self.array = array
+        shape = tuple(int(s) for s in np.shape(array))
+        if channel_axis is None:
+            self.axis = None
+            self.shape = (1,) + shape
+        else:
+            if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
+                raise TypeError(f"channel_axis must be an integer or None, got {channel_axis!r}")
+            if not -len(shape) <= channel_axis < len(shape):
+                raise ValueError(f"channel_axis={channel_axis} is out of range for an image with {len(shape)} axes")
+            self.axis = int(channel_axis) % len(shape)
+            self.shape = (shape[self.axis],) + shape[: self.axis] + shape[self.axis + 1:]
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        c, rest = key[0], key[1:]
+        if self.axis is None:
+            block = np.asarray(self.array[rest])
+            return block[None][c] if isinstance(c, slice) else block if c in (0, -1) else block[None][c]
+        full = list(rest)
+        full.insert(self.axis, c)
+        block = np.asarray(self.array[tuple(full)])
+        if isinstance(c, slice):
+            pos = sum(1 for k in full[: self.axis] if isinstance(k, slice))
+            block = np.moveaxis(block, pos, 0)
+        return block
+
+    def __array__(self, dtype=None, copy=None):
+        block = self[...]
+        return block if dtype is None else block.astype(dtype)
+
+    def __len__(self):
+        return self.shape[0]
+
+
+def as_channels_first(image, channel_axis: int | None) -> ChannelsFirst:
+    """A lazy channels-first view of ``image`` (see `ChannelsFirst`)."""
+    return ChannelsFirst(image, channel_axis)
 
 
 def iter_items(spatial_shape: Sequence[int], dims: int):
@@ -66,25 +107,31 @@ def iter_items(spatial_shape: Sequence[int], dims: int):
     return [idx for idx in np.ndindex(*lead)] if lead else [()]
 
 
-def compute_normalization(images: Sequence, low_pct: float = 1.0, high_pct: float = 99.8,
+def compute_normalization(items: Sequence, low_pct: float = 1.0, high_pct: float = 99.8,
                           max_values: int = 2_000_000):
-    """Per-channel percentiles over a strided subsample of channels-first images.
+    """Per-channel percentiles over a strided subsample of items.
+
+    Parameters
+    ----------
+    items : sequence of (ChannelsFirst, index)
+        Channels-first images and the leading index of one item in each; only a strided subsample of
+        each item is read.
 
     Returns
     -------
     (list of float, list of float)
         Intensities to map to 0 and to 1.
     """
-    n_channels = images[0].shape[0]
-    per_image = max(1, max_values // max(1, len(images)))
+    n_channels = items[0][0].shape[0]
+    per_item = max(1, max_values // max(1, len(items)))
     samples = [[] for _ in range(n_channels)]
-    for img in images:
+    for img, idx in items:
+        sp = img.shape[1 + len(idx):]
+        stride = max(1, int(np.ceil((np.prod(sp) / per_item) ** (1.0 / len(sp)))))
+        block = np.asarray(img[(slice(None),) + tuple(idx) + (slice(None, None, stride),) * len(sp)])
         for c in range(n_channels):
-            ch = img[c]
-            stride = max(1, int((np.prod(ch.shape) / per_image) ** (1.0 / ch.ndim)))
-            vals = np.asarray(ch[(slice(None, None, stride),) * ch.ndim], dtype=np.float64).ravel()
-            vals = vals[np.isfinite(vals)]
-            samples[c].append(vals)
+            vals = block[c].astype(np.float64).ravel()
+            samples[c].append(vals[np.isfinite(vals)])
     low, high = [], []
     for c in range(n_channels):
         vals = np.concatenate(samples[c])

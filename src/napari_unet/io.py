@@ -85,7 +85,7 @@ def read_image(path, *, lazy: bool = True):
             arr = _open_zarr(p)
         else:
             arr = _open_tiff(p, lazy)
-    except (FileNotFoundError, ValueError, MemoryError):
+    except (FileNotFoundError, MemoryError, _OwnError):
         raise
     except Exception as exc:  # every reader has its own exception types; say which file is bad
         raise ValueError(f"cannot read {str(path)!r} as {ext[1:]}: {_one_line(exc)}") from exc
@@ -95,6 +95,10 @@ def read_image(path, *, lazy: bool = True):
         raise ValueError(f"{str(path)!r} holds an array of shape {tuple(arr.shape)}: an image needs at least "
                          "two non-empty axes")
     return arr
+
+
+class _OwnError(ValueError):
+    """A ValueError whose message is already written for the user (not wrapped again)."""
 
 
 def _one_line(exc) -> str:
@@ -124,7 +128,7 @@ def _open_zarr(p: Path):
 
     node = zarr.open(str(p), mode="r")
     if INCOMPLETE_ATTR in node.attrs:
-        raise ValueError(f"{str(p)!r} is an interrupted output (marked incomplete): run the prediction again")
+        raise _OwnError(f"{str(p)!r} is an interrupted output (marked incomplete): run the prediction again")
     if hasattr(node, "shape"):
         return node
     multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
@@ -133,18 +137,21 @@ def _open_zarr(p: Path):
     arrays = list(node.array_keys())
     if len(arrays) == 1:
         return node[arrays[0]]
-    raise ValueError(f"{str(p)!r} is a zarr group with {len(arrays)} arrays: point to one of them "
+    raise _OwnError(f"{str(p)!r} is a zarr group with {len(arrays)} arrays: point to one of them "
                      f"({', '.join(arrays[:5])})")
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+def _tmp_name(path: Path, tag: str = "partial") -> Path:
+    """A hidden sibling name that keeps the extension (so an interrupted zarr is still recognised)."""
+    ext = _suffix(path)
+    stem = path.name[: len(path.name) - len(ext)] if ext else path.name
+    return path.with_name(f".{stem}.{tag}-{uuid.uuid4().hex[:8]}{ext}")
 
 
 def _replace(tmp: Path, dest: Path):
     """Move ``tmp`` onto ``dest``; an existing directory (zarr) is swapped out, then removed."""
     if dest.is_dir() and not dest.is_symlink():
-        old = _tmp_name(dest).with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        old = _tmp_name(dest, "old")
         os.replace(dest, old)
         os.replace(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,12 +71,11 @@ def load_model(path) -> Model:
     if path.is_dir():
         raise ValueError(f"{str(path)!r} is a folder, not a model file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip/EOF errors, refused globals: all mean "not a model we can trust"
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        if "Unsupported global" in str(exc) or "not an allowed global" in str(exc).lower():
-            reason = "it contains executable Python objects, which are never loaded"
-        raise ValueError(f"{str(path)!r} is not a napari-unet model file or is damaged ({reason})") from None
+        raise ValueError(f"{str(path)!r} is not a napari-unet model file ({_load_failure(path, exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != MAGIC:
         raise ValueError(f"{str(path)!r} is not a napari-unet model file (it may be a plain PyTorch checkpoint)")
     if payload.get("format_version") not in SUPPORTED_VERSIONS:
@@ -94,3 +94,19 @@ def load_model(path) -> Model:
                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
     network.eval()
     return Model(network=network, config=config, history=history)
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """A short reason for a failed ``torch.load``."""
+    import zipfile
+
+    text = str(exc)
+    if "GLOBAL" in text or "Unsupported global" in text:
+        return "it contains executable Python objects, which are never loaded"
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] == b"\x80":  # pickle protocol marker: a plain pickle may run code when loaded
+            return "it is a plain Python pickle, which is never loaded because it could run code"
+        return "it is not a PyTorch archive"
+    return "the archive is damaged or truncated"

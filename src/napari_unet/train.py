@@ -238,7 +238,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         for name, v in (("depth", depth), ("base_channels", base_channels)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive whole number, got {v!r}")
-        norm = D.compute_normalization([img[(slice(None),) + idx] for img, _, idx in annotated])
+        norm = D.compute_normalization([(img, idx) for img, _, idx in annotated])
         config = dict(format_version=FORMAT_VERSION, dims=dims, depth=int(depth), base_channels=int(base_channels),
                       in_channels=int(n_channels), num_classes=len(class_ids), mode=mode,
                       class_ids=[int(c) for c in class_ids], class_names=class_names,

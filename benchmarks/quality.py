@@ -1,0 +1,89 @@
+"""Segmentation quality on the synthetic nuclei stand-in, against Otsu (and a naive masked-loss UNet).
+
+Two protocols from the project's quality targets:
+
+* instance: dense instance masks of the left half of a 512x512 image, ``--instance-budget`` s of CPU
+  training (default 120) -> F1 at IoU 0.5 on the right half;
+* sparse: strokes on 6% of the pixels of one image, ``--sparse-budget`` s of training (default 60)
+  -> foreground IoU on another, unseen image. ``--naive`` also trains with the border band disabled.
+
+Usage: python benchmarks/quality.py [--seeds 0 1 2] [--base-channels 32] [--naive] [--only sparse]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+import napari_unet as nu
+from napari_unet.metrics import foreground_iou, matching, otsu_baseline
+from napari_unet.synthetic import make_nuclei, make_strokes
+
+
+def instance_run(seed, budget, base, depth, epochs=None):
+    image, truth = make_nuclei((512, 512), seed=seed)
+    train_img, train_lab = image[:, :256], truth[:, :256]
+    test_img, test_lab = image[:, 256:], truth[:, 256:]
+    model = nu.train(train_img, train_lab, mode="instance", time_budget=None if epochs else budget, epochs=epochs,
+                     base_channels=base, depth=depth, seed=seed)
+    pred = nu.segment(model, test_img)
+    ours = matching(test_lab, pred)["f1"]
+    otsu = matching(test_lab, otsu_baseline(test_img))["f1"]
+    return dict(ours=ours, otsu=otsu, steps=model.config["trained_steps"])
+
+
+def sparse_run(seed, budget, base, depth, band, epochs=None):
+    image, truth = make_nuclei((512, 512), seed=seed)
+    strokes = make_strokes(truth, fraction=0.06, seed=seed)
+    test_img, test_truth = make_nuclei((512, 512), seed=seed + 100)
+    model = nu.train(image, strokes, mode="semantic", time_budget=None if epochs else budget, epochs=epochs,
+                     base_channels=base, depth=depth, seed=seed, border_band=band)
+    pred = nu.segment(model, test_img)
+    return dict(ours=foreground_iou(test_truth, pred), otsu=foreground_iou(test_truth, otsu_baseline(test_img)),
+                steps=model.config["trained_steps"], annotated=float((strokes > 0).mean()))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--base-channels", type=int, default=32)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--instance-budget", type=float, default=120)
+    p.add_argument("--sparse-budget", type=float, default=60)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="train a fixed number of epochs (10 steps each here) instead of a time budget: "
+                        "for tuning on a busy machine")
+    p.add_argument("--naive", action="store_true", help="also train without the border band")
+    p.add_argument("--only", choices=["instance", "sparse"], default=None)
+    args = p.parse_args()
+    print(f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} torch threads, base_channels={args.base_channels}, depth={args.depth}")
+    if args.only in (None, "sparse"):
+        rows = []
+        for s in args.seeds:
+            r = sparse_run(s, args.sparse_budget, args.base_channels, args.depth, band=3, epochs=args.epochs)
+            if args.naive:
+                r["naive"] = sparse_run(s, args.sparse_budget, args.base_channels, args.depth, band=0,
+                                        epochs=args.epochs)["ours"]
+            rows.append(r)
+            print(f"sparse seed {s}: foreground IoU ours {r['ours']:.3f}  otsu {r['otsu']:.3f}"
+                  + (f"  naive masked UNet {r['naive']:.3f}" if args.naive else "")
+                  + f"  ({r['steps']} steps, {100 * r['annotated']:.1f}% annotated)", flush=True)
+        print(f"sparse mean: ours {np.mean([r['ours'] for r in rows]):.3f}  otsu {np.mean([r['otsu'] for r in rows]):.3f}"
+              + (f"  naive {np.mean([r['naive'] for r in rows]):.3f}" if args.naive else ""), flush=True)
+    if args.only in (None, "instance"):
+        rows = []
+        for s in args.seeds:
+            r = instance_run(s, args.instance_budget, args.base_channels, args.depth, epochs=args.epochs)
+            rows.append(r)
+            print(f"instance seed {s}: F1@0.5 ours {r['ours']:.3f}  otsu {r['otsu']:.3f}  ({r['steps']} steps)",
+                  flush=True)
+        print(f"instance mean: ours {np.mean([r['ours'] for r in rows]):.3f}  "
+              f"otsu {np.mean([r['otsu'] for r in rows]):.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,585 @@
+"""Synthetic fluorescence nucleus images with ground truth and painted annotations.
+
+Nothing can be downloaded at run time, so the tests, the demo and the napari sample
+data use this generator.  It stands in for widefield DAPI/Hoechst images of cell
+nuclei and models the things that make such images hard for a classical global
+threshold:
+
+* ellipsoidal nuclei of random size, eccentricity and orientation with slightly
+  irregular outlines, grouped in colonies, some of them touching in small clusters;
+* strongly varying per-nucleus brightness (dim and bright nuclei side by side);
+* chromatin texture, darker nucleoli and a few bright chromocenters in each nucleus;
+* optical blur (Gaussian PSF, elongated along Z in 3D);
+* smooth uneven illumination (multiplicative) and an additive background gradient;
+* Poisson shot noise, Gaussian read noise and a camera offset.
+
+All functions are deterministic given ``seed``, never modify their inputs and put
+the spatial axes last: ``(Y, X)`` in 2D and ``(Z, Y, X)`` in 3D.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["make_nuclei", "make_strokes", "make_sample"]
+
+# --------------------------------------------------------------------------- constants
+#: Default fraction of the image area (2D) or volume (3D) covered by nuclei.
+DEFAULT_DENSITY_2D = 0.14
+DEFAULT_DENSITY_3D = 0.12
+
+_GAP = 2.0  # minimum distance (px) between nuclei that are not meant to touch
+_NEAR = 0.65  # fraction of the isolated nuclei placed close to another one (colonies)
+_PSF_SIGMA = 1.8  # lateral PSF sigma (px)
+_PSF_Z_FACTOR = 2.5  # axial PSF sigma = factor * lateral sigma
+_PEAK_PHOTONS = 700.0  # photons at the centre of the brightest nucleus, full illumination
+_AUTOFLUO = 0.08  # sample background (relative to the peak), scaled by illumination
+_STRAY = 0.2  # maximum additive background gradient (relative to the peak)
+_ILLUM_RANGE = 2.0  # max / min of the multiplicative illumination field
+_BRIGHTNESS = (0.255, 1.0)  # per-nucleus brightness range (log-uniform)
+_CAMERA_OFFSET = 100.0  # ADU
+_READ_NOISE = 3.0  # ADU (gain 1 ADU / photo-electron)
+_NUCLEOLUS = (0.3, 0.6)  # relative intensity loss inside nucleoli
+_BORDER_DIP = 0.7  # intensity factor on pixels where two nuclei touch
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_shape(shape) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"shape must be 2D (Y, X) or 3D (Z, Y, X), got {shape}")
+    if min(shape) < 1:
+        raise ValueError(f"all dimensions must be >= 1, got {shape}")
+    return shape
+
+
+def _random_rotation(rng: np.random.Generator, ndim: int) -> np.ndarray:
+    """Uniformly random rotation matrix (columns are the ellipsoid's axes)."""
+    if ndim == 2:
+        a = rng.uniform(0.0, np.pi)
+        c, s = math.cos(a), math.sin(a)
+        return np.array([[c, -s], [s, c]])
+    q, r = np.linalg.qr(rng.standard_normal((ndim, ndim)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+class _Nucleus:
+    """Geometry of one ellipsoidal nucleus (pixel coordinates)."""
+
+    __slots__ = ("center", "rot", "axes", "harm", "half_extent")
+
+    def __init__(self, center, rot, axes, harm):
+        self.center = np.asarray(center, dtype=float)
+        self.rot = rot
+        self.axes = np.asarray(axes, dtype=float)
+        self.harm = harm  # list of (order, amplitude, phase) outline perturbations
+        # half extent of the (slightly perturbed) ellipsoid along each image axis
+        bump = 1.0 + sum(abs(a) for _, a, _ in harm)
+        self.half_extent = np.sqrt(((rot * self.axes[None, :]) ** 2).sum(axis=1)) * bump
+
+    def radius_towards(self, u: np.ndarray) -> float:
+        """Distance from the centre to the (unperturbed) outline along unit vector ``u``."""
+        v = self.rot.T @ u
+        return float(1.0 / np.sqrt(((v / self.axes) ** 2).sum()))
+
+    def render(self, shape, grow: float = 0.0):
+        """Normalised radial distance ``d`` (``d <= 1`` inside) in the bounding box.
+
+        Returns ``(slices, d)`` or ``None`` if the nucleus lies outside the image.
+        ``grow`` enlarges every semi-axis by that many pixels (used for gap tests).
+        """
+        lo = np.floor(self.center - self.half_extent - grow - 1).astype(int)
+        hi = np.ceil(self.center + self.half_extent + grow + 2).astype(int)
+        lo = np.maximum(lo, 0)
+        hi = np.minimum(hi, shape)
+        if np.any(hi <= lo):
+            return None
+        grids = np.meshgrid(
+            *[np.arange(a, b, dtype=float) - c for a, b, c in zip(lo, hi, self.center)],
+            indexing="ij",
+            sparse=True,
+        )
+        # coordinates in the ellipsoid frame: p' = R^T p
+        local = [sum(self.rot[k, i] * grids[k] for k in range(len(shape))) for i in range(len(shape))]
+        axes = self.axes + grow
+        d2 = sum((p / a) ** 2 for p, a in zip(local, axes))
+        d = np.sqrt(d2)
+        if self.harm:
+            theta = np.arctan2(local[1], local[0])
+            pert = 1.0
+            for order, amp, phase in self.harm:
+                pert = pert + amp * np.cos(order * theta + phase)
+            d = d / pert
+        return tuple(slice(a, b) for a, b in zip(lo, hi)), d
+
+
+def _smooth_field(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
+    """Smooth random field in [0, 1] with correlation length ~``scale`` pixels."""
+    coarse = tuple(max(2, int(math.ceil(s / scale)) + 2) for s in shape)
+    field = ndi.gaussian_filter(rng.standard_normal(coarse), 0.8, mode="reflect")
+    zoom = [(s + 2 * scale) / c for s, c in zip(shape, coarse)]
+    big = ndi.zoom(field, zoom, order=3, mode="reflect")
+    off = [int(round(scale)) for _ in shape]
+    big = big[tuple(slice(o, o + s) for o, s in zip(off, shape))]
+    if big.shape != tuple(shape):  # rounding safety
+        pad = [(0, max(0, s - b)) for s, b in zip(shape, big.shape)]
+        big = np.pad(big, pad, mode="edge")[tuple(slice(0, s) for s in shape)]
+    lo, hi = big.min(), big.max()
+    return (big - lo) / (hi - lo) if hi > lo else np.zeros(shape)
+
+
+def _ramp(rng: np.random.Generator, shape) -> np.ndarray:
+    """Linear ramp in [0, 1] along a random in-plane direction."""
+    ndim = len(shape)
+    ang = rng.uniform(0, 2 * np.pi)
+    direction = np.zeros(ndim)
+    direction[-2:] = [math.sin(ang), math.cos(ang)]
+    grids = np.meshgrid(*[np.linspace(0, 1, s) for s in shape], indexing="ij", sparse=True)
+    r = sum(g * d for g, d in zip(grids, direction))
+    r = np.broadcast_to(r, shape).astype(float)
+    lo, hi = r.min(), r.max()
+    return (r - lo) / (hi - lo) if hi > lo else np.zeros(shape)
+
+
+def _touching_pixels(labels: np.ndarray) -> np.ndarray:
+    """Pixels adjacent (face connectivity) to a pixel of a *different* nucleus."""
+    out = np.zeros(labels.shape, dtype=bool)
+    for ax in range(labels.ndim):
+        a = [slice(None)] * labels.ndim
+        b = [slice(None)] * labels.ndim
+        a[ax] = slice(0, -1)
+        b[ax] = slice(1, None)
+        la, lb = labels[tuple(a)], labels[tuple(b)]
+        m = (la != lb) & (la > 0) & (lb > 0)
+        out[tuple(a)] |= m
+        out[tuple(b)] |= m
+    return out
+
+
+# --------------------------------------------------------------------------- layout
+def _layout(shape, density, radius, touching, rng):
+    """Place nuclei; returns ``labels`` (int32), ``dmap`` (normalised distance) and nuclei."""
+    ndim = len(shape)
+    labels = np.zeros(shape, dtype=np.int32)
+    dmap = np.full(shape, np.inf, dtype=np.float32)
+    total = float(np.prod(shape))
+    target = density * total
+    nuclei: list[_Nucleus] = []
+    areas: list[int] = []
+    full_areas: list[int] = []
+    neighbours: list[set] = []
+    covered = 0
+    failures = 0
+    max_failures = 400
+    rmin, rmax = float(radius[0]), float(radius[1])
+    if not (0 < rmin <= rmax):
+        raise ValueError(f"radius must be (min, max) with 0 < min <= max, got {radius}")
+
+    def new_geometry(center):
+        r = rng.uniform(rmin, rmax)
+        rot = _random_rotation(rng, ndim)
+        ratio = rng.uniform(0.55, 1.0)  # minor / major axis
+        if ndim == 2:
+            axes = [r / math.sqrt(ratio), r * math.sqrt(ratio)]
+            harm = [(k, rng.normal(0, 0.035), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)]
+        else:
+            ratio2 = rng.uniform(0.7, 1.0)
+            axes = [r / math.sqrt(ratio), r * math.sqrt(ratio), r * math.sqrt(ratio2)]
+            harm = [(k, rng.normal(0, 0.03), rng.uniform(0, 2 * np.pi)) for k in (2, 3)]
+        return _Nucleus(center, rot, axes, harm)
+
+    n_touching = 0
+    while covered < target and failures < max_failures:
+        n = len(nuclei)
+        attach = n > 0 and touching > 0 and n_touching < touching * (n + 1.5)
+        parent = -1
+        if attach:
+            # mostly pairs, sometimes small clusters
+            isolated = [i for i in range(n) if not neighbours[i]]
+            if isolated and rng.random() < 0.75:
+                parent = int(isolated[rng.integers(len(isolated))])
+            else:
+                parent = int(rng.integers(n))
+            p = nuclei[parent]
+            u = rng.standard_normal(ndim)
+            if ndim == 3:
+                u[0] *= 0.5  # prefer lateral contacts (more visible)
+            u /= np.linalg.norm(u)
+            nuc = new_geometry(np.zeros(ndim))
+            dist = (p.radius_towards(u) + nuc.radius_towards(-u)) * (1.0 - rng.uniform(0.06, 0.16))
+            nuc.center = p.center + dist * u
+        elif n > 0 and rng.random() < _NEAR:
+            # cells grow in colonies: put it close to (but not touching) another nucleus
+            q = nuclei[int(rng.integers(n))]
+            u = rng.standard_normal(ndim)
+            u /= np.linalg.norm(u)
+            nuc = new_geometry(np.zeros(ndim))
+            dist = q.radius_towards(u) + nuc.radius_towards(-u) + _GAP + 0.5 + rng.uniform(0.0, 5.0)
+            nuc.center = q.center + dist * u
+        else:
+            nuc = new_geometry(rng.uniform(0, 1, ndim) * np.asarray(shape))
+
+        r = nuc.render(shape)
+        if r is None:
+            failures += 1
+            continue
+        sl, d = r
+        inside = d <= 1.0
+        area_full = int(inside.sum())
+        if area_full < 0.3 * (math.pi * rmin**2 if ndim == 2 else 4.0 / 3.0 * math.pi * rmin**3):
+            failures += 1  # mostly outside the image
+            continue
+        # gap test against every nucleus except the parent
+        g = nuc.render(shape, grow=_GAP)
+        gsl, gd = g
+        hit = labels[gsl][gd <= 1.0]
+        others = np.unique(hit[hit > 0])
+        if np.any(others != parent + 1):
+            failures += 1
+            continue
+        lab_box = labels[sl]
+        d_box = dmap[sl]
+        take = inside & ((lab_box == 0) | (d < d_box))
+        if parent >= 0:
+            stolen = int((take & (lab_box == parent + 1)).sum())
+            remaining = areas[parent] - stolen
+            contact = stolen > 0 or bool(np.any(inside & (lab_box == parent + 1)))
+            if not contact or remaining < 0.72 * full_areas[parent] or take.sum() < 0.72 * area_full:
+                failures += 1
+                continue
+            areas[parent] = remaining
+        new_id = len(nuclei) + 1
+        lab_box[take] = new_id
+        d_box[take] = d[take]
+        nuclei.append(nuc)
+        areas.append(int(take.sum()))
+        full_areas.append(area_full)
+        neighbours.append(set())
+        if parent >= 0:
+            if not neighbours[parent]:
+                n_touching += 1
+            n_touching += 1
+            neighbours[parent].add(new_id - 1)
+            neighbours[-1].add(parent)
+        covered = int(sum(areas))
+        failures = 0
+    return labels, dmap, nuclei
+
+
+def _relabel_consecutive(labels: np.ndarray) -> np.ndarray:
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[labels]
+
+
+# --------------------------------------------------------------------------- public API
+def make_nuclei(
+    shape=(512, 512),
+    *,
+    density: float | None = None,
+    radius: tuple[float, float] = (6, 14),
+    seed: int | None = None,
+    touching: float = 0.3,
+    dtype=np.uint16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Simulate a widefield fluorescence image of stained nuclei with ground truth.
+
+    Parameters
+    ----------
+    shape : tuple of int, default (512, 512)
+        ``(Y, X)`` for a 2D image or ``(Z, Y, X)`` for a 3D stack (isotropic voxels;
+        the optical blur is elongated along Z).
+    density : float, optional
+        Fraction of the image area (2D) or volume (3D) covered by nuclei.  Defaults
+        to 0.14 in 2D (about 120 nuclei in 512 x 512 with the default ``radius``)
+        and 0.12 in 3D.  Nuclei are loosely grouped in colonies, as in cell culture.
+    radius : (float, float), default (6, 14)
+        Range of the equivalent radius of the nuclei in pixels.  Individual nuclei
+        are ellipses (ellipsoids) with random eccentricity and orientation.
+    seed : int, optional
+        Seed of the random generator; the same seed gives the same output.
+    touching : float, default 0.3
+        Approximate fraction of the nuclei that touch at least one other nucleus
+        (mostly pairs, some small clusters).  Touching nuclei share a border with no
+        gap; the other nuclei are at least 2 px apart.
+    dtype : numpy dtype, default np.uint16
+        Data type of ``image``.  Integer types hold camera ADU (offset 100, gain 1);
+        types with a small range (e.g. uint8) are rescaled to fit.  Float types hold
+        the same ADU values without rounding.
+
+    Returns
+    -------
+    image : ndarray of ``dtype``, shape ``shape``
+        The simulated camera image.
+    labels : ndarray of int32, shape ``shape``
+        Instance labels of the true object extent (before blur): 0 is background,
+        nuclei are numbered 1..N consecutively.
+
+    Notes
+    -----
+    The image is formed as ``offset + read_noise + Poisson(illum * (signal + autofluo)
+    + stray)`` where ``signal`` is the blurred nucleus emission (per-nucleus brightness
+    over a ~4x range, thickness profile, chromatin texture, darker nucleoli, bright
+    chromocenters and a slight intensity dip where two nuclei touch), ``illum`` a smooth illumination field varying
+    ~2x across the field of view and ``stray`` a smooth additive background gradient.
+    """
+    shape = _check_shape(shape)
+    ndim = len(shape)
+    if density is None:
+        density = DEFAULT_DENSITY_2D if ndim == 2 else DEFAULT_DENSITY_3D
+    if not 0 <= density < 1:
+        raise ValueError(f"density must be in [0, 1), got {density}")
+    if not 0 <= touching <= 1:
+        raise ValueError(f"touching must be in [0, 1], got {touching}")
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng(seed)
+
+    labels, dmap, nuclei = _layout(shape, float(density), radius, float(touching), rng)
+    labels = _relabel_consecutive(labels)
+    n = int(labels.max())
+    inside = labels > 0
+
+    # ---- emission -------------------------------------------------------------------
+    lo, hi = _BRIGHTNESS
+    bright = np.concatenate([[0.0], np.exp(rng.uniform(math.log(lo), math.log(hi), n))])
+    d = np.where(inside, np.minimum(dmap, 1.0), 1.0).astype(np.float32)
+    if ndim == 2:  # projected thickness of a sphere
+        profile = 0.5 + 0.5 * np.sqrt(np.clip(1.0 - d * d, 0.0, 1.0))
+    else:  # density slightly higher in the centre
+        profile = 0.7 + 0.3 * (1.0 - d * d)
+    tex_fine = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.2)
+    tex_coarse = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 3.0)
+    tex = 1.0 + 0.2 * tex_fine / (tex_fine.std() + 1e-8) + 0.12 * tex_coarse / (tex_coarse.std() + 1e-8)
+    tex = np.clip(tex, 0.3, None)
+    signal = bright[labels].astype(np.float32) * profile * tex
+    # slightly darker seam where two nuclei touch (nuclear envelopes, less chromatin)
+    seam = _touching_pixels(labels)
+    near_seam = ndi.binary_dilation(seam) & inside & ~seam
+    signal[seam] *= _BORDER_DIP
+    signal[near_seam] *= 0.5 * (1.0 + _BORDER_DIP)
+    signal[~inside] = 0.0
+
+    # nucleoli: a few DAPI-poor (darker) round regions per nucleus
+    dark = np.zeros(shape, dtype=np.float32)
+    for nuc in nuclei:
+        for _ in range(int(rng.integers(0, 4))):
+            v = rng.standard_normal(ndim)
+            v *= rng.uniform(0, 0.55) / np.linalg.norm(v)
+            c = nuc.center + nuc.rot @ (v * nuc.axes)
+            rn = rng.uniform(0.14, 0.24) * float(np.exp(np.log(nuc.axes).mean()))
+            amp = rng.uniform(_NUCLEOLUS[0], _NUCLEOLUS[1])
+            lo_ = np.maximum(np.floor(c - rn - 1).astype(int), 0)
+            hi_ = np.minimum(np.ceil(c + rn + 2).astype(int), shape)
+            if np.any(hi_ <= lo_):
+                continue
+            g = np.meshgrid(*[np.arange(a, b) - cc for a, b, cc in zip(lo_, hi_, c)], indexing="ij", sparse=True)
+            disk = sum(x * x for x in g) <= rn * rn
+            box = tuple(slice(a, b) for a, b in zip(lo_, hi_))
+            dark[box] = np.maximum(dark[box], amp * disk)
+    signal *= 1.0 - ndi.gaussian_filter(dark, 0.8)
+
+    # chromocenters: a few bright spots per nucleus
+    spots = np.zeros(shape, dtype=np.float32)
+    for nuc in nuclei:
+        for _ in range(int(rng.integers(0, 5))):
+            v = rng.standard_normal(ndim)
+            v *= rng.uniform(0, 0.7) / np.linalg.norm(v)
+            p = np.round(nuc.center + nuc.rot @ (v * nuc.axes)).astype(int)
+            amp = rng.uniform(0.3, 0.8)
+            if np.all(p >= 0) and np.all(p < shape):
+                lab = labels[tuple(p)]
+                if lab > 0:
+                    spots[tuple(p)] += amp * bright[lab]
+    spot_sigma = 1.0
+    spots = ndi.gaussian_filter(spots, spot_sigma) * (2 * np.pi * spot_sigma**2) ** (ndim / 2)
+    signal += spots
+
+    # optical blur
+    sigma = (_PSF_SIGMA,) * ndim if ndim == 2 else (_PSF_SIGMA * _PSF_Z_FACTOR, _PSF_SIGMA, _PSF_SIGMA)
+    signal = ndi.gaussian_filter(signal, sigma, mode="reflect")
+
+    # ---- illumination and background --------------------------------------------------
+    plane = shape[-2:]
+    f = 0.6 * _smooth_field(rng, plane, max(plane) / 2.5) + 0.4 * _ramp(rng, plane)
+    f = (f - f.min()) / max(f.max() - f.min(), 1e-8)
+    illum = (1.0 / _ILLUM_RANGE) * _ILLUM_RANGE**f  # min .. max spans _ILLUM_RANGE
+    s = 0.5 * _smooth_field(rng, plane, max(plane) / 2.0) + 0.5 * _ramp(rng, plane)
+    stray = _STRAY * s
+    if ndim == 3:
+        illum = illum[None]
+        stray = stray[None]
+    expected = _PEAK_PHOTONS * (illum * (signal + _AUTOFLUO) + stray)
+
+    # ---- camera -----------------------------------------------------------------------
+    photons = rng.poisson(np.maximum(expected, 0.0)).astype(np.float32)
+    adu = photons + _CAMERA_OFFSET + rng.normal(0.0, _READ_NOISE, shape).astype(np.float32)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        if info.max < 4096:  # small range: rescale so that typical images fit
+            top = _CAMERA_OFFSET + 1.6 * _PEAK_PHOTONS
+            adu = (adu - _CAMERA_OFFSET) * ((info.max - 10.0) / (top - _CAMERA_OFFSET)) + 10.0
+        image = np.clip(np.rint(adu), info.min, info.max).astype(dtype)
+    elif dtype.kind == "f":
+        image = adu.astype(dtype)
+    else:
+        raise TypeError(f"dtype must be an integer or float type, got {dtype}")
+    return image, labels
+
+
+def _paint_plane(labels2d, fraction, rng, margin=4.0):
+    """Paint sparse strokes on one 2D plane; returns a uint8 array (0/1/2)."""
+    out = np.zeros(labels2d.shape, dtype=np.uint8)
+    npix = labels2d.size
+    total = fraction * npix
+    ids, areas = np.unique(labels2d[labels2d > 0], return_counts=True)
+    nuc_target = total / 3.0 if len(ids) else 0.0
+    bg_target = total - nuc_target
+
+    # ---- whole nuclei -----------------------------------------------------------------
+    painted_nuc = 0
+    if len(ids):
+        order = rng.permutation(len(ids))
+        chosen = []
+        for k in order:
+            remaining = nuc_target - painted_nuc
+            if remaining <= 0:
+                break
+            if areas[k] <= remaining + 0.5 * areas[k]:
+                chosen.append(ids[k])
+                painted_nuc += int(areas[k])
+        if chosen:
+            out[np.isin(labels2d, chosen)] = 2
+        bg_target = total - painted_nuc
+
+    # ---- background brush strokes -----------------------------------------------------
+    if np.any(labels2d > 0):
+        dist = ndi.distance_transform_edt(labels2d == 0)
+    else:
+        dist = np.full(labels2d.shape, np.inf)
+    H, W = labels2d.shape
+    painted_bg = 0
+    attempts = 0
+    while painted_bg < 0.97 * bg_target and attempts < 60:
+        attempts += 1
+        brush = float(rng.uniform(3.0, 5.0))
+        allowed = dist >= margin + brush + 0.5
+        cand = np.flatnonzero(allowed & (out == 0))
+        if cand.size == 0:
+            break
+        remaining = bg_target - painted_bg
+        max_len = remaining / (2 * brush) + 1
+        length = min(rng.uniform(80, 220), max_len)
+        start = cand[rng.integers(cand.size)]
+        pos = np.array([start // W, start % W], dtype=float)
+        heading = rng.uniform(0, 2 * np.pi)
+        curv = 0.0
+        pts = [pos.copy()]
+        travelled = 0.0
+        while travelled < length:
+            curv = float(np.clip(curv + rng.normal(0, 0.02), -0.08, 0.08))
+            ok = False
+            for turn in (0.0, 0.4, -0.4, 0.8, -0.8, 1.3, -1.3):
+                h = heading + curv + turn
+                nxt = pos + np.array([math.sin(h), math.cos(h)])
+                iy, ix = int(round(nxt[0])), int(round(nxt[1]))
+                if 0 <= iy < H and 0 <= ix < W and allowed[iy, ix]:
+                    ok = True
+                    heading = h
+                    break
+            if not ok:
+                break
+            pos = nxt
+            pts.append(pos.copy())
+            travelled += 1.0
+        if travelled < 10:
+            continue
+        pts = np.round(np.array(pts)).astype(int)
+        pad = int(math.ceil(brush)) + 1
+        y0, x0 = np.maximum(pts.min(0) - pad, 0)
+        y1, x1 = np.minimum(pts.max(0) + pad + 1, (H, W))
+        line = np.ones((y1 - y0, x1 - x0), dtype=bool)
+        line[pts[:, 0] - y0, pts[:, 1] - x0] = False
+        stroke = ndi.distance_transform_edt(line) <= brush
+        box = out[y0:y1, x0:x1]
+        stroke &= (box == 0) & (dist[y0:y1, x0:x1] >= margin)
+        box[stroke] = 1
+        painted_bg += int(stroke.sum())
+    return out
+
+
+def make_strokes(labels: np.ndarray, *, fraction: float = 0.06, seed: int | None = None) -> np.ndarray:
+    """Simulate the sparse annotation a person paints in napari for semantic training.
+
+    A few whole nuclei are painted as foreground and a few thick, curvy background
+    brush strokes are drawn away from the nuclei (people do not paint the borders).
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (Y, X) or (Z, Y, X)
+        Instance labels (0 = background), e.g. from :func:`make_nuclei`.  Not modified.
+    fraction : float, default 0.06
+        Approximate fraction of the pixels to annotate (about 1/3 nuclei, 2/3
+        background).  In 3D the strokes are painted in a few Z planes (about one
+        plane in ten, at least one) and ``fraction`` applies to each painted plane.
+    seed : int, optional
+        Seed of the random generator; the same seed gives the same output.
+
+    Returns
+    -------
+    strokes : ndarray of uint8, same shape as ``labels``
+        0 = not annotated, 1 = background, 2 = nucleus.  Every pixel of a painted
+        nucleus (within the painted plane in 3D) is 2; background strokes (brush
+        radius 3-5 px) stay at least 4 px away from every nucleus.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"labels must be 2D or 3D, got shape {labels.shape}")
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    if labels.ndim == 2:
+        return _paint_plane(labels, fraction, rng)
+    nz = labels.shape[0]
+    out = np.zeros(labels.shape, dtype=np.uint8)
+    n_planes = int(min(nz, max(1, round(nz / 10))))
+    edges = np.linspace(0, nz, n_planes + 1)
+    for k in range(n_planes):
+        a, b = int(math.floor(edges[k])), max(int(math.floor(edges[k + 1])), int(math.floor(edges[k])) + 1)
+        z = int(rng.integers(a, min(b, nz)))
+        out[z] = _paint_plane(labels[z], fraction, rng)
+    return out
+
+
+def make_sample(shape=(512, 512), seed: int | None = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image, sparse strokes and ground-truth labels for demos and sample data.
+
+    Parameters
+    ----------
+    shape : tuple of int, default (512, 512)
+        ``(Y, X)`` or ``(Z, Y, X)``.
+    seed : int, optional, default 0
+        Seed; the same seed gives the same sample.
+
+    Returns
+    -------
+    image : ndarray of uint16
+        Simulated nucleus image (see :func:`make_nuclei`).
+    strokes : ndarray of uint8
+        Sparse annotation, 0 = not annotated, 1 = background, 2 = nucleus
+        (see :func:`make_strokes`).
+    labels : ndarray of int32
+        Ground-truth instance labels.
+    """
+    ss = np.random.SeedSequence(seed)
+    s_img, s_strokes = ss.spawn(2)
+    image, labels = make_nuclei(shape, seed=int(s_img.generate_state(1)[0]))
+    strokes = make_strokes(labels, seed=int(s_strokes.generate_state(1)[0]))
+    return image, strokes, labels

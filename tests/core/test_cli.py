@@ -1,0 +1,89 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_unet as nu
+from napari_unet.cli import main
+
+from .test_predict import random_model
+
+
+@pytest.fixture
+def files(tmp_path, blobs):
+    image, strokes, truth = blobs
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "strokes.tif", strokes)
+    np.save(tmp_path / "img.npy", image)
+    nu.save_model(random_model(), tmp_path / "model.pt")
+    return tmp_path
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_predict_info_roundtrip(files, capsys):
+    d = files
+    code, _, err = run(capsys, "train", "-i", d / "img.tif", "-l", d / "strokes.tif", "-o", d / "new.pt",
+                       "--epochs", 2, "--depth", 2, "--base-channels", 8, "--seed", 0)
+    assert code == 0, err
+    code, out, _ = run(capsys, "info", d / "new.pt")
+    assert code == 0 and "2D UNet, depth 2" in out and "semantic" in out
+    for ext in (".tif", ".zarr", ".npy"):
+        code, _, err = run(capsys, "predict", d / "new.pt", d / "img.tif", "-o", d / f"labels{ext}",
+                           "--probabilities", d / f"prob{ext}", "--tile", 64)
+        assert code == 0, err
+        labels = np.asarray(nu.io.read_image(d / f"labels{ext}"))
+        np.testing.assert_array_equal(labels, nu.segment(nu.load_model(d / "new.pt"), np.asarray(
+            tifffile.imread(d / "img.tif")), tile=64))
+        assert nu.io.read_image(d / f"prob{ext}").shape == (2,) + labels.shape
+
+
+@pytest.mark.parametrize("args,match", [
+    (["predict", "{d}/model.pt", "{d}/missing.tif", "-o", "{d}/out.tif"], "does not exist"),
+    (["predict", "{d}/img.tif", "{d}/img.tif", "-o", "{d}/out.tif"], "not a napari-unet model"),
+    (["predict", "{d}/model.pt", "{d}/img.tif", "-o", "{d}/out.png"], "unknown output format"),
+    (["predict", "{d}/model.pt", "{d}/img.tif", "-o", "{d}/out.tif", "--tile", "0"], "tile size 0"),
+    (["predict", "{d}/model.pt", "{d}/img.tif", "-o", "{d}/out.tif", "--device", "quantum"], "unknown device"),
+    (["predict", "{d}/model.pt", "{d}/img.tif", "-o", "{d}/nodir/out.tif"], "does not exist"),
+    (["train", "-i", "{d}/img.tif", "-l", "{d}/img.tif", "-o", "{d}/m2.pt", "--time-budget", "-1"], "time budget"),
+    (["train", "-i", "{d}/img.tif", "-l", "{d}/zeros.npy", "-o", "{d}/m2.pt", "--epochs", "1"], "no annotation"),
+    (["train", "-i", "{d}/img.tif", "-l", "{d}/small.npy", "-o", "{d}/m2.pt", "--epochs", "1"], "must match"),
+    (["train", "-i", "{d}/img.tif", "-l", "{d}/float.npy", "-o", "{d}/m2.pt", "--epochs", "1"], "whole numbers"),
+    (["train", "-i", "{d}/img.tif", "-o", "{d}/m2.pt"], "required"),
+    (["bogus"], "invalid choice"),
+])
+def test_bad_input_exit_2_one_line_and_no_output(files, capsys, args, match):
+    d = files
+    np.save(d / "zeros.npy", np.zeros((96, 128), np.uint8))
+    np.save(d / "small.npy", np.ones((10, 10), np.uint8))
+    np.save(d / "float.npy", np.full((96, 128), 0.5, np.float32))
+    (d / "out.tif").write_bytes(b"precious")
+    before = sorted(p.name for p in d.iterdir())
+    code, out, err = run(capsys, *[a.format(d=d) for a in args])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in d.iterdir()) == before
+    assert (d / "out.tif").read_bytes() == b"precious"
+
+
+def test_model_that_does_not_fit_the_image(files, capsys):
+    d = files
+    nu.save_model(random_model(in_channels=3), d / "rgb.pt")
+    code, _, err = run(capsys, "predict", d / "rgb.pt", d / "img.tif", "-o", d / "o.tif")
+    assert code == 2 and "3 channels" in err
+
+
+def test_console_script_runs_without_a_display(files):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(files)}
+    result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "info", str(files / "model.pt")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "napari-unet model" in result.stdout

@@ -1,0 +1,136 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import napari_unet as nu
+from napari_unet.io import INCOMPLETE_ATTR, OutputFile, allocate, read_image, write_image
+
+from .test_predict import random_model
+
+
+@pytest.mark.parametrize("ext", [".tif", ".npy", ".zarr"])
+def test_write_then_read_roundtrip(tmp_path, ext):
+    data = np.random.default_rng(0).integers(0, 1000, (3, 20, 30)).astype(np.uint16)
+    path = tmp_path / f"img{ext}"
+    write_image(path, data)
+    np.testing.assert_array_equal(np.asarray(read_image(path)), data)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary leftovers
+
+
+def test_big_tiff_is_opened_lazily(tmp_path, monkeypatch):
+    import napari_unet.io as io
+
+    monkeypatch.setattr(io, "EAGER_TIFF_BYTES", 1000)
+    data = np.arange(4 * 64 * 64, dtype=np.uint16).reshape(4, 64, 64)
+    tifffile.imwrite(tmp_path / "a.tif", data)
+    tifffile.imwrite(tmp_path / "b.tif", data, compression="zlib", tile=(32, 32))
+    a, b = read_image(tmp_path / "a.tif"), read_image(tmp_path / "b.tif")
+    assert isinstance(a, np.memmap)
+    assert not isinstance(b, np.ndarray)  # a zarr view over the compressed tiles
+    np.testing.assert_array_equal(np.asarray(b[2]), data[2])
+
+
+def test_interrupted_output_leaves_existing_file_byte_for_byte(tmp_path):
+    path = tmp_path / "out.tif"
+    tifffile.imwrite(path, np.ones((5, 5), np.uint8))
+    before = path.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        with OutputFile(path, (5, 5), np.uint8) as out:
+            out.array[:2] = 7
+            raise KeyboardInterrupt
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
+
+
+def test_unfinished_zarr_is_marked_incomplete_and_refused(tmp_path):
+    out = OutputFile(tmp_path / "o.zarr", (4, 4), np.uint8)
+    import zarr
+
+    assert zarr.open(str(out.tmp), mode="r").attrs[INCOMPLETE_ATTR] is True
+    with pytest.raises(ValueError, match="interrupted"):
+        read_image(out.tmp.with_name(out.tmp.name))  # even under its temporary name
+    out.commit()
+    assert read_image(tmp_path / "o.zarr").shape == (4, 4)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"not a tiff at all", "cannot read"),
+    (b"II*\x00\x08\x00\x00\x00\xff\xff", "cannot read"),
+])
+def test_corrupt_tiff_gets_a_clear_error(tmp_path, content, match):
+    p = tmp_path / "bad.tif"
+    p.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        read_image(p)
+
+
+def test_unknown_format_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="unknown image format"):
+        read_image(tmp_path / "x.png")
+    with pytest.raises(FileNotFoundError):
+        read_image(tmp_path / "x.tif")
+
+
+def test_allocation_too_big_for_memory_is_refused_with_advice():
+    with pytest.raises(MemoryError, match="zarr"):
+        allocate((10**6, 10**6), np.float32)
+
+
+def test_model_roundtrip_predicts_identically(tmp_path):
+    model = random_model()
+    path = nu.save_model(model, tmp_path / "m.pt")
+    loaded = nu.load_model(path)
+    assert loaded.config == model.config
+    image = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    np.testing.assert_array_equal(nu.predict(model, image), nu.predict(loaded, image))
+
+
+def _marker_payload(marker):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return Payload()
+
+
+def test_malicious_model_file_never_runs_code(tmp_path):
+    marker = tmp_path / "PWNED"
+    torch.save({"format": "napari-unet-model", "x": _marker_payload(marker)}, tmp_path / "evil.pt")
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump(_marker_payload(marker), f)
+    for name in ("evil.pt", "evil.pkl"):
+        with pytest.raises(ValueError, match="never loaded"):
+            nu.load_model(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_damaged_and_foreign_model_files(tmp_path):
+    good = nu.save_model(random_model(), tmp_path / "m.pt")
+    data = good.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    for name, match in [("trunc.pt", "not a napari-unet model"), ("foreign.pt", "plain PyTorch checkpoint"),
+                        ("text.pt", "not a PyTorch archive")]:
+        with pytest.raises(ValueError, match=match):
+            nu.load_model(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        nu.load_model(tmp_path / "missing.pt")
+
+
+def test_saving_over_an_existing_model_is_atomic(tmp_path, monkeypatch):
+    path = nu.save_model(random_model(seed=1), tmp_path / "m.pt")
+    before = path.read_bytes()
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        nu.save_model(random_model(seed=2), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]

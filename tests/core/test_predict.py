@@ -1,0 +1,152 @@
+import numpy as np
+import pytest
+import torch
+
+import napari_unet as nu
+from napari_unet.model import Model, UNet
+from napari_unet.predict import plan_prediction
+
+
+def random_model(dims=2, depth=2, base=4, in_channels=1, mode="semantic", classes=(1, 2), seed=0):
+    """An untrained network with random weights and non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    k = 3 if mode == "instance" else len(classes)
+    net = UNet(dims, in_channels, k, depth, base)
+    for m in net.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    config = dict(dims=dims, depth=depth, base_channels=base, in_channels=in_channels, num_classes=k, mode=mode,
+                  class_ids=[0, 1, 2] if mode == "instance" else list(classes),
+                  norm_low=[0.0] * in_channels, norm_high=[1.0] * in_channels)
+    return Model(net.eval(), config)
+
+
+@pytest.mark.parametrize("shape", [(37, 45), (128, 128), (200, 333), (97, 260)])
+def test_tiled_equals_whole_image(shape):
+    model = random_model(depth=2)
+    image = np.random.default_rng(1).random(shape).astype(np.float32)
+    whole = nu.predict(model, image, tile=None)
+    tiled = nu.predict(model, image, tile=2 * model.halo + 16)
+    assert whole.shape == (2,) + shape and whole.dtype == np.float32
+    assert np.abs(whole - tiled).max() < 1e-3
+    assert (whole.argmax(0) == tiled.argmax(0)).mean() >= 0.9999
+
+
+def test_tiled_equals_whole_image_depth4_default_halo():
+    model = random_model(depth=4, base=4)
+    image = np.random.default_rng(2).random((300, 520)).astype(np.float32)
+    whole = nu.predict(model, image, tile=None)
+    tiled = nu.predict(model, image, tile=224, batch_size=3)
+    assert len(plan_prediction(model, image, tile=224).tiles) > 4
+    assert np.abs(whole - tiled).max() < 1e-3
+
+
+def test_any_input_dtype_and_caller_data_untouched():
+    model = random_model()
+    image = (np.random.default_rng(3).random((50, 60)) * 1000).astype(np.uint16)
+    copy = image.copy()
+    a = nu.predict(model, image)
+    b = nu.predict(model, image.astype(np.float64))
+    np.testing.assert_array_equal(image, copy)
+    assert np.abs(a - b).max() < 1e-5
+
+
+def test_2d_model_segments_a_stack_plane_by_plane():
+    model = random_model()
+    rng = np.random.default_rng(4)
+    stack = rng.random((3, 40, 50)).astype(np.float32)
+    labels = nu.segment(model, stack)
+    assert labels.shape == stack.shape
+    for z in range(3):
+        np.testing.assert_array_equal(labels[z], nu.segment(model, stack[z]))
+
+
+def test_dask_and_zarr_inputs_and_out_array(tmp_path):
+    da = pytest.importorskip("dask.array")
+    import zarr
+
+    model = random_model()
+    image = np.random.default_rng(5).random((2, 64, 80)).astype(np.float32)
+    expected = nu.segment(model, image)
+    np.testing.assert_array_equal(nu.segment(model, da.from_array(image, chunks=(1, 32, 32))), expected)
+    z = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=image.shape, chunks=(1, 64, 80), dtype="f4")
+    z[:] = image
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="w", shape=image.shape, chunks=(1, 64, 80),
+                          dtype=expected.dtype)
+    result = nu.segment(model, z, out=out)
+    assert result is out
+    np.testing.assert_array_equal(out[:], expected)
+
+
+def test_semantic_output_writes_background_as_zero_and_keeps_class_ids():
+    model = random_model(classes=(1, 2, 5))
+    labels = nu.segment(model, np.random.default_rng(6).random((64, 64)).astype(np.float32))
+    assert set(np.unique(labels)) <= {0, 2, 5}
+
+
+def test_multichannel_needs_declared_channel_axis():
+    model = random_model(in_channels=2)
+    image = np.random.default_rng(7).random((40, 40, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match="channel"):
+        nu.predict(model, image)
+    prob = nu.predict(model, image, channel_axis=-1)
+    assert prob.shape == (2, 40, 40)
+
+
+def test_3d_model_on_volume_and_time_series():
+    model = random_model(dims=3, depth=2)
+    vol = np.random.default_rng(8).random((2, 20, 24, 28)).astype(np.float32)
+    prob = nu.predict(model, vol)
+    assert prob.shape == (2, 2, 20, 24, 28)
+    whole = nu.predict(model, vol[0], tile=None)
+    exact = nu.predict(model, vol[0], tile=(2 * model.halo + 4,) * 3, halo=model.halo)
+    assert np.abs(whole - exact).max() < 1e-3
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(tile=0), "positive integer"),
+    (dict(tile=20), "too small"),
+    (dict(batch_size=0), "batch size"),
+    (dict(device="tpu"), "unknown device"),
+    (dict(tile="big"), "tile must be"),
+])
+def test_bad_arguments_are_refused_clearly(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nu.predict(random_model(), np.zeros((32, 32), np.float32), **kwargs)
+
+
+def test_model_that_does_not_fit_the_image():
+    with pytest.raises(ValueError, match="3D model"):
+        nu.predict(random_model(dims=3), np.zeros((32, 32), np.float32))
+    with pytest.raises(ValueError, match="out has shape"):
+        nu.predict(random_model(), np.zeros((32, 32), np.float32), out=np.zeros((2, 31, 32), np.float32))
+
+
+def test_progress_events_and_tqdm_like_progress():
+    model = random_model()
+    events = list(nu.iter_predict(model, np.zeros((200, 200), np.float32), tile=2 * model.halo + 16))
+    assert events[0].kind == "start" and events[-1].kind == "done"
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert all(e.region is not None for e in events if e.kind == "tiles")
+
+    class Bar:
+        total = None
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    bar = Bar()
+    nu.predict(model, np.zeros((64, 64), np.float32), progress=bar)
+    assert bar.n == bar.total == 100
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    model = random_model(depth=3, base=8)
+    image = np.random.default_rng(9).random((256, 256)).astype(np.float32)
+    cpu = nu.predict(model, image, device="cpu")
+    gpu = nu.predict(model, image, device="cuda")
+    assert (cpu.argmax(0) == gpu.argmax(0)).mean() > 0.99

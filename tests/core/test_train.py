@@ -1,0 +1,171 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import napari_unet as nu
+from napari_unet.data import add_border_band, instance_targets, semantic_targets, IGNORE
+
+TINY = dict(depth=2, base_channels=8, patch_size=32, batch_size=4)
+
+
+def test_semantic_training_learns_the_painted_classes(blobs):
+    image, strokes, truth = blobs
+    model = nu.train(image, strokes, mode="semantic", epochs=6, seed=0, **TINY)
+    labels = nu.segment(model, image)
+    assert labels.shape == image.shape
+    fg = labels > 0
+    iou = (fg & (truth > 0)).sum() / (fg | (truth > 0)).sum()
+    assert iou > 0.8
+    assert model.config["class_ids"] == [1, 2] and model.config["mode"] == "semantic"
+
+
+def test_instance_training_separates_objects(blobs):
+    image, _, truth = blobs
+    model = nu.train(image, truth, mode="instance", epochs=25, seed=0, **TINY)
+    labels = nu.segment(model, image)
+    from napari_unet.metrics import matching
+
+    assert matching(truth, labels)["f1"] >= 0.8
+
+
+def test_seeded_cpu_training_is_reproducible(blobs):
+    image, strokes, _ = blobs
+    a = nu.train(image, strokes, epochs=1, seed=3, **TINY)
+    b = nu.train(image, strokes, epochs=1, seed=3, **TINY)
+    for pa, pb in zip(a.network.parameters(), b.network.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_events_report_progress_and_stop_keeps_a_model(blobs):
+    image, strokes, _ = blobs
+    stop = threading.Event()
+    kinds, steps = [], []
+    for event in nu.iter_train(image, strokes, time_budget=60, stop=stop, **TINY):
+        kinds.append(event.kind)
+        if event.kind == "step":
+            steps.append(event.step)
+            assert event.loss is not None and 0 <= event.fraction <= 1
+            if event.step == 3:
+                stop.set()
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert steps == [1, 2, 3]
+    assert event.stopped and event.model is not None
+    assert nu.segment(event.model, image).shape == image.shape
+
+
+def test_time_budget_is_respected(blobs):
+    image, strokes, _ = blobs
+    last = None
+    for last in nu.iter_train(image, strokes, time_budget=1.5, **TINY):
+        pass
+    assert last.elapsed < 1.5 + 2.0 and last.step > 0
+
+
+def test_fine_tuning_continues_from_a_model(blobs):
+    image, strokes, _ = blobs
+    first = nu.train(image, strokes, epochs=1, seed=0, **TINY)
+    before = [p.clone() for p in first.network.parameters()]
+    second = nu.train(image, strokes, epochs=1, seed=1, init=first, **TINY)
+    assert second.config["trained_steps"] > first.config["trained_steps"]
+    assert second.config["norm_low"] == first.config["norm_low"]
+    # the original model is left as it was
+    for p, q in zip(first.network.parameters(), before):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="not trained for"):
+        extra = strokes.copy()
+        extra[50:52, 50:52] = 7
+        nu.train(image, extra, epochs=1, init=first, **TINY)
+
+
+def test_caller_arrays_are_not_modified(blobs):
+    image, strokes, _ = blobs
+    img0, lab0 = image.copy(), strokes.copy()
+    nu.train(image, strokes, epochs=1, **TINY)
+    np.testing.assert_array_equal(image, img0)
+    np.testing.assert_array_equal(strokes, lab0)
+
+
+def test_2d_model_trains_on_annotated_planes_of_a_stack(blobs):
+    image, strokes, _ = blobs
+    stack = np.stack([image, image[::-1], image])
+    lab = np.zeros(stack.shape, np.uint8)
+    lab[1] = strokes[::-1]
+    model = nu.train(stack, lab, epochs=1, **TINY)
+    assert nu.segment(model, stack).shape == stack.shape
+
+
+def test_multichannel_training_with_declared_channel_axis(blobs):
+    image, strokes, _ = blobs
+    rgbish = np.stack([image, image // 2], axis=-1)
+    model = nu.train(rgbish, strokes, channel_axis=-1, epochs=1, **TINY)
+    assert model.config["in_channels"] == 2
+    assert nu.segment(model, rgbish, channel_axis=-1).shape == image.shape
+
+
+def test_3d_model_trains_on_a_volume():
+    rng = np.random.default_rng(0)
+    vol = rng.normal(100, 10, (16, 32, 32)).astype(np.float32)
+    vol[4:10, 8:20, 8:20] += 200
+    lab = np.zeros(vol.shape, np.uint8)
+    lab[5:9, 10:18, 10:18] = 2
+    lab[12:15, 24:30, 24:30] = 1
+    model = nu.train(vol, lab, dims=3, epochs=1, depth=2, base_channels=4, patch_size=16, batch_size=2)
+    assert model.config["dims"] == 3
+    assert nu.segment(model, vol).shape == vol.shape
+
+
+@pytest.mark.parametrize("labels,match", [
+    (np.zeros((96, 128), np.uint8), "no annotation"),
+    (np.full((96, 128), 0.5, np.float32), "whole numbers"),
+    (np.zeros((90, 128), np.uint8), "must match"),
+])
+def test_bad_labels_are_refused_clearly(blobs, labels, match):
+    with pytest.raises(ValueError, match=match):
+        nu.train(blobs[0], labels, epochs=1, **TINY)
+
+
+def test_one_painted_class_is_not_enough(blobs):
+    image, strokes, _ = blobs
+    with pytest.raises(ValueError, match="at least two"):
+        nu.train(image, np.where(strokes == 2, 2, 0), epochs=1, **TINY)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(time_budget=-5), "positive number of seconds"),
+    (dict(epochs=0), "positive whole number"),
+    (dict(mode="panoptic"), "mode must be"),
+    (dict(device="gpu9"), "unknown device"),
+    (dict(dims=4), "dims must be"),
+])
+def test_bad_settings_are_refused_clearly(blobs, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nu.train(blobs[0], blobs[1], **{**TINY, "epochs": 1, **kwargs})
+
+
+def test_instance_targets_mark_rims_between_touching_objects():
+    lab = np.zeros((10, 12), np.int32)
+    lab[2:8, 1:6] = 1
+    lab[2:8, 6:11] = 2
+    t = instance_targets(lab)
+    assert (t[4, 5] == 2) and (t[4, 6] == 2)  # both sides of the contact are rim
+    assert t[4, 3] == 1 and t[0, 0] == 0
+
+
+def test_border_band_labels_dim_rim_as_background_only():
+    # a painted bright disc, an unpainted bright neighbour touching it, dim background elsewhere
+    yy, xx = np.mgrid[:40, :40]
+    intensity = np.full((40, 40), 0.1, np.float32)
+    disc = (yy - 20) ** 2 + (xx - 15) ** 2 < 36
+    neighbour = ((yy - 20) ** 2 + (xx - 25) ** 2 < 25) & ~disc
+    intensity[disc | neighbour] = 1.0
+    labels = np.zeros((40, 40), np.int64)
+    labels[disc] = 2
+    labels[:3, :] = 1
+    target = semantic_targets(labels, [1, 2])
+    out = add_border_band(target, intensity, width=3)
+    band = (out == 0) & (target == IGNORE)
+    assert band.any()
+    assert not (band & neighbour).any()  # the bright neighbour is never called background
+    assert (out[target != IGNORE] == target[target != IGNORE]).all()  # painted pixels untouched
