@@ -87,6 +87,16 @@ class UNet(nn.Module):
             self.up.append(UpConv(widths[level + 1], widths[level], 2, stride=2))
             self.up_blocks.append(_DoubleConv(dims, 2 * widths[level], widths[level]))
         self.head = Conv(widths[0], num_classes, 1)
+        self._init_weights()
+
+    def _init_weights(self):
+        # He initialization suits the ReLU stacks; torch's default (a=sqrt(5)) starts so small that some
+        # seeds sit on a plateau for the first hundred steps, too long for a 60 s budget.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

@@ -220,7 +220,8 @@ def iter_predict(model, image, *, tile="auto", batch_size: int | None = None, de
     config = model.config
     needs_whole_item = output == "labels" and model.mode == "instance"
     yield PredictEvent("start", 0, total, 0.0, time.perf_counter() - t0, message=plan.describe())
-    done, next_id = 0, 1
+    done, next_id, notes = 0, 1, []
+    _check_some_finite(img, items, item_shape)
     with torch.inference_mode():
         for idx in items:
             item = img[(slice(None),) + idx]
@@ -230,9 +231,10 @@ def iter_predict(model, image, *, tile="auto", batch_size: int | None = None, de
                 x = np.stack([model.preprocess(read_padded(item, t.input, item_shape)) for t in batch])
                 if not np.isfinite(x).all():
                     x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-                with autocast(dev):
-                    logits = net(torch.from_numpy(x).to(dev))
-                prob = torch.softmax(logits.float(), dim=1).cpu().numpy()
+                prob = _probabilities(net, x, dev, on_retry=lambda n: notes.append(n))
+                if notes:
+                    yield PredictEvent("warning", done, total, done / total, time.perf_counter() - t0,
+                                       message=notes.pop())
                 regions = []
                 for t, p in zip(batch, prob):
                     p = p[(slice(None),) + t.crop]
@@ -256,6 +258,48 @@ def iter_predict(model, image, *, tile="auto", batch_size: int | None = None, de
                                    region=idx + tuple(slice(0, s) for s in item_shape))
     yield PredictEvent("done", done, total, 1.0, time.perf_counter() - t0, result=out,
                        message=f"predicted {total} tile(s) in {time.perf_counter() - t0:.1f} s")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    text = str(exc).lower()
+    return (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError) \
+        or "out of memory" in text or "can't allocate memory" in text
+
+
+def _probabilities(net, x: np.ndarray, dev: torch.device, on_retry=None) -> np.ndarray:
+    """Softmax of the network on a batch; on GPU out-of-memory, retry in halves down to one tile."""
+    try:
+        with autocast(dev):
+            logits = net(torch.from_numpy(x).to(dev, non_blocking=True))
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+    except (RuntimeError, MemoryError) as exc:
+        if not _is_oom(exc):
+            raise
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(x) == 1:
+            raise MemoryError(f"out of memory on {dev} even for a single tile of {x.shape[2:]}: use a smaller "
+                              "tile (--tile / tile=) or another device") from None
+        half = len(x) // 2
+        if on_retry is not None:
+            on_retry(f"out of memory on {dev} with {len(x)} tiles at once: retrying {half} at a time "
+                     "(use a smaller batch size to avoid this)")
+        return np.concatenate([_probabilities(net, x[:half], dev), _probabilities(net, x[half:], dev)])
+
+
+def _check_some_finite(img, items, item_shape, window: int = 64):
+    """Refuse an image with no finite value, checking a few small windows (cheap on huge lazy data)."""
+    picks = {items[0], items[len(items) // 2], items[-1]}
+    for idx in picks:
+        for frac in (0.5, 0.1, 0.9):
+            starts = [int(max(0, s * frac - window // 2)) for s in item_shape]
+            block = img[(slice(None),) + idx + tuple(slice(a, a + window) for a in starts)]
+            if np.isfinite(block).any():
+                return
+    full = np.asarray(img[(slice(None),) + items[0]]) if np.prod(item_shape) <= 2**26 else None
+    if full is None or not np.isfinite(full).any():
+        raise ValueError("the image has no finite values (all NaN or infinite): check the input file")
 
 
 def _union(regions):

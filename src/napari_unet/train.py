@@ -146,7 +146,7 @@ def _masked_ce(logits, target):
 
 
 def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: int = 4,
-               base_channels: int = 32, time_budget: float | None = None, epochs: int | None = None,
+               base_channels: int = 16, time_budget: float | None = None, epochs: int | None = None,
                init: Model | None = None, device="auto", seed: int | None = None,
                channel_axis: int | None = None, patch_size: int | Sequence[int] | None = None,
                batch_size: int | None = None, learning_rate: float | None = None,
@@ -263,7 +263,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
 
     items = D.prepare_items(annotated, mode, class_ids, norm, patch, band, validation_fraction, rng)
     sampler = D.PatchSampler(items, patch, rng)
-    val_batches = sampler.validation_batches(batch_size)
+    val_batches = sampler.validation_batches(batch_size, n_patches=max(batch_size, 8))
     region_px = sum(it.target.size for it in items)
     steps_per_epoch = max(10, math.ceil(region_px / (batch_size * float(np.prod(patch)))))
     total_steps = epochs * steps_per_epoch if epochs is not None else None
@@ -294,7 +294,8 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                      message=f"training on {len(items)} region(s), {region_px} px, device {dev}", info=info)
 
     step, fraction, loss_value, stopped = 0, 0.0, None, False
-    next_val = 0.05
+    # validate about every 10% of the run, but spend at most ~5% of the time on it
+    next_val, val_seconds, last_val_time = 0.1, 0.0, 0.0
     net.train()
     try:
         while True:
@@ -333,9 +334,12 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
             elapsed = time.perf_counter() - start_time
             yield TrainEvent("step", step=step, fraction=fraction, elapsed=elapsed, loss=loss_value, lr=lr,
                              epoch=step / steps_per_epoch, total_steps=total_steps, best_val_loss=best_val)
-            if val_batches and fraction >= next_val:
-                next_val = fraction + 0.05
+            if val_batches and fraction >= next_val and elapsed - last_val_time >= 20 * val_seconds:
+                next_val = fraction + 0.1
+                tv = time.perf_counter()
                 val = validate()
+                val_seconds = time.perf_counter() - tv
+                last_val_time = elapsed
                 history.append(dict(step=step, elapsed=round(elapsed, 3), loss=loss_value, val_loss=val))
                 if best_val is None or val < best_val:
                     best_val = val

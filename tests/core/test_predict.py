@@ -150,3 +150,29 @@ def test_cuda_matches_cpu():
     cpu = nu.predict(model, image, device="cpu")
     gpu = nu.predict(model, image, device="cuda")
     assert (cpu.argmax(0) == gpu.argmax(0)).mean() > 0.99
+
+
+def test_all_nan_image_is_refused():
+    image = np.full((40, 40), np.nan, np.float32)
+    with pytest.raises(ValueError, match="no finite values"):
+        nu.segment(random_model(), image)
+    partly = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    partly[:10] = np.nan  # some missing values are fine: they are treated as 0 after normalization
+    assert nu.segment(random_model(), partly).shape == (40, 40)
+
+
+def test_out_of_memory_retries_with_smaller_batches(monkeypatch):
+    model = random_model()
+    image = np.random.default_rng(1).random((200, 200)).astype(np.float32)
+    expected = nu.predict(model, image, tile=64, batch_size=1)
+    forward = model.network.forward
+
+    def small_memory(x):
+        if x.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(x)
+
+    monkeypatch.setattr(model.network, "forward", small_memory)
+    events = list(nu.iter_predict(model, image, tile=64, batch_size=4))
+    assert any(e.kind == "warning" and "retrying" in e.message for e in events)
+    np.testing.assert_allclose(events[-1].result, expected, atol=1e-6)
