@@ -99,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args):
-    import numpy as np
-
-    from .io import read_image
+    from .io import load_in_memory, read_image
     from .modelfile import load_model, save_model
     from .train import iter_train
 
@@ -113,7 +111,7 @@ def _train(args):
     if out.is_dir():
         raise ValueError(f"{str(out)!r} is a folder: give a model file name such as model.pt")
     images = [read_image(p) for p in args.image]
-    labels = [np.asarray(read_image(p)) for p in args.labels]
+    labels = [load_in_memory(read_image(p), f"labels file {p!r}") for p in args.labels]
     init = load_model(args.init) if args.init else None
     stop = threading.Event()
 

@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-__all__ = ["resolve_device", "autocast", "amp_dtype"]
+__all__ = ["resolve_device", "autocast", "amp_dtype", "is_out_of_memory", "free_memory"]
 
 _VALID = "auto, cpu, cuda, cuda:N or mps"
 
@@ -59,3 +59,17 @@ def autocast(device: torch.device, enabled: bool = True):
     if not enabled or dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a GPU (or host) out-of-memory error from torch."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    text = str(exc).lower()
+    return (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError) \
+        or "out of memory" in text or "can't allocate memory" in text
+
+
+def free_memory(device: torch.device) -> None:
+    """Give cached GPU memory back after an out-of-memory error, so a smaller retry can succeed."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FORMATS", "read_image", "allocate", "check_output_path", "OutputFile", "write_image", "available_memory",
+__all__ = ["FORMATS", "read_image", "load_in_memory", "allocate", "check_output_path", "OutputFile", "write_image", "available_memory",
            "INCOMPLETE_ATTR"]
 
 FORMATS = (".tif", ".tiff", ".zarr", ".npy")
@@ -58,6 +58,16 @@ def allocate(shape, dtype, fraction: float = 0.8) -> np.ndarray:
             f"({avail / 2**30:.1f} GiB): write it to disk instead (out= a zarr array, or an output path ending "
             ".zarr on the command line)")
     return np.zeros(shape, dtype)
+
+
+def load_in_memory(array, what: str = "array", fraction: float = 0.5) -> np.ndarray:
+    """``np.asarray`` that refuses, with advice, an array larger than ``fraction`` of the available memory."""
+    nbytes = int(np.prod(np.shape(array), dtype=np.float64)) * np.dtype(array.dtype).itemsize
+    avail = available_memory()
+    if nbytes > fraction * avail:
+        raise MemoryError(f"the {what} ({nbytes / 2**30:.1f} GiB) does not fit in the available memory "
+                          f"({avail / 2**30:.1f} GiB): crop it to the annotated region, or store it as zarr")
+    return np.asarray(array)
 
 
 def read_image(path, *, lazy: bool = True):

@@ -31,11 +31,12 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
 
     The interior mask (pixels where the interior is the most likely class) usually separates touching
     objects, but a few pixels of bridge are enough to merge two nuclei. Seeds are therefore the maxima of
-    the (slightly smoothed) distance to the interior mask's edge that stand at least ``h`` px above
-    their surroundings: one per convex blob even when blobs touch. Seeds grow over the foreground
-    (background probability below ``threshold``) following that distance, so touching objects meet at
-    their neck. Foreground regions without a seed become objects of their own; objects smaller than
-    ``min_size`` are dropped.
+    the (slightly smoothed) distance to the interior mask's edge that stand at least ``h`` px above their
+    surroundings: one per convex blob even when blobs touch (an interior region without such a maximum
+    is a seed of its own). Seeds grow over the interior following that distance, so touching objects
+    meet at their neck; the rest of the foreground (background probability below ``threshold``: the
+    rims) goes to the nearest grown seed. Foreground regions without any interior become objects of
+    their own; objects smaller than ``min_size`` are dropped.
 
     Parameters
     ----------
@@ -66,11 +67,29 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
         return np.zeros(prob.shape[1:], np.int32)
     interior = (prob[1] > prob[2]) & (prob[1] > prob[0]) & foreground
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior), 1.0)
-    seeds, _ = ndi.label(h_maxima(dist, h) & interior)
-    labels = watershed(-dist, markers=seeds, mask=foreground)
-    orphans, n_orphans = ndi.label(foreground & (labels == 0))
-    if n_orphans:
-        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    peaks = h_maxima(dist, h).astype(bool) & interior
+    # a small blob next to a big one can lose its shallow maximum to the neighbour's: every interior
+    # component without a peak is a seed of its own, so it is never flooded from next door
+    parts, _ = ndi.label(interior)
+    has_peak = np.zeros(parts.max() + 1, bool)
+    has_peak[parts[peaks]] = True
+    has_peak[0] = True
+    seeds, _ = ndi.label(peaks | ~has_peak[parts])
+    cores = watershed(-dist, markers=seeds, mask=interior)
+    # grow the cores over the rest of the foreground (the rims): each pixel takes the label of the
+    # nearest core pixel, so a rim pixel between two touching objects goes to the closer one
+    fg_parts, _ = ndi.label(foreground)
+    if cores.max() > 0:
+        _, nearest = ndi.distance_transform_edt(cores == 0, return_indices=True)
+        labels = np.where(foreground, cores[tuple(nearest)], 0)
+        del nearest
+    else:
+        labels = np.zeros_like(cores)
+    # foreground regions without any interior (small or faint objects) are objects of their own
+    has_core = np.zeros(fg_parts.max() + 1, bool)
+    has_core[fg_parts[cores > 0]] = True
+    orphans = foreground & ~has_core[fg_parts]
+    labels[orphans] = fg_parts[orphans] + labels.max()
     if min_size > 1:
         sizes = np.bincount(labels.ravel())
         too_small = sizes < min_size

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
-from .device import amp_dtype, autocast, resolve_device
+from .device import amp_dtype, autocast, free_memory, is_out_of_memory, resolve_device
 from .model import Model, network_from_config
 
 __all__ = ["TrainEvent", "iter_train", "train", "DEFAULT_TIME_BUDGET"]
@@ -29,7 +29,8 @@ class TrainEvent:
     ----------
     kind : str
         ``"start"`` (data prepared), ``"step"`` (one optimizer step), ``"validation"`` (validation loss
-        measured) or ``"done"`` (the last event; ``model`` is set).
+        measured), ``"warning"`` (e.g. out of GPU memory: continuing with smaller batches; see
+        ``message``) or ``"done"`` (the last event; ``model`` is set).
     step : int
         Optimizer steps so far.
     fraction : float
@@ -136,6 +137,20 @@ def _lr_at(fraction, base_lr, warmup=0.05, floor=0.05):
         return base_lr * (0.1 + 0.9 * fraction / warmup)
     t = min(1.0, (fraction - warmup) / (1 - warmup))
     return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _shrink_after_oom(sampler, batch_size, align, dev):
+    """Halve the batch, then the patch, after running out of memory; give up at one minimal patch."""
+    if batch_size > 1:
+        batch_size //= 2
+        return batch_size, f"out of memory on {dev}: continuing with batches of {batch_size} patches"
+    patch = sampler.patch_size
+    smaller = tuple(max(2 * align, p // 2 // align * align) for p in patch)
+    if smaller == patch:
+        raise MemoryError(f"out of memory on {dev} even with one patch of {patch}: use device='cpu' or a smaller "
+                          "network (fewer base channels or less depth)")
+    sampler.patch_size = smaller
+    return batch_size, f"out of memory on {dev}: continuing with patches of {smaller}"
 
 
 def _masked_ce(logits, target):
@@ -275,6 +290,23 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    def train_step(x, y):
+        x = torch.from_numpy(x).to(dev, non_blocking=True)
+        y = torch.from_numpy(y).to(dev, non_blocking=True)
+        with autocast(dev):
+            logits = net(x)
+        loss, n_valid = _masked_ce(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if n_valid:
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+        return loss, n_valid
+
     def validate():
         net.eval()
         total, count = 0.0, 0
@@ -314,21 +346,18 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
             lr = _lr_at(fraction, learning_rate)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = sampler.sample(batch_size)
-            x = torch.from_numpy(x).to(dev, non_blocking=True)
-            y = torch.from_numpy(y).to(dev, non_blocking=True)
-            with autocast(dev):
-                logits = net(x)
-            loss, n_valid = _masked_ce(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            if n_valid:
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+            try:
+                loss, n_valid = train_step(*sampler.sample(batch_size))
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                free_memory(dev)
+                batch_size, message = _shrink_after_oom(sampler, batch_size, align, dev)
+                info.update(batch_size=batch_size, patch_size=list(sampler.patch_size))
+                yield TrainEvent("warning", step=step, fraction=fraction, elapsed=time.perf_counter() - start_time,
+                                 message=message)
+                continue
             step += 1
             loss_value = float(loss.detach())
             elapsed = time.perf_counter() - start_time

@@ -87,3 +87,47 @@ def test_console_script_runs_without_a_display(files):
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "napari-unet model" in result.stdout
+
+
+def test_more_bad_inputs_leave_existing_output_untouched(files, capsys):
+    d = files
+    (d / "corrupt.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    np.save(d / "nan.npy", np.full((64, 64), np.nan, np.float32))
+    data = (d / "model.pt").read_bytes()
+    (d / "trunc.pt").write_bytes(data[: len(data) // 3])
+    nu.save_model(random_model(dims=3), d / "model3d.pt")
+    (d / "out.tif").write_bytes(b"precious")
+    cases = [
+        (["predict", d / "model.pt", d / "corrupt.tif", "-o", d / "out.tif"], "cannot read"),
+        (["predict", d / "model.pt", d / "nan.npy", "-o", d / "out.tif"], "no finite values"),
+        (["predict", d / "trunc.pt", d / "img.tif", "-o", d / "out.tif"], "not a napari-unet model"),
+        (["predict", d / "model3d.pt", d / "img.tif", "-o", d / "out.tif"], "3D model"),
+        (["train", "-i", d / "nan.npy", "-l", d / "nan.npy", "-o", d / "out.tif"], "whole numbers"),
+        (["train", "-i", d / "corrupt.tif", "-l", d / "strokes.tif", "-o", d / "m.pt"], "cannot read"),
+    ]
+    for args, match in cases:
+        code, _, err = run(capsys, *args)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith("error: ") and match in last and err.count("error:") == 1, (args, err)
+        assert (d / "out.tif").read_bytes() == b"precious"
+    assert not list(d.glob(".*partial*"))
+
+
+def test_malicious_model_never_runs_code_from_the_command_line(files, capsys):
+    import os
+    import pickle
+
+    marker = files / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(files / "evil.pt", "wb") as f:
+        pickle.dump({"format": "napari-unet-model", "config": Payload()}, f)
+    for cmd in (["info", files / "evil.pt"], ["predict", files / "evil.pt", files / "img.tif", "-o", files / "o.tif"],
+                ["train", "-i", files / "img.tif", "-l", files / "strokes.tif", "-o", files / "m.pt",
+                 "--init", files / "evil.pt"]):
+        code, _, err = run(capsys, *cmd)
+        assert code == 2 and "never loaded" in err
+    assert not marker.exists()

@@ -169,3 +169,33 @@ def test_border_band_labels_dim_rim_as_background_only():
     assert band.any()
     assert not (band & neighbour).any()  # the bright neighbour is never called background
     assert (out[target != IGNORE] == target[target != IGNORE]).all()  # painted pixels untouched
+
+
+def test_out_of_memory_while_training_shrinks_the_batch(blobs, monkeypatch):
+    from napari_unet.model import UNet
+
+    forward = UNet.forward
+
+    def small_memory(self, x):
+        if self.training and x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return forward(self, x)
+
+    monkeypatch.setattr(UNet, "forward", small_memory)
+    image, strokes, _ = blobs
+    events = list(nu.iter_train(image, strokes, epochs=1, **{**TINY, "batch_size": 8}))
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert any("batches of 4" in w for w in warnings) and any("batches of 2" in w for w in warnings)
+    assert events[-1].kind == "done" and events[-1].model.config["batch_size"] == 2
+    assert events[-1].step > 0
+
+
+def test_out_of_memory_at_the_smallest_size_gives_a_clear_error(blobs, monkeypatch):
+    from napari_unet.model import UNet
+
+    def no_memory(self, x):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(UNet, "forward", no_memory)
+    with pytest.raises(MemoryError, match="even with one patch"):
+        nu.train(blobs[0], blobs[1], epochs=1, **TINY)

@@ -1,0 +1,77 @@
+"""Ctrl-C (SIGINT) during the command-line tools: nothing is lost, nothing looks finished that is not."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_unet as nu
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+def _start(args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "napari_unet.cli", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc, text, timeout=120):
+    """Read stderr lines until one contains ``text``; return what was read."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    proc.kill()
+    raise AssertionError(f"never saw {text!r}; got:\n{''.join(seen)}")
+
+
+def test_ctrl_c_during_training_saves_the_best_model_so_far(tmp_path, blobs):
+    image, strokes, _ = blobs
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "strokes.tif", strokes)
+    proc = _start(["train", "-i", "img.tif", "-l", "strokes.tif", "-o", "model.pt", "--time-budget", "600",
+                   "--depth", "2", "--base-channels", "8"], tmp_path)
+    _wait_for(proc, "step ")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 10
+    assert proc.returncode == 0, err
+    assert "stopped" in err
+    model = nu.load_model(tmp_path / "model.pt")
+    assert nu.segment(model, image).shape == image.shape
+
+
+@pytest.mark.parametrize("ext", [".tif", ".zarr"])
+def test_ctrl_c_during_prediction_leaves_no_finished_looking_output(tmp_path, ext):
+    from .test_predict import random_model
+
+    nu.save_model(random_model(depth=2, base=8), tmp_path / "model.pt")
+    np.save(tmp_path / "stack.npy", np.random.default_rng(0).random((400, 256, 256)).astype(np.float32))
+    out = tmp_path / f"labels{ext}"
+    if ext == ".tif":
+        tifffile.imwrite(out, np.ones((4, 4), np.uint8))
+        before = out.read_bytes()
+    proc = _start(["predict", "model.pt", "stack.npy", "-o", out.name, "--tile", "64"], tmp_path)
+    _wait_for(proc, "%")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    if ext == ".tif":
+        assert out.read_bytes() == before  # the previous result is still there, untouched
+    else:
+        assert not out.exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if "partial" in p.name]
+    assert leftovers == []
