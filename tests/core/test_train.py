@@ -200,14 +200,3 @@ def test_out_of_memory_at_the_smallest_size_gives_a_clear_error(blobs, monkeypat
     with pytest.raises(MemoryError, match="even with one patch"):
         nu.train(blobs[0], blobs[1], epochs=1, **TINY)
 
-
-def test_closing_the_generator_early_stops_the_sampler_thread(blobs):
-    import threading
-
-    image, strokes, _ = blobs
-    events = nu.iter_train(image, strokes, time_budget=60, **TINY)
-    for event in events:
-        if event.kind == "step":
-            break
-    events.close()
-    assert not [t for t in threading.enumerate() if t.name == "napari-unet-sampler"]
