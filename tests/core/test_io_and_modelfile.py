@@ -26,8 +26,8 @@ def test_big_tiff_is_opened_lazily(tmp_path, monkeypatch):
 
     monkeypatch.setattr(io, "EAGER_TIFF_BYTES", 1000)
     data = np.arange(4 * 64 * 64, dtype=np.uint16).reshape(4, 64, 64)
-    tifffile.imwrite(tmp_path / "a.tif", data)
-    tifffile.imwrite(tmp_path / "b.tif", data, compression="zlib", tile=(32, 32))
+    tifffile.imwrite(tmp_path / "a.tif", data, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "b.tif", data, compression="zlib", tile=(32, 32), photometric="minisblack")
     a, b = read_image(tmp_path / "a.tif"), read_image(tmp_path / "b.tif")
     assert isinstance(a, np.memmap)
     assert not isinstance(b, np.ndarray)  # a zarr view over the compressed tiles

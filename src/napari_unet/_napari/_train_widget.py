@@ -1,0 +1,459 @@
+"""The **Train UNet** dock widget."""
+from __future__ import annotations
+
+import threading
+import weakref
+from pathlib import Path
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+
+from ._dialogs import ask_open_model_path, ask_save_model_path
+from ._layers import (channel_axis_choices, device_choices, fixed_label, image_array, labels_array,
+                      parse_channel_axis, same_layer, set_progress, unwrap)
+from ._lifecycle import CloseWatcher, weak_method
+from ._plot import LossPlot
+from ._store import STORE
+from ._workers import WARMED, Job, drive, train_updates, warm_up
+
+__all__ = ["TrainWidget"]
+
+PATCH_SIZES = (32, 64, 96, 128, 192, 256, 384, 512)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+MODES = [("sparse strokes (semantic)", "semantic"), ("instance masks (instance)", "instance")]
+NAME = "Train UNet"
+
+
+def default_network() -> tuple:
+    """(depth, base channels) offered by default: the core's 4/32 on a GPU, 3/16 on a CPU only.
+
+    On a CPU the 4/32 network manages about 30 steps in the default minute (foreground IoU 0.03 on
+    the 512x512 sample) where 3/16 manages about 120 (IoU 0.91): a new user's first Train must work.
+    """
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    gpu = torch.cuda.is_available() or (mps is not None and mps.is_available())
+    return (4, 32) if gpu else (3, 16)
+
+
+def auto_choices(values) -> list:
+    """(label, value) choices with "auto" (0) first."""
+    return [("auto", 0)] + [(str(v), v) for v in values]
+
+
+def layer_choices(viewer_ref, kind):
+    """A magicgui ``choices`` callable listing the viewer's layers of one type, top layer last."""
+
+    def choices(widget=None):
+        viewer = viewer_ref()
+        if viewer is None:
+            return []
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+
+    return choices
+
+
+class PairRow(Container):
+    """One (image, labels) pair to train on.
+
+    Attributes
+    ----------
+    image : ComboBox
+        Image layers of the viewer.
+    labels : ComboBox
+        Labels layers of the viewer (the annotations).
+    remove : PushButton
+        Removes this pair (hidden on the first pair).
+    """
+
+    def __init__(self, viewer_ref, removable: bool):
+        super().__init__(layout="horizontal", labels=False)
+        self.image = ComboBox(choices=layer_choices(viewer_ref, Image), tooltip="Image to learn from")
+        self.labels = ComboBox(choices=layer_choices(viewer_ref, Labels),
+                               tooltip="Its annotations (a Labels layer)")
+        self.remove = PushButton(text="✕", tooltip="Remove this pair", visible=removable)
+        self.remove.native.setMaximumWidth(28)
+        self.extend([self.image, Label(value="→"), self.labels, self.remove])
+
+
+class TrainWidget(Container):
+    """Train a UNet on the annotations painted in napari.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        Passed by napari when the widget is docked from the Plugins menu.
+
+    Notes
+    -----
+    Training runs in a napari worker on the core's `napari_unet.iter_train` generator. The worker gets
+    copies of the annotations and never touches the viewer; its updates (batched to a few per second)
+    are applied here, on the GUI thread. The trained model goes to the shared `STORE`, where the
+    **Segment with UNet** widget picks it up at once.
+
+    Attributes
+    ----------
+    pairs : Container
+        `PairRow`s: (image, labels) pairs to train on; ``add_pair_button`` adds one.
+    mode : ComboBox
+        ``"semantic"`` (sparse strokes: 0 not annotated, 1 background, 2.. classes) or ``"instance"``
+        (dense masks: 0 background, one id per object).
+    time_budget : FloatSpinBox
+        Seconds of training.
+    continue_training : CheckBox
+        Fine-tune the current model instead of starting a new one.
+    advanced : Container
+        Folded away (``advanced_toggle``): model dims, depth, base channels, patch size, batch size,
+        learning rate (0 = automatic), device and the images' channel axis.
+    train_button : PushButton
+        "Train"; reads "Stop" while training runs.
+    progress : ProgressBar
+    status : Label
+    loss_plot : LossPlot
+        Training and validation loss, live.
+    save_button, load_button : PushButton
+    model_info : Label
+        Describes the current model.
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        viewer = unwrap(napari_viewer)
+        self._viewer_ref = weakref.ref(viewer)
+        self._job: Job | None = None
+        self._closing = False
+
+        self.pairs = Container(labels=False)
+        self.add_pair_button = PushButton(text="+ Add image/labels pair",
+                                          tooltip="Train on several images at once")
+        self.mode = ComboBox(label="Mode", choices=MODES, value="semantic",
+                             tooltip="Sparse strokes: 0 = not annotated, 1 = background, 2.. = classes.\n"
+                                     "Instance masks: dense, 0 = background, one id per object.")
+        self.time_budget = FloatSpinBox(label="Time budget (s)", value=60.0, min=1.0, max=86400.0, step=10.0,
+                                        tooltip="How long to train")
+        self.continue_training = CheckBox(text="Continue from the current model", value=False,
+                                          tooltip="Fine-tune the current model on these annotations "
+                                                  "(its classes and architecture are kept)")
+        self.advanced_toggle = PushButton(text="▸ Advanced settings")
+        self.dims = ComboBox(label="Model", choices=[("2D (plane by plane)", 2), ("3D", 3)], value=2)
+        depth, base = default_network()
+        self.depth = SpinBox(label="Depth", value=depth, min=1, max=7, tooltip="Number of poolings")
+        self.base_channels = SpinBox(label="Base channels", value=base, min=2, max=512,
+                                     tooltip="Feature maps of the first level (doubling at each level)")
+        self.patch_size = ComboBox(label="Patch size", choices=auto_choices(PATCH_SIZES), value=0,
+                                   tooltip="Side of the training patches (auto: 128 on CPU, 256 on GPU in 2D)")
+        self.batch_size = ComboBox(label="Batch size", choices=auto_choices(BATCH_SIZES), value=0,
+                                   tooltip="Patches per step (auto: 8 on CPU, 16 on GPU in 2D)")
+        self.learning_rate = FloatSpinBox(label="Learning rate", value=0.0, min=0.0, max=1.0, step=1e-4,
+                                          tooltip="auto: 2e-3, or 5e-4 when continuing")
+        self.learning_rate.native.setSpecialValueText("auto")  # shown for 0
+        self.device = ComboBox(label="Device", choices=device_choices(), value="auto")
+        self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices,
+                                     tooltip="Axis of the images that holds channels (RGB is automatic)")
+        self.advanced = Container(widgets=[self.dims, self.depth, self.base_channels, self.patch_size,
+                                           self.batch_size, self.learning_rate, self.device, self.channel_axis],
+                                  visible=False)
+        self.train_button = PushButton(text="Train")
+        self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
+        self.status = fixed_label(Label(label="", value=""))
+        self.plot_box = Container(labels=False)
+        self.loss_plot = LossPlot()
+        self.plot_box.native.layout().addWidget(self.loss_plot)
+        self.save_button = PushButton(text="Save model…")
+        self.load_button = PushButton(text="Load model…")
+        self.model_info = fixed_label(Label(label="Model", value=STORE.describe()))
+        self.extend([self.pairs, self.add_pair_button, self.mode, self.time_budget, self.continue_training,
+                     self.advanced_toggle, self.advanced, self.train_button, self.progress, self.status,
+                     self.plot_box, Container(widgets=[self.save_button, self.load_button], layout="horizontal",
+                                              labels=False), self.model_info])
+        self.add_pair()
+
+        self.add_pair_button.changed.connect(self.add_pair)
+        self.advanced_toggle.changed.connect(self._toggle_advanced)
+        self.train_button.changed.connect(self._on_train_clicked)
+        self.save_button.changed.connect(self.save_model)
+        self.load_button.changed.connect(self.load_model)
+        STORE.changed.connect(self._on_model_changed)
+        STORE.annotations_ready.connect(self._on_annotations_ready)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+            event.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        self._on_model_changed(STORE.model)
+        self._closer = CloseWatcher(self.native, self.shutdown)
+        self.native.destroyed.connect(weak_method(self._on_destroyed))
+        if not WARMED.is_set():
+            # a plain daemon thread: it talks to nothing in the GUI and must not delay quitting
+            threading.Thread(target=warm_up, name="napari-unet warm-up", daemon=True).start()
+
+    # ------------------------------------------------------------------------------------- helpers
+    @property
+    def viewer(self):
+        """The viewer (None once it is gone)."""
+        return self._viewer_ref()
+
+    @property
+    def running(self) -> bool:
+        """Whether a training run is in progress."""
+        return self._job is not None
+
+    def rows(self) -> list:
+        """The `PairRow`s."""
+        return list(self.pairs)
+
+    def add_pair(self, *_) -> PairRow:
+        """Add an (image, labels) row; new rows preselect the next image/labels not used yet."""
+        row = PairRow(self._viewer_ref, removable=bool(len(self.pairs)))
+        self.pairs.append(row)
+        row.reset_choices()
+        used_images = [r.image.value for r in self.rows()[:-1]]
+        used_labels = [r.labels.value for r in self.rows()[:-1]]
+        for combo, used in ((row.image, used_images), (row.labels, used_labels)):
+            free = [c for c in combo.choices if not any(same_layer(c, u) for u in used)]
+            if free and used:
+                combo.value = free[0]
+        row.remove.changed.connect(weak_method(self._remove_row, row))
+        if len(self.pairs) == 1:
+            row.image.changed.connect(weak_method(self._image_changed))
+        return row
+
+    def _remove_row(self, row, *_):
+        if row in self.pairs and len(self.pairs) > 1:
+            self.pairs.remove(row)
+
+    def _image_changed(self, *_):
+        self.channel_axis.reset_choices()
+
+    def _channel_choices(self, widget=None):
+        rows = self.rows() if hasattr(self, "pairs") else []
+        return channel_axis_choices(rows[0].image.value if rows else None)
+
+    def _toggle_advanced(self, *_):
+        show = not self.advanced.visible
+        self.advanced.visible = show
+        self.advanced_toggle.text = ("▾" if show else "▸") + " Advanced settings"
+
+    def _on_model_changed(self, model):
+        try:
+            self.model_info.value = STORE.describe()
+            self.continue_training.enabled = model is not None
+            if model is None:
+                self.continue_training.value = False
+        except RuntimeError:  # the Qt widgets were deleted with the viewer before this object
+            self.shutdown()
+
+    def _on_annotations_ready(self, image_layer, labels_layer, mode):
+        viewer = self.viewer
+        if viewer is None or not any(same_layer(labels_layer, layer) for layer in viewer.layers):
+            return  # made in another viewer
+        self.reset_choices()
+        row = self.rows()[0]
+        row.image.value = next(c for c in row.image.choices if same_layer(c, image_layer))
+        row.labels.value = next(c for c in row.labels.choices if same_layer(c, labels_layer))
+        self.mode.value = mode
+        if STORE.model is not None:
+            self.continue_training.value = True
+
+    # ------------------------------------------------------------------------------------- training
+    def _on_train_clicked(self, *_):
+        if self._job is not None:
+            self.stop()
+            return
+        try:
+            self.start()
+        except (ValueError, TypeError) as exc:
+            show_error(f"{NAME}: {exc}")
+
+    def _training_inputs(self):
+        pairs = []
+        for i, row in enumerate(self.rows()):
+            image, labels = row.image.value, row.labels.value
+            which = f" (pair {i + 1})" if len(self.pairs) > 1 else ""
+            if image is None:
+                raise ValueError(f"choose an image layer{which}: open an image, or try File > Open Sample > "
+                                 "napari-unet > Nuclei")
+            if labels is None:
+                raise ValueError(f"choose a Labels layer with your annotations{which}: add one with the "
+                                 "'New labels layer' button and paint strokes (1 = background, 2 = objects)")
+            pairs.append((image, labels))
+        axis = parse_channel_axis(self.channel_axis.value)
+        images, labels, layers, axes = [], [], [], set()
+        for image, lab in pairs:
+            arr, ax = image_array(image, axis)
+            axes.add(ax)
+            images.append(arr)
+            labels.append(labels_array(lab))  # a copy: the user may keep painting while training runs
+            layers += [image, lab]
+        if len(axes) > 1:
+            raise ValueError("mix of RGB and non-RGB images: train on images with the same channels")
+        return images, labels, layers, axes.pop()
+
+    def start(self) -> Job:
+        """Start training with the current settings (what the Train button does).
+
+        Returns
+        -------
+        Job
+            The run; its worker is ``job.worker``.
+
+        Raises
+        ------
+        ValueError
+            When the inputs are missing; errors found by the core arrive as notifications.
+        """
+        images, labels, layers, channel_axis = self._training_inputs()
+        init = None
+        if self.continue_training.value:
+            init = STORE.model
+            if init is None:
+                show_info(f"{NAME}: no current model to continue from; training a new one")
+        kwargs = dict(mode=self.mode.value, dims=self.dims.value, depth=self.depth.value,
+                      base_channels=self.base_channels.value, time_budget=float(self.time_budget.value),
+                      init=init, device=self.device.value, channel_axis=channel_axis,
+                      patch_size=self.patch_size.value or None, batch_size=self.batch_size.value or None,
+                      learning_rate=self.learning_rate.value or None)
+        job = Job("train", layers=layers)
+        job.info["offset"] = self.loss_plot.start_run() if init is not None else 0
+        if init is None:
+            self.loss_plot.clear()
+        job.info["budget"] = kwargs["time_budget"]
+        job.generator = train_updates(images, labels, job=job, **kwargs)
+        worker = create_worker(drive, job.generator, _start_thread=False, _ignore_errors=True)
+        job.worker = worker
+        worker.aborted.connect(job.close_generator, Qt.ConnectionType.DirectConnection)
+        worker.yielded.connect(weak_method(self._on_update, job))
+        worker.errored.connect(weak_method(self._on_error, job))
+        worker.finished.connect(weak_method(self._on_finished, job))
+        self._job = job
+        self.train_button.text = "Stop"
+        self.progress.value = 0
+        self.status.value = "preparing the training data…"
+        worker.start()
+        return job
+
+    def stop(self, reason: str = "") -> None:
+        """Ask the running training to stop; it ends after the current step, keeping the best model."""
+        job = self._job
+        if job is None:
+            return
+        job.info.setdefault("reason", reason)
+        job.stop.set()
+        self.train_button.text = "Stopping…"
+        self.train_button.enabled = False
+
+    def _on_update(self, job, update):
+        if job is not self._job or self._closing:
+            return
+        off = job.info["offset"]
+        if update.losses:
+            self.loss_plot.add_train([(s + off, v) for s, v in update.losses])
+        if update.val_loss is not None:
+            self.loss_plot.add_validation(update.step + off, update.val_loss)
+        set_progress(self.progress, round(100 * update.fraction))
+        if update.kind == "start":
+            self.status.value = update.message
+        elif update.kind == "done":
+            job.info["done"] = True
+            model = update.model
+            what = "stopped" if update.stopped else "finished"
+            STORE.set(model, "trained here")
+            best = f", best validation loss {update.best_val_loss:.4g}" if update.best_val_loss is not None else ""
+            self.status.value = f"{what}: {update.step} steps in {update.elapsed:.0f} s{best}"
+            reason = job.info.get("reason")
+            if reason:
+                show_info(f"{NAME}: training stopped because {reason}; the model so far is kept")
+            elif update.stopped:
+                show_info(f"{NAME}: stopped after {update.step} steps; kept the best model so far")
+        else:
+            loss = f"loss {update.loss:.4f}" if update.loss is not None else ""
+            best = f" · best val {update.best_val_loss:.4f}" if update.best_val_loss is not None else ""
+            self.status.value = (f"step {update.step} · {loss}{best} · {update.elapsed:.0f} s of "
+                                 f"{job.info['budget']:.0f} s")
+
+    def _on_error(self, job, exc):
+        if self._closing:
+            return
+        show_error(f"{NAME}: {exc}")
+        if job is self._job:
+            self.status.value = f"failed: {exc}"
+
+    def _on_finished(self, job):
+        if job is not self._job:
+            job.release()
+            return
+        self._job = None
+        job.release()
+        if self._closing:
+            return
+        self.train_button.text = "Train"
+        self.train_button.enabled = True
+        if job.info.get("done"):
+            self.progress.value = 100
+
+    def _on_layer_removed(self, event):
+        job = self._job
+        if job is None or self._closing:
+            return
+        if any(same_layer(event.value, layer) for layer in job.layers):
+            self.stop(f"the layer '{event.value.name}' was removed")
+
+    # ------------------------------------------------------------------------------------- model files
+    def save_model(self, *_, path: str | None = None):
+        """Save the current model (asks for a file name unless ``path`` is given)."""
+        from napari_unet import save_model
+
+        if STORE.model is None:
+            show_error(f"{NAME}: there is no model to save yet: train one first")
+            return None
+        path = path or ask_save_model_path(self.native)
+        if not path:
+            return None
+        try:
+            written = save_model(STORE.model, path)
+        except (OSError, ValueError, TypeError) as exc:
+            show_error(f"{NAME}: could not save the model: {exc}")
+            return None
+        show_info(f"{NAME}: model saved to {written}")
+        return written
+
+    def load_model(self, *_, path: str | None = None):
+        """Load a model file as the current model (asks for the file unless ``path`` is given).
+
+        Files are read safely by `napari_unet.load_model`: a foreign, damaged or malicious file is
+        refused with a notification and nothing of it runs.
+        """
+        from napari_unet import load_model
+
+        path = path or ask_open_model_path(self.native)
+        if not path:
+            return None
+        try:
+            model = load_model(path)
+        except (OSError, ValueError) as exc:
+            show_error(f"{NAME}: {exc}")
+            return None
+        STORE.set(model, f"loaded from {Path(path).name}")
+        self.mode.value = model.mode
+        show_info(f"{NAME}: loaded {Path(path).name}: {STORE.describe()}")
+        return model
+
+    # ------------------------------------------------------------------------------------- closing
+    def _on_destroyed(self, *_):
+        self.shutdown(timeout=0.0)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """End a running training (the viewer is closing): ask it to stop and wait a bounded time."""
+        if self._closing:
+            return
+        self._closing = True
+        STORE.changed.disconnect(self._on_model_changed, missing_ok=True)
+        STORE.annotations_ready.disconnect(self._on_annotations_ready, missing_ok=True)
+        job = self._job
+        if job is not None:
+            job.stop.set()
+            # wait (bounded) so that quitting the application never tears Python down under a running step
+            if timeout > 0 and job.worker is not None and getattr(job.worker, "is_running", False):
+                job.wait(timeout)
