@@ -384,7 +384,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
     except KeyboardInterrupt:  # Ctrl-C inside a step: finish with the best model so far
         stopped = True
 
-    if val_batches and step > 0:
+    if val_batches and step > 0 and not stopped:  # on Stop, answer at once with the best model seen
         val = validate()
         history.append(dict(step=step, elapsed=round(time.perf_counter() - start_time, 3), loss=loss_value,
                             val_loss=val))
