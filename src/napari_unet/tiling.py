@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Tile", "plan_tiles", "padded_shape", "read_padded", "normalize_tile_size", "tiling_cost"]
+__all__ = ["Tile", "plan_tiles", "padded_shape", "read_padded", "normalize_tile_size", "tiling_cost", "fit_tile_size",
+           "choose_tile_size"]
 
 
 @dataclass(frozen=True)
@@ -116,19 +117,112 @@ def plan_tiles(shape: Sequence[int], tile: Sequence[int] | None, halo: int, alig
     return tiles
 
 
-def read_padded(image, region: tuple, spatial_shape: Sequence[int]) -> np.ndarray:
-    """Read ``image[..., region]`` where ``region`` may run past the far end; pad there in edge mode.
+def read_padded(image, region: tuple, spatial_shape: Sequence[int], index: tuple = ()) -> np.ndarray:
+    """Read ``image[..., index, region]`` where ``region`` may run past the far end; pad there in edge mode.
 
-    ``image`` may be any array-like supporting slicing (numpy, dask, zarr, memmap); only the region is
-    read. Leading (channel) axes are kept.
+    Parameters
+    ----------
+    image : array-like
+        Any array supporting slicing (numpy, dask, zarr, memmap, `napari_unet.data.ChannelsFirst`); only
+        the region is read, never the whole array.
+    region : tuple of slice
+        Region of the spatial axes (the last ``len(region)`` axes), in padded coordinates.
+    spatial_shape : sequence of int
+        Unpadded size of those axes.
+    index : tuple of int
+        Position along the stack axes just before the spatial ones (a plane of a stack); axes before
+        those (channels) are kept whole.
     """
     inner = tuple(slice(r.start, min(r.stop, s)) for r, s in zip(region, spatial_shape))
-    lead = (slice(None),) * (np.ndim(image) - len(region))
-    block = np.asarray(image[lead + inner])
+    lead = (slice(None),) * (np.ndim(image) - len(region) - len(index))
+    block = np.asarray(image[lead + tuple(index) + inner])
     pad = [(0, 0)] * len(lead) + [(0, r.stop - min(r.stop, s)) for r, s in zip(region, spatial_shape)]
     if any(p[1] for p in pad):
         block = np.pad(block, pad, mode="edge")
     return block
+
+
+def fit_tile_size(size: int, max_tile: int, halo: int, align: int) -> int:
+    """The smallest tile covering one axis of ``size`` pixels with the fewest tiles of at most ``max_tile``.
+
+    `plan_tiles` steps by ``tile - 2 * halo`` and shifts the last tile inward, so a tile size that is
+    not fitted to the image wastes up to a whole step on the last tile (a 2048 px axis in tiles of 1136
+    takes 3 tiles, 1.66x the pixels; fitted, 2 tiles of 1120, 1.09x).
+
+    Parameters
+    ----------
+    size : int
+        Axis length (unpadded).
+    max_tile : int
+        Largest tile allowed (a multiple of ``align``, larger than ``2 * halo``).
+    halo, align : int
+        As in `plan_tiles`.
+
+    Returns
+    -------
+    int
+        A multiple of ``align``, at most ``max(max_tile, padded size)``.
+    """
+    padded = int(-(-int(size) // align) * align)
+    if max_tile >= padded:
+        return padded
+    step = max_tile - 2 * halo
+    if step <= 0:
+        raise ValueError(f"tile {max_tile} leaves no room inside a halo of {halo}")
+    n = int(-(-(padded - 2 * halo) // step))  # fewest tiles: n * tile - (n - 1) * 2 * halo >= padded
+    tile = -(-(padded + 2 * halo * (n - 1)) // n)
+    return int(min(max_tile, -(-tile // align) * align))
+
+
+def choose_tile_size(shape: Sequence[int], halo: int, align: int, max_pixels: float, *,
+                     cache_pixels: float | None = None, slowdown: float = 0.15,
+                     tile_overhead: float = 2.0**16) -> tuple:
+    """Tile sizes that minimise the estimated time to predict an image of spatial ``shape``.
+
+    Candidate tilings are `fit_tile_size` of every axis for a range of largest sides; each is scored by
+    the pixels it computes (halo overhead included), times a per-pixel slowdown for tiles larger than
+    ``cache_pixels`` (on CPU, big tiles no longer fit the caches: measured 1.6x slower per pixel at
+    2048^2 than at 512^2, see BENCHMARKS.md), plus a fixed cost per tile.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Spatial shape of one item.
+    halo, align : int
+        As in `plan_tiles`.
+    max_pixels : float
+        Largest tile (pixels or voxels) the memory budget allows.
+    cache_pixels : float, optional
+        Tiles above this size are penalised by ``1 + slowdown * log2(pixels / cache_pixels)``;
+        None for no penalty (GPUs get faster with bigger tiles).
+    slowdown : float
+        Penalty per doubling of the tile beyond ``cache_pixels``.
+    tile_overhead : float
+        Fixed cost of one tile, in pixels (reading, launching, cropping).
+
+    Returns
+    -------
+    tuple of int
+        Tile size per axis (multiples of ``align``); the padded shape itself when one tile is best.
+    """
+    padded = padded_shape(shape, align)
+    best, best_cost, seen = None, np.inf, set()
+    for side in range(2 * halo + align, max(padded) + align, align):
+        tile = tuple(fit_tile_size(s, side, halo, align) for s in shape)
+        if tile in seen:
+            continue
+        seen.add(tile)
+        pixels = float(np.prod(tile))
+        if pixels > max_pixels and best is not None:
+            break  # tiles only grow with the side from here on
+        n = int(np.prod([len(_grid_1d(s, p, t, halo)) for s, p, t in zip(shape, padded, tile)]))
+        per_pixel = 1.0
+        if cache_pixels is not None and pixels > cache_pixels:
+            per_pixel += slowdown * float(np.log2(pixels / cache_pixels))
+        cost = n * (pixels * per_pixel + tile_overhead)
+        if cost < best_cost:
+            best, best_cost = tile, cost
+    return best
 
 
 def tiling_cost(tiles: list[Tile], shape: Sequence[int]) -> float:

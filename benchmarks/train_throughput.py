@@ -1,0 +1,143 @@
+"""Training throughput on CPU: steps/s, patches/s, and the share of a step spent in the data pipeline.
+
+The data is the sparse-strokes protocol of benchmarks/quality.py (synthetic nuclei 512 x 512, strokes on
+6% of the pixels) with the defaults of `napari_unet.train` on CPU (depth 4, base 16, 128 px patches x 8).
+
+1. end to end: `iter_train` for ``--seconds`` (validation and the background sampler included);
+2. the parts, alternating: ``PatchSampler.sample(8)`` (crop + augmentation) and one optimizer step on a
+   fixed batch (forward, loss, backward, AdamW), each on its own; the data share is
+   sample / (sample + step), which is what the sampler costs when it cannot overlap with the step (on
+   a 2-core machine torch's two threads and the sampler thread compete for the same cores);
+3. a prototype for train.py: the same step with the network and the batch in channels_last.
+
+Usage: python benchmarks/train_throughput.py [--seconds 60] [--reps 20] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+import napari_unet as nu  # noqa: E402
+from napari_unet import data as D  # noqa: E402
+from napari_unet.model import network_from_config  # noqa: E402
+from napari_unet.synthetic import make_nuclei, make_strokes  # noqa: E402
+
+T = importlib.import_module("napari_unet.train")  # the module (napari_unet.train is the function)
+
+
+def sampler_and_network(image, strokes, patch=128, base=16, depth=4, seed=0):
+    """The sampler and network `iter_train` builds for this data (same calls, same defaults)."""
+    rng = np.random.default_rng(seed)
+    annotated, class_ids, n_channels = T._collect([image], [strokes], 2, None, "semantic")
+    norm = D.compute_normalization([(img, idx) for img, _, idx in annotated])
+    items = D.prepare_items(annotated, "semantic", class_ids, norm, (patch, patch), 3, 0.15, rng)
+    sampler = D.PatchSampler(items, (patch, patch), rng)
+    config = dict(dims=2, depth=depth, base_channels=base, in_channels=n_channels, num_classes=len(class_ids))
+    return sampler, network_from_config(config)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(machine(), flush=True)
+    image, truth = make_nuclei((512, 512), seed=0)
+    strokes = make_strokes(truth, fraction=0.06, seed=0)
+
+    # 1. end to end
+    steps, t0 = 0, time.perf_counter()
+    for ev in nu.iter_train(image, strokes, mode="semantic", time_budget=args.seconds, seed=0):
+        if ev.kind == "step":
+            steps = ev.step
+        if ev.kind == "start":
+            info = ev.info
+    elapsed = time.perf_counter() - t0
+    print(f"\n1. iter_train for {args.seconds:.0f} s: {steps} steps of {info['batch_size']} x "
+          f"{info['patch_size']} -> {steps / elapsed:.2f} steps/s, {steps * info['batch_size'] / elapsed:.1f} patches/s "
+          f"(setup and validation included)", flush=True)
+
+    # 2. the parts, alternating
+    sampler, net = sampler_and_network(image, strokes)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    net.train()
+    x_np, y_np = sampler.sample(args.batch)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+
+    def step():
+        loss, _ = T._masked_ce(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    parts = {"sample": lambda: sampler.sample(args.batch), "step": step}
+    for f in parts.values():
+        f()
+    times = {k: [] for k in parts}
+    for rep in range(args.reps):
+        for k, f in (parts.items() if rep % 2 == 0 else reversed(list(parts.items()))):
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    s, st = np.median(times["sample"]), np.median(times["step"])
+    print(f"\n2. parts ({args.reps} alternating repetitions, medians; {torch.get_num_threads()} torch threads)")
+    print(f"   PatchSampler.sample({args.batch}): {1e3 * s:7.1f} ms")
+    print(f"   optimizer step:          {1e3 * st:7.1f} ms  ({1 / st:.2f} steps/s, {args.batch / st:.1f} patches/s "
+          "without the data pipeline)")
+    print(f"   data share of a serial step: {100 * s / (s + st):.1f}%")
+
+    # 3. prototype for train.py: the same step with the network and batch in channels_last
+    import copy
+
+    net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    opt_cl = torch.optim.AdamW(net_cl.parameters(), lr=1e-3, weight_decay=1e-4)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def step_cl():
+        loss, _ = T._masked_ce(net_cl(x_cl), y)
+        opt_cl.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_cl.step()
+
+    step_cl()
+    pair = {"default": [], "channels_last": []}
+    for rep in range(max(4, args.reps // 2)):
+        for k, f in ((("default", step), ("channels_last", step_cl)) if rep % 2 == 0
+                     else (("channels_last", step_cl), ("default", step))):
+            t = time.perf_counter()
+            f()
+            pair[k].append(time.perf_counter() - t)
+    r = np.array(pair["channels_last"]) / np.array(pair["default"])
+    print(f"\n3. prototype: channels_last training step {1e3 * np.median(pair['channels_last']):.1f} ms vs "
+          f"{1e3 * np.median(pair['default']):.1f} ms (time ratio {np.median(r):.2f}x, {r.min():.2f}-{r.max():.2f})")
+
+    # where the sampler's time goes
+    prof = {"crop": [], "augment": []}
+    for _ in range(args.reps * args.batch):
+        t = time.perf_counter()
+        i, center = sampler._center()
+        img, tgt = sampler._crop(sampler.items[i], center, sampler.items[i].target)
+        t1 = time.perf_counter()
+        sampler._augment(img, tgt)
+        t2 = time.perf_counter()
+        prof["crop"].append(t1 - t)
+        prof["augment"].append(t2 - t1)
+    print(f"   per patch: centre + crop {1e3 * np.median(prof['crop']):.2f} ms, "
+          f"augmentation {1e3 * np.median(prof['augment']):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
