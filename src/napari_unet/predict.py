@@ -361,6 +361,7 @@ def plan_prediction(model, image, *, tile="auto", batch_size=None, device="auto"
     batches = -(-len(tiles) * len(items) // int(batch_size))
     n_workers = max(1, min(n_workers, batches))
     threads = max(1, torch.get_num_threads() // n_workers) if dev.type == "cpu" else torch.get_num_threads()
+    _check_some_finite(img, items, item_shape)  # before the caller creates any output file
     return PredictionPlan(model, dev, img, items, item_shape, tiles, tile_sizes, halo, int(batch_size),
                           shape, dtype, n_workers, threads)
 
@@ -804,7 +805,6 @@ def iter_predict(model, image, *, tile="auto", batch_size: int | None = None, de
         raise ValueError(f"out has shape {tuple(out.shape)} but the result needs {plan.shape}")
     total = plan.total_tiles
     yield PredictEvent("start", 0, total, 0.0, time.perf_counter() - t0, message=plan.describe())
-    _check_some_finite(plan.image, plan.items, plan.item_shape)
     pipeline = _Pipeline(plan, out, output, min_size, t0)
     saved_threads = torch.get_num_threads()
     done = 0
