@@ -8,9 +8,10 @@ C. threads: four 1120 x 1120 tiles with one worker of 1 thread, one worker of 2 
    intra-op pool), or two concurrent single-threaded workers (what `iter_predict` does on CPU).
 D. end to end: `napari_unet.predict` of a 2048 x 2048 image with several tile sizes; the cost is the
    pixels computed over the pixels of the image (halo overhead).
+E. per-pixel speed of a forward pass by tile size (1 thread): what `tiling.choose_tile_size` penalizes.
 
 The network is the default one (depth 4, base 16, random weights and BatchNorm statistics).
-Usage: python benchmarks/cpu_levers.py [--reps 3] [--compile] [--only A B C D]
+Usage: python benchmarks/cpu_levers.py [--reps 3] [--compile] [--only A B C D E]
 """
 from __future__ import annotations
 
@@ -165,11 +166,32 @@ def section_d(model, reps):
               f"time vs auto: {np.median(np.array(ts) / ref):.2f}x")
 
 
+def section_e(net, reps):
+    folded = copy.deepcopy(net)
+    _fold_batchnorm(folded)
+    folded = folded.to(memory_format=torch.channels_last)
+    sides = (512, 768, 1024, 1536, 2048)
+    xs = {t: torch.randn(1, 1, t, t).contiguous(memory_format=torch.channels_last) for t in sides}
+
+    def run(t):
+        def f():
+            with torch.inference_mode():
+                folded(xs[t])
+        return _with_threads(1, f)
+
+    times = alternate({f"{t}^2": run(t) for t in sides}, reps)
+    print("\nE. per-pixel speed by tile size (folded, channels_last, 1 thread)")
+    base = np.median(times["512^2"]) / 512**2
+    for t in sides:
+        per_px = np.median(times[f"{t}^2"]) / t**2
+        print(f"  {t}^2  {1 / per_px / 1e6:6.3f} Mpx/s  time per pixel vs 512^2: {per_px / base:.2f}x")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--only", nargs="+", default=["A", "B", "C", "D"])
+    p.add_argument("--only", nargs="+", default=["A", "B", "C", "D", "E"])
     args = p.parse_args(argv)
     print(machine(), flush=True)
     model = random_model()
@@ -182,6 +204,8 @@ def main(argv=None):
         section_c(net, args.reps)
     if "D" in args.only:
         section_d(model, args.reps)
+    if "E" in args.only:
+        section_e(net, args.reps)
 
 
 if __name__ == "__main__":

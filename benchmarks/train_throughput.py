@@ -6,8 +6,7 @@ The data is the sparse-strokes protocol of benchmarks/quality.py (synthetic nucl
 1. end to end: `iter_train` for ``--seconds`` (validation and the background sampler included);
 2. the parts, alternating: ``PatchSampler.sample(8)`` (crop + augmentation) and one optimizer step on a
    fixed batch (forward, loss, backward, AdamW), each on its own; the data share is
-   sample / (sample + step), which is what the sampler costs when it cannot overlap with the step (on
-   a 2-core machine torch's two threads and the sampler thread compete for the same cores);
+   sample / (sample + step), the share of a training step (sampling runs in the training thread);
 3. a prototype for train.py: the same step with the network and the batch in channels_last.
 
 Usage: python benchmarks/train_throughput.py [--seconds 60] [--reps 20] [--threads N]

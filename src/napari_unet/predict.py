@@ -37,7 +37,7 @@ from .tiling import choose_tile_size, normalize_tile_size, plan_tiles, read_padd
 __all__ = ["PredictEvent", "PredictionPlan", "plan_prediction", "iter_predict", "predict", "segment", "auto_tile_size",
            "labels_dtype", "inference_network"]
 
-#: CPU tiles above this many pixels run slower per pixel (caches; measured in benchmarks/vs_monai.py).
+#: CPU tiles above this many pixels run slower per pixel (caches; benchmarks/cpu_levers.py, section E).
 CPU_CACHE_PIXELS = 2**18
 #: At most this many concurrent forward passes on CPU by default (each one holds a tile's activations).
 MAX_CPU_WORKERS = 4
@@ -115,7 +115,7 @@ def _fold_batchnorm(module: nn.Module) -> None:
 
 
 def _memory_format(dims: int, device: torch.device):
-    """channels_last where it measured faster: CPU (oneDNN, 1.3-1.7x in 2D, 1.2x in 3D) and CUDA
+    """channels_last where it is faster: CPU (oneDNN; measured 1.6x in 2D, 1.2-1.3x in 3D) and CUDA
     (tensor-core convolutions under autocast want NHWC); MPS keeps the default layout."""
     if device.type not in ("cpu", "cuda"):
         return None
@@ -257,7 +257,8 @@ def _cpu_workers(device: torch.device, workers) -> int:
 
     Several single-threaded forward passes beat one multi-threaded pass on CPU: there is no barrier
     between threads, so a core taken by another process slows one worker instead of stalling all of
-    them (measured 2.4x on a shared 2-core machine, see BENCHMARKS.md).
+    them (2 cores, one busy elsewhere: 0.97x the time of one thread, against 1.25x for a 2-thread pass;
+    both free: 0.50x against 0.56x; BENCHMARKS.md, "CPU levers" C).
     """
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:

@@ -146,8 +146,8 @@ def fit_tile_size(size: int, max_tile: int, halo: int, align: int) -> int:
     """The smallest tile covering one axis of ``size`` pixels with the fewest tiles of at most ``max_tile``.
 
     `plan_tiles` steps by ``tile - 2 * halo`` and shifts the last tile inward, so a tile size that is
-    not fitted to the image wastes up to a whole step on the last tile (a 2048 px axis in tiles of 1136
-    takes 3 tiles, 1.66x the pixels; fitted, 2 tiles of 1120, 1.09x).
+    not fitted to the image wastes up to a whole step on the last tile (with a halo of 96, a 2500 px axis
+    in tiles of 1136 takes 3 tiles, 1.36x the pixels; fitted, 2 tiles of 1360, 1.09x).
 
     Parameters
     ----------
@@ -181,7 +181,7 @@ def choose_tile_size(shape: Sequence[int], halo: int, align: int, max_pixels: fl
 
     Candidate tilings are `fit_tile_size` of every axis for a range of largest sides; each is scored by
     the pixels it computes (halo overhead included), times a per-pixel slowdown for tiles larger than
-    ``cache_pixels`` (on CPU, big tiles no longer fit the caches: measured 1.6x slower per pixel at
+    ``cache_pixels`` (on CPU, big tiles no longer fit the caches: measured 1.45-1.6x slower per pixel at
     2048^2 than at 512^2, see BENCHMARKS.md), plus a fixed cost per tile.
 
     Parameters
