@@ -2,14 +2,17 @@
 
 Work flows through a small pipeline so that neither the disk nor the processor waits for the other::
 
-    reader thread  --(bounded queue)-->  compute worker(s)  --(bounded queue)-->  writer thread
-    reads + normalizes the next tiles    forward passes                            crops, writes to ``out``
+    reader thread  --(queue)-->  compute worker(s)  --(queue)-->  writer thread  --(events)-->  generator
+    reads + normalizes tiles     forward passes                   crops, writes ``out``, in order
 
-The generator only relays the writer's progress, so a consumer can stop between any two events:
-closing the generator (or an exception, Ctrl-C included) stops every thread and joins it before the
-generator returns. At most ``workers + prefetch`` batches are in flight, and a batch's slot is released
-only when its event has been handed to the consumer, so memory stays bounded whatever the size of the
-stack, and a consumer that stops pulling events stops the work.
+On CPU several single-threaded compute workers run at once (no OpenMP barrier to stall on a busy
+machine); on a GPU one worker keeps the device busy while the reader copies the next batch in on a side
+stream and the previous results go back on another. The generator only relays the writer's progress,
+so a consumer can stop between any two events: closing the generator (or an exception, Ctrl-C
+included) stops every thread and joins it before the generator returns. At most
+``workers + PREFETCH + 1`` batches are in flight, and a batch's slot is released only when its event has
+been handed to the consumer, so memory stays bounded whatever the size of the stack, and a consumer
+that stops pulling events stops the work.
 """
 from __future__ import annotations
 
@@ -492,6 +495,8 @@ class _Pipeline:
         self.plan, self.out, self.t0 = plan, out, t0
         model = plan.model
         self.dev = plan.device
+        if self.dev.type == "cuda" and self.dev.index is None:  # torch.cuda.set_device needs an index
+            self.dev = torch.device("cuda", torch.cuda.current_device())
         self.whole_item = output == "labels" and model.mode == "instance"
         self.kind = "classes" if output == "labels" and not self.whole_item else "probabilities"
         self.min_size = min_size
