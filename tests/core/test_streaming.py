@@ -79,7 +79,9 @@ def test_peak_memory_does_not_grow_with_the_stack(tmp_path, output):
     big = _peak_traced(model, tmp_path, 32, output)
     whole_input = 32 * 256 * 256 * 2
     # a materialized 32-plane input (4 MB) or output (4 or 16 MB) would show in both checks
-    assert big < 1.25 * small + 256 * 1024, (small, big)
+    # batches in flight at the peak vary with thread timing; a materialized stack (8 vs 32 planes) would
+    # still break both bounds by megabytes
+    assert big < 1.5 * small + 1024 * 1024, (small, big)
     assert big < whole_input, (small, big)
 
 
