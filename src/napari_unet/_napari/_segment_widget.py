@@ -1,26 +1,24 @@
 """The **Segment with UNet** dock widget: whole-image segmentation, click to segment, corrections."""
 from __future__ import annotations
 
-import threading
 import time
 import weakref
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, ProgressBar, PushButton
 from napari.layers import Image
 from napari.qt.threading import create_worker
-from qtpy.QtCore import Qt
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ._base import JobWidget
 from ._layers import (META_KEY, channel_axis_choices, device_choices, find_labels_layer, fixed_label, image_array,
                       is_lazy, level0, make_output, parse_channel_axis, remove_output_store, same_layer,
-                      segmentation_name, set_progress, spatial_geometry, spatial_shape, to_training_labels,
-                      unwrap)
-from ._lifecycle import CloseWatcher, weak_method
+                      segmentation_name, set_progress, spatial_geometry, spatial_shape, to_training_labels)
+from ._lifecycle import weak_method
 from ._store import STORE
 from ._train_widget import auto_choices, layer_choices
-from ._workers import WARMED, Job, click_segment, drive, segment_updates, warm_up
+from ._workers import Job, click_segment, segment_updates
 
 __all__ = ["SegmentWidget", "CLICK_WINDOW_2D", "CLICK_WINDOW_3D", "UNDO_LIMIT"]
 
@@ -35,7 +33,7 @@ UNDO_LIMIT = 2**22
 TILE_SIZES = (128, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
 
 
-class SegmentWidget(Container):
+class SegmentWidget(JobWidget):
     """Segment an image with the current UNet, click objects to add them, and turn results into labels.
 
     Parameters
@@ -79,14 +77,12 @@ class SegmentWidget(Container):
     status : Label
     """
 
+    NAME = NAME
+
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
-        viewer = unwrap(napari_viewer)
-        self._viewer_ref = weakref.ref(viewer)
-        self._job: Job | None = None
+        super().__init__(napari_viewer)
         self._click_job: Job | None = None
         self._pending_click = None
-        self._closing = False
         self._file_model = None
         self._mouse_callback = None
         self._prob_stores = {}  # image name -> probability output of its last run
@@ -123,30 +119,14 @@ class SegmentWidget(Container):
         self.image.changed.connect(self._image_changed)
         self.model_source.changed.connect(self._source_changed)
         self.model_file.changed.connect(self._file_changed)
-        self.segment_button.changed.connect(self._on_segment_clicked)
+        self.segment_button.changed.connect(self._on_run_clicked)
         self.click_to_segment.changed.connect(self._click_toggled)
         self.use_as_annotations.changed.connect(self._on_use_as_annotations)
         STORE.changed.connect(self._update_model_info)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
-            event.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self._on_layer_removed)
         self._update_model_info()
-        self._closer = CloseWatcher(self.native, self.shutdown)
-        self.native.destroyed.connect(weak_method(self._on_destroyed))
-        if not WARMED.is_set():  # see warm_up: keeps slow first imports off the GUI thread
-            threading.Thread(target=warm_up, name="napari-unet warm-up", daemon=True).start()
+        self._watch_viewer()
 
     # ------------------------------------------------------------------------------------- helpers
-    @property
-    def viewer(self):
-        """The viewer (None once it is gone)."""
-        return self._viewer_ref()
-
-    @property
-    def running(self) -> bool:
-        """Whether a segmentation is in progress."""
-        return self._job is not None
-
     def current_model(self):
         """The model the next run uses: the shared current model, or the chosen file's."""
         return self._file_model if self.model_source.value == "file" else STORE.model
@@ -212,15 +192,6 @@ class SegmentWidget(Container):
         return True
 
     # ------------------------------------------------------------------------------------- segmentation
-    def _on_segment_clicked(self, *_):
-        if self._job is not None:
-            self.cancel()
-            return
-        try:
-            self.start()
-        except (ValueError, TypeError, MemoryError) as exc:
-            show_error(f"{NAME}: {exc}")
-
     def start(self) -> Job:
         """Segment the chosen image (what the Segment button does).
 
@@ -272,19 +243,12 @@ class SegmentWidget(Container):
         job = Job("segment", layers=[image, layer] + prob_layers)
         job.info.update(layer=layer, undoable=undoable, labels_out=labels_out, prob_layers=prob_layers,
                         t0=time.perf_counter())
-        job.generator = segment_updates(model, data, labels_out=labels_out, prob_out=prob_out, job=job, tile=tile,
-                                        device=device, channel_axis=axis)
-        worker = create_worker(drive, job.generator, _start_thread=False, _ignore_errors=True)
-        job.worker = worker
-        worker.aborted.connect(job.close_generator, Qt.ConnectionType.DirectConnection)
-        worker.yielded.connect(weak_method(self._on_update, job))
-        worker.errored.connect(weak_method(self._on_error, job))
-        worker.finished.connect(weak_method(self._on_finished, job))
-        self._job = job
+        self._launch(job, segment_updates(model, data, labels_out=labels_out, prob_out=prob_out, job=job,
+                                          tile=tile, device=device, channel_axis=axis))
         self.segment_button.text = "Cancel"
         self.progress.value = 0
         self.status.value = plan.describe()
-        worker.start()
+        job.worker.start()
         return job
 
     def _probability_layers(self, image, model, shape, axis, lazy):
@@ -329,6 +293,10 @@ class SegmentWidget(Container):
         self.segment_button.text = "Cancelling…"
         self.segment_button.enabled = False
 
+    def stop(self, reason: str = "") -> None:
+        """Same as `cancel` (the Cancel button)."""
+        self.cancel(reason)
+
     def _on_update(self, job, update):
         if job is not self._job or self._closing:
             return
@@ -367,21 +335,9 @@ class SegmentWidget(Container):
             layer.data_setitem(changed, new[changed].astype(old.dtype, copy=False))
         layer.refresh()
 
-    def _on_error(self, job, exc):
-        if self._closing:
-            return
-        show_error(f"{NAME}: {exc}")
-        if job is self._job:
-            self.status.value = f"failed: {exc}"
-
     def _on_finished(self, job):
-        if job is not self._job:
-            job.release()
-            return
-        self._job = None
-        layer = job.info["layer"]
-        job.release()
-        if self._closing:
+        layer = job.info.get("layer")  # before _end_job releases the job's references
+        if not self._end_job(job):
             return
         self.segment_button.text = "Segment"
         self.segment_button.enabled = True
@@ -653,23 +609,12 @@ class SegmentWidget(Container):
         STORE.annotations_ready.emit(image, new, mode)
 
     # ------------------------------------------------------------------------------------- closing
-    def _on_destroyed(self, *_):
-        self.shutdown(timeout=0.0)
+    def _extra_jobs(self) -> list:
+        return [self._click_job]
 
-    def shutdown(self, timeout: float = 5.0) -> None:
-        """End running work (the viewer is closing) and remove the mouse callback."""
-        if self._closing:
-            return
-        self._closing = True
+    def _disconnect(self) -> None:
         STORE.changed.disconnect(self._update_model_info, missing_ok=True)
         self._remove_mouse_callback()
-        for job in (self._job, self._click_job):
-            if job is not None:
-                job.stop.set()
-        job = self._job
-        # wait (bounded) so that quitting the application never tears Python down under a running batch
-        if timeout > 0 and job is not None and job.worker is not None and getattr(job.worker, "is_running", False):
-            job.wait(timeout)
 
 
 def _convert(segmentation, mode, class_ids, click_classes):

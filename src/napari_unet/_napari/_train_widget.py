@@ -1,23 +1,20 @@
 """The **Train UNet** dock widget."""
 from __future__ import annotations
 
-import threading
-import weakref
 from pathlib import Path
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
 
+from ._base import JobWidget
 from ._dialogs import ask_open_model_path, ask_save_model_path
 from ._layers import (channel_axis_choices, device_choices, fixed_label, image_array, labels_array,
-                      parse_channel_axis, same_layer, set_progress, unwrap)
-from ._lifecycle import CloseWatcher, weak_method
+                      parse_channel_axis, same_layer, set_progress)
+from ._lifecycle import weak_method
 from ._plot import LossPlot
 from ._store import STORE
-from ._workers import WARMED, Job, drive, train_updates, warm_up
+from ._workers import Job, train_updates
 
 __all__ = ["TrainWidget"]
 
@@ -80,7 +77,7 @@ class PairRow(Container):
         self.extend([self.image, Label(value="→"), self.labels, self.remove])
 
 
-class TrainWidget(Container):
+class TrainWidget(JobWidget):
     """Train a UNet on the annotations painted in napari.
 
     Parameters
@@ -120,13 +117,10 @@ class TrainWidget(Container):
         Describes the current model.
     """
 
-    def __init__(self, napari_viewer):
-        super().__init__(labels=True)
-        viewer = unwrap(napari_viewer)
-        self._viewer_ref = weakref.ref(viewer)
-        self._job: Job | None = None
-        self._closing = False
+    NAME = NAME
 
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer)
         self.pairs = Container(labels=False)
         self.add_pair_button = PushButton(text="+ Add image/labels pair",
                                           tooltip="Train on several images at once")
@@ -174,32 +168,15 @@ class TrainWidget(Container):
 
         self.add_pair_button.changed.connect(self.add_pair)
         self.advanced_toggle.changed.connect(self._toggle_advanced)
-        self.train_button.changed.connect(self._on_train_clicked)
+        self.train_button.changed.connect(self._on_run_clicked)
         self.save_button.changed.connect(self.save_model)
         self.load_button.changed.connect(self.load_model)
         STORE.changed.connect(self._on_model_changed)
         STORE.annotations_ready.connect(self._on_annotations_ready)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
-            event.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self._on_layer_removed)
         self._on_model_changed(STORE.model)
-        self._closer = CloseWatcher(self.native, self.shutdown)
-        self.native.destroyed.connect(weak_method(self._on_destroyed))
-        if not WARMED.is_set():
-            # a plain daemon thread: it talks to nothing in the GUI and must not delay quitting
-            threading.Thread(target=warm_up, name="napari-unet warm-up", daemon=True).start()
+        self._watch_viewer()
 
     # ------------------------------------------------------------------------------------- helpers
-    @property
-    def viewer(self):
-        """The viewer (None once it is gone)."""
-        return self._viewer_ref()
-
-    @property
-    def running(self) -> bool:
-        """Whether a training run is in progress."""
-        return self._job is not None
-
     def rows(self) -> list:
         """The `PairRow`s."""
         return list(self.pairs)
@@ -258,15 +235,6 @@ class TrainWidget(Container):
             self.continue_training.value = True
 
     # ------------------------------------------------------------------------------------- training
-    def _on_train_clicked(self, *_):
-        if self._job is not None:
-            self.stop()
-            return
-        try:
-            self.start()
-        except (ValueError, TypeError) as exc:
-            show_error(f"{NAME}: {exc}")
-
     def _training_inputs(self):
         pairs = []
         for i, row in enumerate(self.rows()):
@@ -320,18 +288,11 @@ class TrainWidget(Container):
         if init is None:
             self.loss_plot.clear()
         job.info["budget"] = kwargs["time_budget"]
-        job.generator = train_updates(images, labels, job=job, **kwargs)
-        worker = create_worker(drive, job.generator, _start_thread=False, _ignore_errors=True)
-        job.worker = worker
-        worker.aborted.connect(job.close_generator, Qt.ConnectionType.DirectConnection)
-        worker.yielded.connect(weak_method(self._on_update, job))
-        worker.errored.connect(weak_method(self._on_error, job))
-        worker.finished.connect(weak_method(self._on_finished, job))
-        self._job = job
+        self._launch(job, train_updates(images, labels, job=job, **kwargs))
         self.train_button.text = "Stop"
         self.progress.value = 0
         self.status.value = "preparing the training data…"
-        worker.start()
+        job.worker.start()
         return job
 
     def stop(self, reason: str = "") -> None:
@@ -373,20 +334,8 @@ class TrainWidget(Container):
             self.status.value = (f"step {update.step} · {loss}{best} · {update.elapsed:.0f} s of "
                                  f"{job.info['budget']:.0f} s")
 
-    def _on_error(self, job, exc):
-        if self._closing:
-            return
-        show_error(f"{NAME}: {exc}")
-        if job is self._job:
-            self.status.value = f"failed: {exc}"
-
     def _on_finished(self, job):
-        if job is not self._job:
-            job.release()
-            return
-        self._job = None
-        job.release()
-        if self._closing:
+        if not self._end_job(job):
             return
         self.train_button.text = "Train"
         self.train_button.enabled = True
@@ -441,19 +390,6 @@ class TrainWidget(Container):
         return model
 
     # ------------------------------------------------------------------------------------- closing
-    def _on_destroyed(self, *_):
-        self.shutdown(timeout=0.0)
-
-    def shutdown(self, timeout: float = 5.0) -> None:
-        """End a running training (the viewer is closing): ask it to stop and wait a bounded time."""
-        if self._closing:
-            return
-        self._closing = True
+    def _disconnect(self) -> None:
         STORE.changed.disconnect(self._on_model_changed, missing_ok=True)
         STORE.annotations_ready.disconnect(self._on_annotations_ready, missing_ok=True)
-        job = self._job
-        if job is not None:
-            job.stop.set()
-            # wait (bounded) so that quitting the application never tears Python down under a running step
-            if timeout > 0 and job.worker is not None and getattr(job.worker, "is_running", False):
-                job.wait(timeout)
