@@ -78,13 +78,10 @@ def overlay_rgb(image, labels, strokes):
 def write_png_atomically(path: Path, rgb) -> None:
     import imageio.v3 as iio
 
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}.png")
-    try:
+    from napari_unet.io import atomic_path
+
+    with atomic_path(path) as tmp:  # keeps the .png extension, which imageio needs
         iio.imwrite(tmp, rgb)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def headless(args) -> int:
@@ -93,7 +90,7 @@ def headless(args) -> int:
     from scipy import ndimage as ndi
 
     import napari_unet as nu
-    from napari_unet.io import OutputFile
+    from napari_unet.io import LABELS_ATTRS, OutputFile
     from napari_unet.metrics import foreground_iou, matching, otsu_baseline
     from napari_unet.synthetic import make_sample
 
@@ -128,7 +125,7 @@ def headless(args) -> int:
     labels = nu.segment(model, image, device=args.device)
     print(f"segmented in {time.perf_counter() - t1:.1f} s")
 
-    with OutputFile(out / "labels.tif", labels.shape, labels.dtype) as f:
+    with OutputFile(out / "labels.tif", labels.shape, labels.dtype, attrs=LABELS_ATTRS) as f:
         f.array[...] = labels
     write_png_atomically(out / "overlay.png", overlay_rgb(image, labels, strokes))
     nu.save_model(model, out / "model.pt")

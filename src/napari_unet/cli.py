@@ -5,6 +5,7 @@ import argparse
 import signal
 import sys
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -146,7 +147,7 @@ def _train(args):
 
 
 def _predict(args):
-    from .io import OutputFile, check_output_path, read_image
+    from .io import LABELS_ATTRS, OutputFile, check_output_path, read_image
     from .modelfile import load_model
     from .predict import iter_predict, plan_prediction
 
@@ -161,12 +162,15 @@ def _predict(args):
         raise ValueError("--probabilities and -o name the same file")
     kwargs = dict(tile=args.tile, batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis)
     plan = plan_prediction(model, image, output="labels", **kwargs)  # all checks before any file is created
-    with OutputFile(args.output, plan.shape, plan.dtype) as labels_out:
+    with ExitStack() as outputs:
+        labels_out = outputs.enter_context(OutputFile(args.output, plan.shape, plan.dtype, attrs=LABELS_ATTRS))
+        prob_out = None
+        if args.probabilities:  # written from the same forward passes as the labels
+            prob_out = outputs.enter_context(
+                OutputFile(args.probabilities, (model.num_classes,) + plan.shape, "float32")).array
         print(plan.describe(), file=sys.stderr, flush=True)
-        _drain_predict(iter_predict(model, image, output="labels", out=labels_out.array, **kwargs))
-        if args.probabilities:
-            with OutputFile(args.probabilities, (model.num_classes,) + plan.shape, "float32") as prob_out:
-                _drain_predict(iter_predict(model, image, output="probabilities", out=prob_out.array, **kwargs))
+        _drain_predict(iter_predict(model, image, output="labels", out=labels_out.array, probabilities_out=prob_out,
+                                    **kwargs))
     print(f"labels written to {args.output}" + (f", probabilities to {args.probabilities}" if args.probabilities else ""),
           file=sys.stderr)
     return 0

@@ -1,9 +1,11 @@
 """Reading and writing images lazily (tif, zarr, npy), with outputs that are never left half-written."""
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,10 @@ FORMATS = (".tif", ".tiff", ".zarr", ".npy")
 INCOMPLETE_ATTR = "napari_unet_incomplete"
 # TIFFs up to this size are read into memory; larger ones stay on disk (memmap or zarr view)
 EAGER_TIFF_BYTES = 256 * 2**20
+#: Metadata marking a file as labels (segmentation), so that napari-unet's reader opens it as a
+#: Labels layer; written by the CLI's ``predict``, the plugin's writer and `write_image` on request.
+LABELS_ATTR = "napari_unet_layer_type"
+LABELS_ATTRS = {LABELS_ATTR: "labels"}
 
 
 def _suffix(path) -> str:
@@ -169,6 +175,28 @@ def _replace(tmp: Path, dest: Path):
         os.replace(tmp, dest)
 
 
+@contextmanager
+def atomic_path(path):
+    """A temporary sibling path to write; moved onto ``path`` only if the block ends without an error.
+
+    Readers never see a half-written file and an existing file is kept until the new one is complete;
+    on an error or an interruption (KeyboardInterrupt included) the temporary file or folder is removed.
+
+    Examples
+    --------
+    >>> with atomic_path("model.pt") as tmp:  # doctest: +SKIP
+    ...     torch.save(payload, tmp)
+    """
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        _replace(tmp, path)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
+
+
 def _remove(path: Path):
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
@@ -191,6 +219,32 @@ def check_output_path(path) -> Path:
     return path
 
 
+def release_pages(view) -> None:
+    """Drop the pages of a memory-mapped array view from this process (``madvise(MADV_DONTNEED)``).
+
+    Reading a memory-mapped TIFF/npy stack (or writing a memory-mapped output) maps every page touched,
+    so the resident memory of the process would grow to the size of the file even though only one
+    plane is worked on. Once a plane is done its pages are dropped: they stay in the page cache (a
+    shared mapping loses nothing) and are simply mapped again if read again. Copy-on-write mappings
+    (mode "c") are left alone, since dropping their pages would discard changes.
+    """
+    mm = getattr(view, "_mmap", None)
+    madvise = getattr(mm, "madvise", None)
+    if (madvise is None or not hasattr(mmap, "MADV_DONTNEED") or getattr(view, "mode", "c") not in ("r", "r+", "w+")
+            or not view.flags.c_contiguous or view.nbytes == 0):
+        return
+    try:
+        base = np.frombuffer(mm, dtype=np.uint8)
+        start = view.ctypes.data - base.ctypes.data
+        del base
+        page = mmap.PAGESIZE
+        lo, hi = -(-start // page) * page, (start + view.nbytes) // page * page  # whole pages inside only
+        if hi > lo:
+            madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (ValueError, OSError, BufferError, TypeError):
+        pass
+
+
 class OutputFile:
     """An output written piece by piece under a temporary name, put in place only by `commit`.
 
@@ -205,6 +259,9 @@ class OutputFile:
         Of the array to write.
     chunks : tuple, optional
         zarr chunks (default: whole trailing two axes per chunk, at most 1024 px each side).
+    attrs : dict, optional
+        JSON-able metadata kept with the data: zarr attributes, or entries of a TIFF's shaped-JSON
+        description (``tifffile.TiffFile.shaped_metadata``); ``.npy`` files have no room for it.
 
     Attributes
     ----------
@@ -212,8 +269,9 @@ class OutputFile:
         Write results into it (``array[region] = values``).
     """
 
-    def __init__(self, path, shape, dtype, chunks=None):
+    def __init__(self, path, shape, dtype, chunks=None, attrs=None):
         self.path = check_output_path(path)
+        self.attrs = dict(attrs or {})
         self.ext = _suffix(self.path)
         self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
         self.tmp = _tmp_name(self.path)
@@ -225,7 +283,7 @@ class OutputFile:
                 chunks = tuple([1] * (len(shape) - 2) + [min(s, 1024) for s in shape[-2:]])
             self.array = zarr.open_array(str(self.tmp), mode="w", shape=self.shape, chunks=chunks,
                                          dtype=self.dtype, fill_value=0)
-            self.array.attrs[INCOMPLETE_ATTR] = True
+            self.array.attrs.update({**self.attrs, INCOMPLETE_ATTR: True})
         elif self.ext == ".npy":
             self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=self.shape)
         else:  # TIFF pages are written in order at commit; fill a scratch memmap first
@@ -246,9 +304,15 @@ class OutputFile:
             data = self.array
             planes = data.reshape((-1,) + data.shape[-2:]) if data.ndim > 2 else data[None]
             big = data.nbytes > 2**32 - 2**25
+
+            def each_plane():  # a plane's pages are dropped once written: memory stays at one plane
+                for plane in planes:
+                    yield plane
+                    release_pages(plane)
+
             with tifffile.TiffWriter(self.tmp, bigtiff=big) as tw:
-                tw.write(iter(planes), shape=data.shape, dtype=data.dtype, photometric="minisblack",
-                         metadata={"axes": {2: "YX", 3: "ZYX", 4: "TZYX"}.get(data.ndim, None)})
+                tw.write(each_plane(), shape=data.shape, dtype=data.dtype, photometric="minisblack",
+                         metadata={"axes": {2: "YX", 3: "ZYX", 4: "TZYX"}.get(data.ndim, None), **self.attrs})
             del self.array, data, planes
             _remove(self._scratch)
         _replace(self.tmp, self.path)
@@ -271,9 +335,12 @@ class OutputFile:
         return False
 
 
-def write_image(path, array):
-    """Write an in-memory or lazy array to ``path`` atomically (plane by plane for lazy arrays)."""
-    with OutputFile(path, np.shape(array), array.dtype) as f:
+def write_image(path, array, attrs=None):
+    """Write an in-memory or lazy array to ``path`` atomically (plane by plane for lazy arrays).
+
+    ``attrs``: metadata kept with the data, as in `OutputFile` (e.g. ``LABELS_ATTRS`` for labels).
+    """
+    with OutputFile(path, np.shape(array), array.dtype, attrs=attrs) as f:
         if np.ndim(array) > 2:
             for i in np.ndindex(*np.shape(array)[:-2]):
                 f.array[i] = np.asarray(array[i])

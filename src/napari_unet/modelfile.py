@@ -7,12 +7,12 @@ configuration is stored as JSON text.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from .io import atomic_path
 from .model import Model, network_from_config
 
 __all__ = ["save_model", "load_model", "MAGIC"]
@@ -45,13 +45,8 @@ def save_model(model: Model, path) -> Path:
         "history": json.dumps(model.history),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()},
     }
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

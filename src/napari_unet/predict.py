@@ -17,7 +17,6 @@ that stops pulling events stops the work.
 from __future__ import annotations
 
 import copy
-import mmap
 import queue
 import threading
 import time
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from .data import as_channels_first, iter_items
+from .io import release_pages as _release_pages
 from .device import amp_dtype, autocast, free_memory, is_out_of_memory, resolve_device
 from .model import Model
 from .postprocess import instance_labels, semantic_labels
@@ -370,32 +370,6 @@ def plan_prediction(model, image, *, tile="auto", batch_size=None, device="auto"
                           shape, dtype, n_workers, threads)
 
 
-def _release_pages(view) -> None:
-    """Drop the pages of a memory-mapped array view from this process (``madvise(MADV_DONTNEED)``).
-
-    Reading a memory-mapped TIFF/npy stack (or writing a memory-mapped output) maps every page touched,
-    so the resident memory of the process would grow to the size of the file even though only one
-    plane is worked on. Once a plane is done its pages are dropped: they stay in the page cache (a
-    shared mapping loses nothing) and are simply mapped again if read again. Copy-on-write mappings
-    (mode "c") are left alone, since dropping their pages would discard changes.
-    """
-    mm = getattr(view, "_mmap", None)
-    madvise = getattr(mm, "madvise", None)
-    if (madvise is None or not hasattr(mmap, "MADV_DONTNEED") or getattr(view, "mode", "c") not in ("r", "r+", "w+")
-            or not view.flags.c_contiguous or view.nbytes == 0):
-        return
-    try:
-        base = np.frombuffer(mm, dtype=np.uint8)
-        start = view.ctypes.data - base.ctypes.data
-        del base
-        page = mmap.PAGESIZE
-        lo, hi = -(-start // page) * page, (start + view.nbytes) // page * page  # whole pages inside only
-        if hi > lo:
-            madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-    except (ValueError, OSError, BufferError, TypeError):
-        pass
-
-
 # ---------------------------------------------------------------------------------- the pipeline
 _END = object()
 
@@ -491,17 +465,19 @@ class _Runner:
 class _Pipeline:
     """Reader, compute workers and writer threads of one `iter_predict` run (see the module docstring)."""
 
-    def __init__(self, plan: PredictionPlan, out, output: str, min_size, t0: float):
+    def __init__(self, plan: PredictionPlan, out, output: str, min_size, t0: float, prob_out=None):
         self.plan, self.out, self.t0 = plan, out, t0
+        self.prob_out = prob_out  # labels and probabilities from one pass
         model = plan.model
         self.dev = plan.device
         if self.dev.type == "cuda" and self.dev.index is None:  # torch.cuda.set_device needs an index
             self.dev = torch.device("cuda", torch.cuda.current_device())
         self.whole_item = output == "labels" and model.mode == "instance"
-        self.kind = "classes" if output == "labels" and not self.whole_item else "probabilities"
+        self.semantic_labels = output == "labels" and not self.whole_item
+        self.kind = "classes" if self.semantic_labels and prob_out is None else "probabilities"
         self.min_size = min_size
         self.output = output
-        if self.kind == "classes":  # class index -> written label, through the canonical semantic_labels
+        if self.semantic_labels:  # class index -> written label, through the canonical semantic_labels
             self.lut = semantic_labels(np.eye(model.num_classes, dtype=np.float32), model.config["class_ids"])
         work = [(i, t) for i in range(len(plan.items)) for t in range(len(plan.tiles))]
         self.batches = [work[s:s + plan.batch_size] for s in range(0, len(work), plan.batch_size)]
@@ -669,6 +645,7 @@ class _Pipeline:
         buffers: dict = {}
         remaining: dict = {}  # tiles still to write, per item
         mapped = isinstance(out, np.memmap)
+        prob_out = self.prob_out
         next_id = 1
         while True:
             msg = self._get(self.results)
@@ -688,18 +665,20 @@ class _Pipeline:
                 for j, (i, t) in enumerate(batch):
                     tile, idx = plan.tiles[t], plan.items[i]
                     p = y[j][(Ellipsis,) + tile.crop]
+                    if prob_out is not None:
+                        prob_out[(slice(None),) + idx + tile.output] = p
                     if self.whole_item:
                         buf = buffers.get(i)
                         if buf is None:
                             buf = buffers[i] = np.empty((plan.model.num_classes,) + plan.item_shape, np.float32)
                         buf[(slice(None),) + tile.output] = p
-                    elif self.kind == "classes":
-                        out[idx + tile.output] = self.lut[p]
+                    elif self.semantic_labels:
+                        out[idx + tile.output] = self.lut[p if self.kind == "classes" else p.argmax(0)]
                     else:
                         out[(slice(None),) + idx + tile.output] = p
                     remaining[i] = remaining.get(i, len(plan.tiles)) - 1
-                    if remaining[i] == 0 and mapped and not self.whole_item:
-                        self._release_output(idx)
+                    if remaining[i] == 0:
+                        self._release_output(idx, labels=mapped and not self.whole_item)
                     done += 1
                     if not groups or groups[-1][0] != i:
                         groups.append((i, []))
@@ -718,18 +697,23 @@ class _Pipeline:
                         idx = plan.items[i]
                         out[idx] = lab
                         if mapped:
-                            self._release_output(idx)
+                            self._release_output(idx, probabilities=False)
                         self.events.put(("item", PredictEvent(
                             "item", done, total, done / total, time.perf_counter() - self.t0,
                             region=idx + tuple(slice(0, s) for s in plan.item_shape)), False))
         self.events.put(("end",))
 
-    def _release_output(self, idx):
+    def _release_output(self, idx, labels: bool = True, probabilities: bool = True):
+        """Drop the written pages of a finished item from memory-mapped outputs (bounded RSS)."""
         if self.output == "labels":
-            _release_pages(self._item_view(self.out, idx))
+            if labels:
+                _release_pages(self._item_view(self.out, idx))
+            prob = self.prob_out
         else:
-            for k in range(self.out.shape[0]):
-                _release_pages(self._item_view(self.out, idx, (k,)))
+            prob = self.out if labels else None
+        if probabilities and isinstance(prob, np.memmap):
+            for k in range(prob.shape[0]):
+                _release_pages(self._item_view(prob, idx, (k,)))
 
     def events_until_done(self):
         """Yield the writer's events; a batch's slot is freed once its last event is handed over."""
@@ -756,7 +740,7 @@ class _Pipeline:
 
 def iter_predict(model, image, *, tile="auto", batch_size: int | None = None, device="auto", out=None,
                  channel_axis: int | None = None, output: str = "probabilities", halo: int | None = None,
-                 min_size: int | None = None, workers: int | None = None):
+                 min_size: int | None = None, workers: int | None = None, probabilities_out=None):
     """Predict an image tile by tile, yielding `PredictEvent` progress reports.
 
     Reading, computing and writing overlap in threads (see the module docstring); memory stays bounded
@@ -793,6 +777,9 @@ def iter_predict(model, image, *, tile="auto", batch_size: int | None = None, de
     workers : int, optional
         CPU only: forward passes run concurrently, each with ``torch.get_num_threads() // workers``
         threads. Default: one per torch thread, at most 4.
+    probabilities_out : array-like, optional
+        With ``output="labels"``: also write the class probabilities, ``(K, *spatial)`` float32, here,
+        from the same forward passes (the network runs once for both).
 
     Yields
     ------
@@ -809,9 +796,16 @@ def iter_predict(model, image, *, tile="auto", batch_size: int | None = None, de
         out = allocate(plan.shape, plan.dtype)
     elif tuple(out.shape) != plan.shape:
         raise ValueError(f"out has shape {tuple(out.shape)} but the result needs {plan.shape}")
+    if probabilities_out is not None:
+        if output != "labels":
+            raise ValueError("probabilities_out goes with output='labels' (output='probabilities' writes them to out)")
+        needed = (plan.model.num_classes,) + tuple(plan.shape)
+        if tuple(probabilities_out.shape) != needed:
+            raise ValueError(f"probabilities_out has shape {tuple(probabilities_out.shape)} but the probabilities "
+                             f"need {needed}")
     total = plan.total_tiles
     yield PredictEvent("start", 0, total, 0.0, time.perf_counter() - t0, message=plan.describe())
-    pipeline = _Pipeline(plan, out, output, min_size, t0)
+    pipeline = _Pipeline(plan, out, output, min_size, t0, prob_out=probabilities_out)
     saved_threads = torch.get_num_threads()
     done = 0
     try:

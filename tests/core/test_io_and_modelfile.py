@@ -126,11 +126,14 @@ def test_saving_over_an_existing_model_is_atomic(tmp_path, monkeypatch):
     path = nu.save_model(random_model(seed=1), tmp_path / "m.pt")
     before = path.read_bytes()
 
-    def broken_save(*args, **kwargs):
-        raise OSError("disk full")
+    def broken_save(payload, target, **kwargs):
+        with open(target, "wb") as f:
+            f.write(b"half a model")  # a crash after writing part of the file
+        raise error
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
-        nu.save_model(random_model(seed=2), path)
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    for error in (OSError("disk full"), KeyboardInterrupt()):
+        with pytest.raises(type(error)):
+            nu.save_model(random_model(seed=2), path)
+        assert path.read_bytes() == before
+        assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]

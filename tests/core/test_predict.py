@@ -176,3 +176,30 @@ def test_out_of_memory_retries_with_smaller_batches(monkeypatch):
     events = list(nu.iter_predict(model, image, tile=64, batch_size=4))
     assert any(e.kind == "warning" and "retrying" in e.message for e in events)
     np.testing.assert_allclose(events[-1].result, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["semantic", "instance"])
+def test_labels_with_probabilities_run_the_network_once(mode, monkeypatch):
+    model = random_model(mode=mode, seed=3)
+    stack = np.random.default_rng(4).random((2, 70, 90)).astype(np.float32)
+    labels_alone = nu.segment(model, stack, tile=64)
+    probabilities_alone = nu.predict(model, stack, tile=64)
+
+    calls = []
+    forward = type(model.network).forward
+    monkeypatch.setattr(type(model.network), "forward", lambda self, x: calls.append(1) or forward(self, x))
+    probabilities = np.zeros((3 if mode == "instance" else 2,) + stack.shape, np.float32)
+    labels = nu.segment(model, stack, tile=64, probabilities_out=probabilities)
+    plan = plan_prediction(model, stack, tile=64)
+    assert len(calls) == plan.total_tiles  # one forward pass per tile, for both outputs
+    np.testing.assert_array_equal(labels, labels_alone)
+    np.testing.assert_allclose(probabilities, probabilities_alone, atol=1e-6)
+
+
+def test_probabilities_out_of_the_wrong_shape_is_refused():
+    model = random_model()
+    image = np.zeros((64, 64), np.float32)
+    with pytest.raises(ValueError, match=r"probabilities_out has shape \(64, 64\) but the probabilities need \(2, 64, 64\)"):
+        nu.segment(model, image, probabilities_out=np.zeros((64, 64), np.float32))
+    with pytest.raises(ValueError, match="goes with output='labels'"):
+        nu.predict(model, image, probabilities_out=np.zeros((2, 64, 64), np.float32))

@@ -25,10 +25,28 @@ def test_labels_roundtrip_through_napari(make_napari_viewer, tmp_path, ext):
     opened = viewer.open(str(path), plugin="napari-unet")
     assert len(opened) == 1
     back = opened[0]
-    if ext == ".zarr":
-        assert isinstance(back, Labels)  # the writer tags zarr arrays so they come back as labels
+    assert isinstance(back, Labels)  # the writer tags the file so it comes back as labels, not an image
     np.testing.assert_array_equal(np.asarray(back.data), data)
     assert back.name == "seg"
+
+
+def test_cli_segmentation_opens_as_labels_and_images_stay_images(make_napari_viewer, tmp_path):
+    import napari_unet as nu
+    from napari_unet.cli import main
+
+    from tests.core.test_predict import random_model
+
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    nu.save_model(random_model(), tmp_path / "m.pt")
+    assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "img.tif"), "-o", str(tmp_path / "seg.tif"),
+                 "--probabilities", str(tmp_path / "prob.tif")]) == 0
+    viewer = make_napari_viewer()
+    seg, = viewer.open(str(tmp_path / "seg.tif"), plugin="napari-unet")
+    img, = viewer.open(str(tmp_path / "img.tif"), plugin="napari-unet")
+    prob, = viewer.open(str(tmp_path / "prob.tif"), plugin="napari-unet")
+    assert isinstance(seg, Labels) and isinstance(img, Image) and isinstance(prob, Image)
+    np.testing.assert_array_equal(np.asarray(seg.data), nu.segment(random_model(), image))
 
 
 def test_writer_never_leaves_a_half_written_file(tmp_path, monkeypatch):

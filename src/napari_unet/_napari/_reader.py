@@ -3,7 +3,8 @@
 Small TIFFs (up to `napari_unet.io.EAGER_TIFF_BYTES`) are read into memory, which is fastest; bigger
 ones become dask arrays over a memory map or tifffile's zarr view, read plane by plane as napari shows
 them. TIFF pyramids and OME-Zarr multiscale groups open as multiscale layers; other zarr arrays as one
-dask array. Zarr arrays written by this plugin's writer from a Labels layer come back as Labels.
+dask array. Files tagged as labels (`napari_unet.io.LABELS_ATTRS`: written by this plugin's writer
+from a Labels layer, or by ``napari-unet predict``) come back as Labels.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import numpy as np
 
 __all__ = ["get_reader", "read_layers", "LABELS_ATTR"]
 
-#: Attribute the writer puts on zarr arrays saved from a Labels layer.
-LABELS_ATTR = "napari_unet_layer_type"
+from napari_unet.io import LABELS_ATTR  # noqa: E402 (re-exported: the tag that marks labels files)
+
 _EXTENSIONS = (".tif", ".tiff", ".zarr")
 
 
@@ -44,7 +45,8 @@ def read_layers(path):
     if p.suffix.lower() == ".zarr":
         data, attrs, kind = _read_zarr(p)
     else:
-        data, attrs, kind = _read_tiff(p), {}, "image"
+        data, kind = _read_tiff(p)
+        attrs = {}
     meta = {"name": p.stem}
     if isinstance(data, list):
         meta["multiscale"] = True
@@ -86,6 +88,8 @@ def _read_tiff(p: Path):
     with tifffile.TiffFile(p) as tif:
         series = tif.series[0]
         levels = len(series.levels)
+        described = tif.shaped_metadata or ({},)
+    kind = "labels" if (described[0] or {}).get(LABELS_ATTR) == "labels" else "image"
     if levels > 1:  # a pyramid: one lazy array per level
         import zarr
 
@@ -93,11 +97,11 @@ def _read_tiff(p: Path):
         for level in range(levels):
             store = tifffile.imread(p, aszarr=True, series=0, level=level)
             arrays.append(_as_dask(zarr.open(store, mode="r")))
-        return arrays
+        return arrays, kind
     arr = read_image(p)  # in memory when small, memory-mapped or a zarr view when big
     if isinstance(arr, np.ndarray) and not isinstance(arr, np.memmap) and arr.nbytes <= EAGER_TIFF_BYTES:
-        return arr
-    return _as_dask(arr)
+        return arr, kind
+    return _as_dask(arr), kind
 
 
 def _read_zarr(p: Path):

@@ -276,27 +276,23 @@ def segment_updates(model, image, *, labels_out, job: Job, prob_out=None, min_in
         The run ends after the current batch of tiles once ``job.stop`` is set; ``job.ended`` is set
         when this generator ends.
     prob_out : array-like, optional
-        ``(K, *spatial)`` float32 target for the class probabilities. When given, the probabilities are
-        predicted once and each plane/volume is turned into labels as soon as all its tiles are done
-        (instead of predicting twice).
+        ``(K, *spatial)`` float32 target for the class probabilities, written from the same forward
+        passes as the labels.
     min_interval : float
         Regions are reported together at most this often.
     **kwargs
         ``tile``, ``device``, ``channel_axis``, ``batch_size`` for `napari_unet.iter_predict`.
     """
-    from napari_unet.predict import iter_predict, plan_prediction
+    from napari_unet.predict import iter_predict
 
     tracker = MaxTracker(labels_out)
+    # instance labels of a plane/volume are written at its "item" event; semantic labels tile by tile
+    labels_at = "item" if model.mode == "instance" else "tiles"
     events = None
     try:
         with background_threads():
-            if prob_out is None:
-                events = iter_predict(model, image, out=tracker, output="labels", **kwargs)
-                finish_item = None
-            else:
-                plan = plan_prediction(model, image, output="probabilities", **kwargs)
-                events = iter_predict(model, image, out=prob_out, output="probabilities", **kwargs)
-                finish_item = _ItemFinisher(model, plan, prob_out, tracker)
+            # with prob_out, labels and probabilities come from the same forward passes
+            events = iter_predict(model, image, out=tracker, output="labels", probabilities_out=prob_out, **kwargs)
             regions, prob_regions, last = [], [], -np.inf
             for ev in events:
                 if job.stop.is_set():
@@ -305,11 +301,10 @@ def segment_updates(model, image, *, labels_out, job: Job, prob_out=None, min_in
                     yield SegmentUpdate("warning", ev.fraction, ev.elapsed, message=ev.message)
                     continue
                 if ev.region is not None:
-                    if finish_item is None:
+                    if ev.kind == labels_at:
                         regions.append(ev.region)
-                    else:
+                    if prob_out is not None and ev.kind == "tiles":
                         prob_regions.append((slice(None),) + tuple(ev.region))
-                        regions.extend(finish_item(ev.done))
                 now = time.perf_counter()
                 if ev.kind in ("start", "done") or now - last >= min_interval:
                     last = now
@@ -320,35 +315,6 @@ def segment_updates(model, image, *, labels_out, job: Job, prob_out=None, min_in
         if events is not None:
             events.close()
         job.ended.set()
-
-
-class _ItemFinisher:
-    """Turns the probabilities of each finished plane/volume into labels (ids unique across a stack)."""
-
-    def __init__(self, model, plan, prob_out, tracker):
-        self.model, self.items, self.prob, self.out = model, plan.items, prob_out, tracker
-        self.tiles_per_item = max(1, len(plan.tiles))
-        self.item_shape = plan.item_shape
-        self.finished = 0
-        self.next_id = 1
-
-    def __call__(self, tiles_done: int) -> list:
-        from napari_unet.postprocess import labels_from_probabilities
-
-        regions = []
-        while self.finished < min(len(self.items), tiles_done // self.tiles_per_item):
-            idx = self.items[self.finished]
-            lab = labels_from_probabilities(np.asarray(self.prob[(slice(None),) + idx]), self.model.config)
-            if self.model.mode == "instance":
-                n = int(lab.max(initial=0))
-                lab = lab.astype(np.int32)
-                lab[lab > 0] += self.next_id - 1
-                self.next_id += n
-            region = idx + tuple(slice(0, s) for s in self.item_shape)
-            self.out[region] = lab
-            regions.append(region)
-            self.finished += 1
-        return regions
 
 
 # ----------------------------------------------------------------------------------- click to segment

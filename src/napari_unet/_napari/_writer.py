@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._reader import LABELS_ATTR
 
 __all__ = ["write_labels", "BLOCK_PIXELS"]
 
@@ -17,15 +16,16 @@ def write_labels(path: str, data, meta: dict) -> list:
     The file is written under a temporary name and renamed into place only when complete
     (`napari_unet.io.OutputFile`), block by block (rows of one plane) so lazy (dask/zarr) layers are
     never loaded whole.
-    Multiscale layers are saved at full resolution. Zarr arrays are tagged so the plugin's reader opens
-    them as Labels again.
+    Multiscale layers are saved at full resolution. The file is tagged as labels
+    (`napari_unet.io.LABELS_ATTRS`, in the TIFF description or the zarr attributes) so the plugin's
+    reader opens it as a Labels layer again.
 
     Returns
     -------
     list of str
         The path written.
     """
-    from napari_unet.io import OutputFile
+    from napari_unet.io import LABELS_ATTRS, OutputFile
 
     if isinstance(data, (list, tuple)):
         data = data[0]
@@ -38,11 +38,9 @@ def write_labels(path: str, data, meta: dict) -> list:
         raise ValueError(f"labels must have at least two axes, got shape {shape}")
     # blocks of whole rows of one plane, about 16 M pixels each: memory stays bounded for huge planes
     rows = max(1, BLOCK_PIXELS // max(1, shape[-1]))
-    with OutputFile(path, shape, dtype) as out:
+    with OutputFile(path, shape, dtype, attrs=LABELS_ATTRS) as out:
         for index in np.ndindex(*shape[:-2]):
             for y in range(0, shape[-2], rows):
                 block = index + (slice(y, min(y + rows, shape[-2])),)
                 out.array[block] = np.asarray(data[block], dtype=dtype)
-        if out.ext == ".zarr":
-            out.array.attrs[LABELS_ATTR] = "labels"
     return [str(path)]
