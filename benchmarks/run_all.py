@@ -24,6 +24,9 @@ BENCHMARKS = {
     "tiling_3d": ([], ["--nets", "random", "--shape", "64", "160", "160"]),
     "gpu": ([], []),
     "quality": ([], ["--only", "sparse", "--seeds", "0", "--sparse-budget", "20"]),
+    "correction_loop": ([], ["--seeds", "0", "--budget", "15", "--finetune", "10"]),
+    "one_pass": ([], ["--size", "512", "--reps", "1"]),
+    "omp_wait_policy": ([], ["--steps", "3", "--reps", "1"]),
 }
 
 
