@@ -61,6 +61,15 @@ def autocast(device: torch.device, enabled: bool = True):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def memory_format(dims: int, device: torch.device):
+    """channels_last where it is faster, else None: CPU (oneDNN; prediction 1.6x in 2D and 1.2-1.3x in
+    3D, a training step 0.8x the time in 2D and 3D) and CUDA (tensor-core convolutions under autocast want
+    NHWC); MPS keeps the default layout."""
+    if device.type not in ("cpu", "cuda"):
+        return None
+    return torch.channels_last if dims == 2 else torch.channels_last_3d
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for a GPU (or host) out-of-memory error from torch."""
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
