@@ -147,7 +147,7 @@ def _train(args):
 
 
 def _predict(args):
-    from .io import LABELS_ATTRS, OutputFile, check_output_path, read_image
+    from .io import LABELS_ATTRS, OutputFile, check_output_path, commit_together, read_image
     from .modelfile import load_model
     from .predict import iter_predict, plan_prediction
 
@@ -167,10 +167,12 @@ def _predict(args):
         prob_out = None
         if args.probabilities:  # written from the same forward passes as the labels
             prob_out = outputs.enter_context(
-                OutputFile(args.probabilities, (model.num_classes,) + plan.shape, "float32")).array
+                OutputFile(args.probabilities, (model.num_classes,) + plan.shape, "float32"))
         print(plan.describe(), file=sys.stderr, flush=True)
-        _drain_predict(iter_predict(model, image, output="labels", out=labels_out.array, probabilities_out=prob_out,
-                                    **kwargs))
+        _drain_predict(iter_predict(model, image, output="labels", out=labels_out.array,
+                                    probabilities_out=prob_out.array if prob_out else None, **kwargs))
+        # both files appear together: never new probabilities beside old or missing labels
+        commit_together(*[o for o in (labels_out, prob_out) if o is not None])
     print(f"labels written to {args.output}" + (f", probabilities to {args.probabilities}" if args.probabilities else ""),
           file=sys.stderr)
     return 0

@@ -1,6 +1,7 @@
 """Reading and writing images lazily (tif, zarr, npy), with outputs that are never left half-written."""
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import shutil
@@ -165,11 +166,20 @@ def _tmp_name(path: Path, tag: str = "partial") -> Path:
 
 
 def _replace(tmp: Path, dest: Path):
-    """Move ``tmp`` onto ``dest``; an existing directory (zarr) is swapped out, then removed."""
+    """Move ``tmp`` onto ``dest``; an existing directory (zarr) is swapped out, then removed.
+
+    If the second move fails the original directory is moved back, so ``dest`` is never lost.
+    """
     if dest.is_dir() and not dest.is_symlink():
+        if not tmp.is_dir():
+            raise ValueError(f"{str(dest)!r} is a folder: choose a file name for the output")
         old = _tmp_name(dest, "old")
         os.replace(dest, old)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            os.replace(old, dest)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, dest)
@@ -188,6 +198,8 @@ def atomic_path(path):
     ...     torch.save(payload, tmp)
     """
     path = Path(path)
+    if path.is_dir() and _suffix(path) != ".zarr":
+        raise ValueError(f"{str(path)!r} is a folder: choose a file name for the output")
     tmp = _tmp_name(path)
     try:
         yield tmp
@@ -272,10 +284,23 @@ class OutputFile:
     def __init__(self, path, shape, dtype, chunks=None, attrs=None):
         self.path = check_output_path(path)
         self.attrs = dict(attrs or {})
+        try:
+            json.dumps(self.attrs)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"output attrs must be JSON-able (numbers, strings, lists, dicts): {e}") from None
         self.ext = _suffix(self.path)
         self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
         self.tmp = _tmp_name(self.path)
         self._scratch = None
+        self._finished = self._committed = False
+        try:
+            self._create(chunks)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _create(self, chunks):
+        shape = self.shape
         if self.ext == ".zarr":
             import zarr
 
@@ -292,6 +317,19 @@ class OutputFile:
 
     def commit(self):
         """Finish the file and move it into place (replacing an existing one only now)."""
+        self.finish()
+        if not self._committed:
+            _replace(self.tmp, self.path)
+            self._committed = True
+
+    def finish(self):
+        """Complete the temporary file (for TIFF: write it) without moving it into place yet.
+
+        Lets several outputs be finished first and then moved into place back to back (`commit_together`),
+        so an interruption never leaves one new file next to an old or missing partner.
+        """
+        if self._finished:
+            return
         if self.ext == ".zarr":
             del self.array.attrs[INCOMPLETE_ATTR]
         elif self.ext == ".npy":
@@ -315,12 +353,13 @@ class OutputFile:
                          metadata={"axes": {2: "YX", 3: "ZYX", 4: "TZYX"}.get(data.ndim, None), **self.attrs})
             del self.array, data, planes
             _remove(self._scratch)
-        _replace(self.tmp, self.path)
+        self._finished = True
 
     def abort(self):
-        """Remove the partial output; the destination is left as it was."""
+        """Remove the partial output; the destination is left as it was (or as committed)."""
         self.array = None
-        _remove(self.tmp)
+        if not self._committed:
+            _remove(self.tmp)
         if self._scratch is not None:
             _remove(self._scratch)
 
@@ -329,10 +368,26 @@ class OutputFile:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:  # a failed commit (disk full, Ctrl-C) leaves no temporary files either
+                self.abort()
+                raise
         else:
             self.abort()
         return False
+
+
+def commit_together(*outputs):
+    """Finish every `OutputFile` (the slow part), then move them all into place back to back.
+
+    An error or Ctrl-C while finishing leaves every destination as it was, never a new file next to a
+    stale or missing partner (e.g. probabilities without their labels).
+    """
+    for output in outputs:
+        output.finish()
+    for output in outputs:
+        output.commit()
 
 
 def write_image(path, array, attrs=None):

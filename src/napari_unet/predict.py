@@ -782,19 +782,22 @@ def iter_predict(model, image, *, tile="auto", batch_size: int | None = None, de
     t0 = time.perf_counter()
     plan = plan_prediction(model, image, tile=tile, batch_size=batch_size, device=device,
                            channel_axis=channel_axis, output=output, halo=halo, workers=workers)
-    if out is None:
-        from .io import allocate
-
-        out = allocate(plan.shape, plan.dtype)
-    elif tuple(out.shape) != plan.shape:
-        raise ValueError(f"out has shape {tuple(out.shape)} but the result needs {plan.shape}")
-    if probabilities_out is not None:
+    if probabilities_out is not None:  # checked before the labels array is allocated
         if output != "labels":
             raise ValueError("probabilities_out goes with output='labels' (output='probabilities' writes them to out)")
         needed = (plan.model.num_classes,) + tuple(plan.shape)
         if tuple(probabilities_out.shape) != needed:
             raise ValueError(f"probabilities_out has shape {tuple(probabilities_out.shape)} but the probabilities "
                              f"need {needed}")
+        if not np.issubdtype(np.dtype(probabilities_out.dtype), np.floating):
+            raise TypeError(f"probabilities_out has dtype {probabilities_out.dtype}: probabilities need a float "
+                            "array (e.g. float32)")
+    if out is None:
+        from .io import allocate
+
+        out = allocate(plan.shape, plan.dtype)
+    elif tuple(out.shape) != plan.shape:
+        raise ValueError(f"out has shape {tuple(out.shape)} but the result needs {plan.shape}")
     total = plan.total_tiles
     yield PredictEvent("start", 0, total, 0.0, time.perf_counter() - t0, message=plan.describe())
     pipeline = _Pipeline(plan, out, output, min_size, t0, prob_out=probabilities_out)

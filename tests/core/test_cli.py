@@ -130,3 +130,25 @@ def test_malicious_model_never_runs_code_from_the_command_line(files, capsys):
         code, _, err = run(capsys, *cmd)
         assert code == 2 and "never loaded" in err
     assert not marker.exists()
+
+
+def test_interrupted_predict_never_leaves_new_probabilities_beside_old_labels(files, capsys, monkeypatch):
+    from napari_unet.io import OutputFile
+
+    d = files
+    (d / "labels.tif").write_bytes(b"last week's labels")
+    (d / "prob.tif").write_bytes(b"last week's probabilities")
+    finish = OutputFile.finish
+
+    def interrupted_on_labels(self):  # Ctrl-C while the (slow, big) labels TIFF is being written
+        if self.path.name == "labels.tif":
+            raise KeyboardInterrupt
+        finish(self)
+
+    monkeypatch.setattr(OutputFile, "finish", interrupted_on_labels)
+    code, _, err = run(capsys, "predict", d / "model.pt", d / "img.tif", "-o", d / "labels.tif",
+                       "--probabilities", d / "prob.tif", "--tile", 64)
+    assert code == 130 and "no output was written" in err
+    assert (d / "labels.tif").read_bytes() == b"last week's labels"
+    assert (d / "prob.tif").read_bytes() == b"last week's probabilities"
+    assert not list(d.glob(".*partial*"))

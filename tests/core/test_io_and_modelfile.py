@@ -137,3 +137,70 @@ def test_saving_over_an_existing_model_is_atomic(tmp_path, monkeypatch):
             nu.save_model(random_model(seed=2), path)
         assert path.read_bytes() == before
         assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+@pytest.mark.parametrize("error", [OSError("No space left on device"), KeyboardInterrupt()])
+def test_a_failed_commit_leaves_no_temporary_files(tmp_path, monkeypatch, error):
+    # TIFF pages are written at commit, the slow part where a full disk or Ctrl-C really happens
+    path = tmp_path / "out.tif"
+    tifffile.imwrite(path, np.ones((5, 5), np.uint8))
+    before = path.read_bytes()
+
+    class BrokenWriter(tifffile.TiffWriter):
+        def write(self, *args, **kwargs):
+            raise error
+
+    monkeypatch.setattr(tifffile, "TiffWriter", BrokenWriter)
+    with pytest.raises(type(error)):
+        with OutputFile(path, (3, 5, 5), np.uint8) as out:
+            out.array[:] = 7
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
+
+
+@pytest.mark.parametrize("ext", [".tif", ".zarr"])
+def test_attrs_that_cannot_be_stored_are_refused_before_any_file_exists(tmp_path, ext):
+    with pytest.raises(TypeError, match="JSON-able"):
+        OutputFile(tmp_path / f"out{ext}", (4, 4), np.uint8, attrs={"classes": {1, 2}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_commit_together_moves_nothing_until_every_file_is_finished(tmp_path, monkeypatch):
+    from napari_unet.io import commit_together
+
+    labels_path, prob_path = tmp_path / "labels.tif", tmp_path / "prob.tif"
+    labels_path.write_bytes(b"old labels")
+    prob_path.write_bytes(b"old probabilities")
+    finish = OutputFile.finish
+
+    def disk_full_on_probabilities(self):
+        if self.path == prob_path:
+            raise OSError("No space left on device")
+        finish(self)
+
+    monkeypatch.setattr(OutputFile, "finish", disk_full_on_probabilities)
+    with pytest.raises(OSError):
+        with OutputFile(labels_path, (4, 4), np.uint16) as labels, OutputFile(prob_path, (2, 4, 4), np.float32) as prob:
+            commit_together(labels, prob)
+    assert labels_path.read_bytes() == b"old labels" and prob_path.read_bytes() == b"old probabilities"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "prob.tif"]
+
+    monkeypatch.setattr(OutputFile, "finish", finish)
+    with OutputFile(labels_path, (4, 4), np.uint16) as labels, OutputFile(prob_path, (2, 4, 4), np.float32) as prob:
+        labels.array[:] = 3
+        commit_together(labels, prob)
+    assert read_image(labels_path).max() == 3 and read_image(prob_path).shape == (2, 4, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "prob.tif"]
+
+
+def test_atomic_path_never_replaces_a_folder_with_a_file(tmp_path):
+    from napari_unet.io import atomic_path
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("user data")
+    with pytest.raises(ValueError, match="is a folder"):
+        with atomic_path(folder) as tmp:
+            tmp.write_text("new")
+    assert (folder / "keep.txt").read_text() == "user data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]

@@ -203,3 +203,5 @@ def test_probabilities_out_of_the_wrong_shape_is_refused():
         nu.segment(model, image, probabilities_out=np.zeros((64, 64), np.float32))
     with pytest.raises(ValueError, match="goes with output='labels'"):
         nu.predict(model, image, probabilities_out=np.zeros((2, 64, 64), np.float32))
+    with pytest.raises(TypeError, match="need a float array"):
+        nu.segment(model, image, probabilities_out=np.zeros((2, 64, 64), np.uint8))
