@@ -165,6 +165,43 @@ def test_cancel_a_segmentation(plugin_viewer, qtbot, notifications):
     assert any("cancelled" in m and "part done" in m for m in messages(notifications, "info"))
 
 
+def test_a_full_disk_keeps_the_previous_segmentation(plugin_viewer, qtbot, notifications, monkeypatch):
+    import tempfile
+    from pathlib import Path
+
+    from napari_unet._napari import _segment_widget
+
+    viewer, train, segment = plugin_viewer
+    STORE.set(random_model(), "test")
+    stack = da.from_array(np.tile(viewer.layers["nuclei"].data, (3, 1, 1)), chunks=(1, 384, 384))
+    viewer.add_image(stack, name="stack")
+    segment.image.value = viewer.layers["stack"]
+    qtbot.mouseClick(segment.segment_button.native, LEFT)
+    wait_until(qtbot, lambda: not segment.running, timeout=60)
+    layer = viewer.layers["stack segmentation"]
+    layer.data[0, :20, :20] = 7  # a corrected object the user would hate to lose
+    before = np.asarray(layer.data).copy()
+
+    make_output = _segment_widget.make_output
+
+    def no_room_for_probabilities(shape, dtype, lazy, prefix="segmentation"):
+        if prefix == "probabilities":
+            raise OSError(28, "No space left on device")
+        return make_output(shape, dtype, lazy, prefix)
+
+    stores = lambda: set(Path(tempfile.gettempdir()).glob("napari-unet-*"))  # noqa: E731
+    stores_before = stores()
+    monkeypatch.setattr(_segment_widget, "make_output", no_room_for_probabilities)
+    segment.show_probabilities.value = True
+    notifications.clear()
+    qtbot.mouseClick(segment.segment_button.native, LEFT)
+    assert not segment.running and segment.segment_button.text == "Segment"
+    assert any("No space left on device" in m for m in messages(notifications, "error"))
+    assert viewer.layers["stack segmentation"] is layer
+    np.testing.assert_array_equal(np.asarray(layer.data), before)  # the last result is still there
+    assert stores() == stores_before  # the new labels store made for this run was removed again
+
+
 def test_closing_the_window_while_training_neither_hangs_nor_crashes(plugin_viewer, qtbot, notifications):
     viewer, train, segment = plugin_viewer
     set_tiny(train, budget=120.0)

@@ -69,7 +69,7 @@ class JobWidget(Container):
             return
         try:
             self.start()
-        except (ValueError, TypeError, MemoryError) as exc:
+        except (ValueError, TypeError, MemoryError, OSError) as exc:  # OSError: e.g. no disk space for the output
             show_error(f"{self.NAME}: {exc}")
 
     def _launch(self, job: Job, generator) -> None:

@@ -198,9 +198,13 @@ def make_output(shape, dtype, lazy: bool, prefix: str = "segmentation"):
     atexit.register(shutil.rmtree, folder, True)
     # one chunk per plane tile: writes from tiles and reads of the displayed plane touch few chunks
     chunks = tuple([1] * (len(shape) - 2) + [min(int(s), 1024) for s in shape[-2:]])
-    arr = zarr.open_array(str(folder / f"{prefix}.zarr"), mode="w", shape=tuple(int(s) for s in shape),
-                          chunks=chunks, dtype=np.dtype(dtype), fill_value=0)
-    arr.attrs["napari_unet_temporary"] = str(folder)
+    try:
+        arr = zarr.open_array(str(folder / f"{prefix}.zarr"), mode="w", shape=tuple(int(s) for s in shape),
+                              chunks=chunks, dtype=np.dtype(dtype), fill_value=0)
+        arr.attrs["napari_unet_temporary"] = str(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return arr
 
 

@@ -223,7 +223,15 @@ class SegmentWidget(JobWidget):
         lazy = is_lazy(data)
         name = segmentation_name(image.name)
         existing = find_labels_layer(viewer, name, shape)
+        # every output is made before the viewer is touched: a full disk leaves the old result in place
         labels_out = make_output(shape, np.int32, lazy)
+        prob_out = None
+        if self.show_probabilities.value:
+            try:
+                prob_out = make_output((model.num_classes,) + shape, np.float32, lazy, prefix="probabilities")
+            except BaseException:
+                remove_output_store(labels_out)
+                raise
         undoable = (existing is not None and isinstance(labels_out, np.ndarray)
                     and isinstance(level0(existing.data), np.ndarray) and labels_out.size <= UNDO_LIMIT)
         if existing is None:
@@ -236,9 +244,7 @@ class SegmentWidget(JobWidget):
                 remove_output_store(old)
         layer.metadata[META_KEY] = dict(mode=model.mode, class_ids=list(model.config["class_ids"]),
                                         click_classes={}, max_label=0)
-        prob_out, prob_layers = None, []
-        if self.show_probabilities.value:
-            prob_out, prob_layers = self._probability_layers(image, model, shape, axis, lazy)
+        prob_layers = [] if prob_out is None else self._probability_layers(image, model, prob_out, axis)
 
         job = Job("segment", layers=[image, layer] + prob_layers)
         job.info.update(layer=layer, undoable=undoable, labels_out=labels_out, prob_layers=prob_layers,
@@ -251,11 +257,10 @@ class SegmentWidget(JobWidget):
         job.worker.start()
         return job
 
-    def _probability_layers(self, image, model, shape, axis, lazy):
-        """Image layers showing each non-background class probability, backed by the probability output."""
+    def _probability_layers(self, image, model, prob_out, axis):
+        """Image layers showing each non-background class probability, backed by ``prob_out``."""
         viewer = self.viewer
         k = model.num_classes
-        prob_out = make_output((k,) + shape, np.float32, lazy, prefix="probabilities")
         if not isinstance(prob_out, np.ndarray):
             import dask.array as da
 
@@ -281,7 +286,7 @@ class SegmentWidget(JobWidget):
         self._prob_stores[image.name] = prob_out
         if previous is not None:
             remove_output_store(previous)
-        return prob_out, layers
+        return layers
 
     def cancel(self, reason: str = "") -> None:
         """Stop the running segmentation after the current batch of tiles."""
