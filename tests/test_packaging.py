@@ -54,9 +54,8 @@ def test_installed_wheel_validates_with_npe2(wheel, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("napari-unet")
     # the command from the napari docs, by distribution name, with the wheel first on the path
-    npe2 = Path(sys.executable).with_name("npe2")
     env = {**os.environ, "PYTHONPATH": str(target)}
-    r = subprocess.run([str(npe2), "validate", "napari-unet", "--imports"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-unet", "--imports"], capture_output=True, text=True,
                        timeout=300, cwd=tmp_path, env=env)
     assert r.returncode == 0 and "valid" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
 

@@ -100,7 +100,6 @@ def test_malformed_files_never_hang_or_crash(tmp_path):
 
 
 def test_cli_on_malformed_input_prints_one_error_line(tmp_path):
-    from napari_unet.cli import main
     from napari_unet.modelfile import save_model
 
     from .test_predict import random_model

@@ -1,6 +1,5 @@
 """Training on synthetic nuclei reaches a stated quality (short runs; the full protocol is
 benchmarks/quality.py). These train for tens of seconds each."""
-import numpy as np
 import pytest
 
 import napari_unet as nu
