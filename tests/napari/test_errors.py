@@ -218,3 +218,30 @@ def test_closing_the_window_while_training_neither_hangs_nor_crashes(plugin_view
     assert took < 5
     assert segment._mouse_callback is None
     assert not messages(notifications, "error")
+
+
+def test_closing_a_dock_widget_ends_its_work(plugin_viewer, qtbot, notifications):
+    import gc
+
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer, train, segment = plugin_viewer
+    set_tiny(train, budget=120.0)
+    qtbot.mouseClick(train.train_button.native, LEFT)
+    wait_until(qtbot, lambda: len(train.loss_plot.train) >= 2, timeout=60)
+    job = train._job
+    dock = next(d for d in viewer.window._qt_window.findChildren(QDockWidget) if "Train UNet" in d.windowTitle())
+    t0 = time.perf_counter()
+    qtbot.mouseClick(dock.title.close_button, LEFT)  # the panel's X
+    del train, dock
+    gc.collect()
+    qtbot.waitUntil(job.ended.is_set, timeout=10000)  # training does not run on unseen for its whole budget
+    print(f"\nclosing the Train dock: worker ended {1000 * (time.perf_counter() - t0):.0f} ms after the click")
+
+    # closing Segment with UNet takes its click handler off the canvas
+    segment.click_to_segment.value = True
+    callbacks = len(viewer.mouse_drag_callbacks)
+    dock = next(d for d in viewer.window._qt_window.findChildren(QDockWidget) if "Segment with UNet" in d.windowTitle())
+    qtbot.mouseClick(dock.title.close_button, LEFT)
+    assert len(viewer.mouse_drag_callbacks) == callbacks - 1
+    assert not messages(notifications, "error")

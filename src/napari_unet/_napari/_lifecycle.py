@@ -1,8 +1,10 @@
-"""Noticing that the viewer window closes (or the application quits) so running workers can be ended.
+"""Noticing that the viewer window closes, the widget's panel is closed, or the application quits, so
+running workers can be ended.
 
 A dock widget gets no close event of its own when napari's main window closes. `CloseWatcher` filters
 the events of the widget to find the top-level window it ends up in once docked, then watches that
-window's Close event; it also listens to ``QApplication.aboutToQuit``. Only public Qt API is used.
+window's Close event; it also listens to ``QApplication.aboutToQuit``, and to the widget being taken out
+of its dock (closing the panel). Only public Qt API is used.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def weak_method(method, *bound_args):
 
 
 class CloseWatcher(QObject):
-    """Calls ``callback()`` once, when the window holding ``widget`` closes or the application quits.
+    """Calls ``callback()`` once, when the window holding ``widget`` closes, ``widget`` is taken out of its
+    dock (its panel closed), or the application quits.
 
     Parameters
     ----------
@@ -87,7 +90,12 @@ class CloseWatcher(QObject):
         if widget is None or self.__dict__.get("_fired", True):
             return False  # being torn down by the garbage collector, or done
         kind = event.type()
-        if obj is widget and kind in (QEvent.Type.ParentChange, QEvent.Type.Show):
+        if obj is widget and kind == QEvent.Type.ParentChange and widget.parent() is None \
+                and self._window is not None:
+            # taken out of its dock (the panel's X: napari's remove_dock_widget unparents it, then drops
+            # it without a Close event): its work must end now, not run on unseen
+            self.fire()
+        elif obj is widget and kind in (QEvent.Type.ParentChange, QEvent.Type.Show):
             self._watch_window()
         elif kind == QEvent.Type.Close and (obj is self._window or obj is widget):
             # the window may refuse to close (napari asks for confirmation): decide once it has answered
