@@ -120,12 +120,17 @@ def test_rgb_and_channel_axis_images_train_and_segment(plugin_viewer, qtbot, not
     viewer.add_image(rgb, name="rgb")
     viewer.add_image(two_channels, name="two", scale=(1, 0.5, 0.5))
     viewer.add_labels(strokes[crop], name="strokes")
+    # what napari's "New labels layer" button makes over the (C, Y, X) image: strokes painted on channel 1
+    per_channel = np.zeros(two_channels.shape, np.uint8)
+    per_channel[1] = strokes[crop]
+    viewer.add_labels(per_channel, name="strokes over channels", scale=(1, 0.5, 0.5))
     set_tiny(train, budget=1.5)
-    for name, axis, in_channels in (("rgb", "rgb", 3), ("two", "0", 2)):
+    for name, axis, in_channels, strokes_layer in (("rgb", "rgb", 3, "strokes"),
+                                                    ("two", "0", 2, "strokes over channels")):
         STORE.clear()
         train.reset_choices()
         train.rows()[0].image.value = viewer.layers[name]
-        train.rows()[0].labels.value = viewer.layers["strokes"]
+        train.rows()[0].labels.value = viewer.layers[strokes_layer]
         assert axis in [v for v in train.channel_axis.choices]
         train.channel_axis.value = axis
         qtbot.mouseClick(train.train_button.native, LEFT)
@@ -140,6 +145,18 @@ def test_rgb_and_channel_axis_images_train_and_segment(plugin_viewer, qtbot, not
         seg = viewer.layers[f"{name} segmentation"]
         assert seg.data.shape == (192, 256)
     np.testing.assert_allclose(viewer.layers["two segmentation"].scale, (0.5, 0.5))
+
+    # click to segment on the (C, Y, X) image: the channel axis is not a spatial axis
+    seg = viewer.layers["two segmentation"]
+    seg.data = np.zeros_like(seg.data)
+    for layer in list(viewer.layers):
+        layer.visible = layer.name in ("two", "two segmentation")
+    segment.click_to_segment.value = True  # with the 2-channel model just trained
+    viewer.reset_view()
+    segment.segment_at(viewer.layers["two"].data_to_world((0, 96, 128)))  # the world point of pixel (96, 128)
+    wait_until(qtbot, lambda: segment._click_job is None, timeout=20)
+    assert not messages(notifications, "error"), messages(notifications, "error")
+    assert "added object" in segment.status.value or "no object at the click" in segment.status.value
 
 
 def test_3d_model_on_a_volume(plugin_viewer, qtbot, notifications):

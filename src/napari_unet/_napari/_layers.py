@@ -73,6 +73,24 @@ def labels_array(layer, copy: bool = True):
     return data
 
 
+def drop_channel_axis(labels, image_shape, channel_axis):
+    """Labels painted over a multichannel image, reduced to the image's spatial shape.
+
+    napari's *New labels layer* button gives a (C, Y, X) image (declared channel axis) labels of the
+    same (C, Y, X) shape; strokes may be painted on any channel's plane. Such labels are collapsed over
+    the channel axis (the largest id wins where planes disagree); labels of any other shape are returned
+    as they are, for the core to check.
+    """
+    if channel_axis is None or tuple(np.shape(labels)) != tuple(image_shape):
+        return labels
+    axis = channel_axis % len(image_shape)
+    if isinstance(labels, np.ndarray):
+        return labels.max(axis=axis)
+    import dask.array as da
+
+    return da.from_array(labels, chunks=getattr(labels, "chunks", "auto")).max(axis=axis)
+
+
 def is_lazy(data) -> bool:
     """Whether an array is read lazily (dask, zarr, memmap...) rather than held in memory."""
     return not isinstance(data, np.ndarray) or isinstance(data, np.memmap)

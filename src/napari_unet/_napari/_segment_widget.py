@@ -467,18 +467,19 @@ class SegmentWidget(JobWidget):
         if model.in_channels != (np.shape(data)[axis] if axis is not None else 1):
             raise ValueError(f"the model takes {model.in_channels} channel(s): set the image's channel axis")
         coords = list(image.world_to_data(world_position))
-        layer_axes = list(range(image.ndim))  # layer dims -> spatial axes (the channel axis is not spatial)
+        # layer axis -> spatial axis of the data; a declared channel axis is not spatial (an RGB layer's
+        # colour axis is not a layer axis at all)
+        spatial_axis = {d: d for d in range(image.ndim)}
         if axis is not None and not getattr(image, "rgb", False):
             c = axis % len(coords)
             del coords[c]
-            layer_axes = [d if d < c else d - 1 for d in layer_axes if d != c]
+            spatial_axis = {d: (d if d < c else d - 1) for d in range(image.ndim) if d != c}
         point = [int(round(v)) for v in coords]
         if len(point) != len(shape) or any(not 0 <= p < s for p, s in zip(point, shape)):
             return None  # clicked outside the image
         viewer = self.viewer
         offset = viewer.dims.ndim - image.ndim
-        displayed = sorted(layer_axes[d - offset] for d in viewer.dims.displayed if 0 <= d - offset < image.ndim
-                           and (axis is None or getattr(image, "rgb", False) or d - offset != axis % image.ndim))
+        displayed = sorted(spatial_axis[d - offset] for d in viewer.dims.displayed if d - offset in spatial_axis)
         n = len(shape)
         if displayed != [n - 2, n - 1]:
             raise ValueError("click to segment needs the image's last two axes (Y, X) on screen")

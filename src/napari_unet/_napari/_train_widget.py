@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from ._base import JobWidget
 from ._dialogs import ask_open_model_path, ask_save_model_path
-from ._layers import (channel_axis_choices, device_choices, fixed_label, image_array, labels_array,
-                      parse_channel_axis, same_layer, set_progress)
+from ._layers import (channel_axis_choices, device_choices, drop_channel_axis, fixed_label, image_array,
+                      labels_array, parse_channel_axis, same_layer, set_progress)
 from ._lifecycle import weak_method
 from ._plot import LossPlot
 from ._store import STORE
@@ -254,7 +255,8 @@ class TrainWidget(JobWidget):
             arr, ax = image_array(image, axis)
             axes.add(ax)
             images.append(arr)
-            labels.append(labels_array(lab))  # a copy: the user may keep painting while training runs
+            # a copy: the user may keep painting while training runs
+            labels.append(drop_channel_axis(labels_array(lab), np.shape(arr), ax))
             layers += [image, lab]
         if len(axes) > 1:
             raise ValueError("mix of RGB and non-RGB images: train on images with the same channels")
