@@ -230,3 +230,24 @@ def test_instance_masks_loop(plugin_viewer, qtbot, notifications):
     ann = viewer.layers["nuclei annotations (corrected)"]
     np.testing.assert_array_equal(ann.data, seg.data)  # instance labels are used as they are
     assert train.mode.value == "instance" and train.continue_training.value
+
+
+def test_undo_after_resegmenting_a_lazy_stack_leaves_the_new_result_alone(plugin_viewer, qtbot, notifications):
+    viewer, train, segment = plugin_viewer
+    STORE.set(random_model(), "test")
+    stack = da.from_array(np.tile(viewer.layers["nuclei"].data, (3, 1, 1)), chunks=(1, 384, 384))
+    viewer.add_image(stack, name="stack")
+    segment.image.value = viewer.layers["stack"]
+    for run in range(2):
+        qtbot.mouseClick(segment.segment_button.native, LEFT)
+        wait_until(qtbot, lambda: not segment.running, timeout=60)
+        layer = viewer.layers["stack segmentation"]
+        if run == 0:  # the user paints a correction, then segments again (a lazy stack: not undoable)
+            diagonal = (np.zeros(50, int), np.arange(50), np.arange(50))
+            layer.data_setitem(diagonal, 5)
+            layer.data_setitem(diagonal, 9)  # undoing this edit would write the 5s back
+    fresh = np.asarray(layer.data).copy()
+    assert not (fresh[diagonal] == 5).any()
+    layer.undo()  # Ctrl+Z
+    np.testing.assert_array_equal(np.asarray(layer.data), fresh)
+    assert not messages(notifications, "error")

@@ -73,6 +73,17 @@ def labels_array(layer, copy: bool = True):
     return data
 
 
+def forget_edits(layer) -> None:
+    """Clear a Labels layer's undo history (napari keeps it when ``layer.data`` is replaced).
+
+    Otherwise Ctrl+Z after a new, not undoable result would paste the old edits into the new data.
+    Toggling ``editable`` is napari's public way to reset the history.
+    """
+    editable = layer.editable
+    layer.editable = False
+    layer.editable = editable
+
+
 def drop_channel_axis(labels, image_shape, channel_axis):
     """Labels painted over a multichannel image, reduced to the image's spatial shape.
 

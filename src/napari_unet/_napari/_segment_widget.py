@@ -12,8 +12,8 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ._base import JobWidget
-from ._layers import (META_KEY, channel_axis_choices, device_choices, find_labels_layer, fixed_label, image_array,
-                      is_lazy, level0, make_output, parse_channel_axis, remove_output_store, same_layer,
+from ._layers import (META_KEY, channel_axis_choices, device_choices, find_labels_layer, fixed_label, forget_edits,
+                      image_array, is_lazy, level0, make_output, parse_channel_axis, remove_output_store, same_layer,
                       segmentation_name, set_progress, spatial_geometry, spatial_shape, to_training_labels)
 from ._lifecycle import weak_method
 from ._store import STORE
@@ -241,6 +241,7 @@ class SegmentWidget(JobWidget):
             if not undoable:  # the layer shows the new result as it is written
                 old = layer.data
                 layer.data = labels_out
+                forget_edits(layer)  # Ctrl+Z must not paste edits of the old result into the new one
                 remove_output_store(old)
         layer.metadata[META_KEY] = dict(mode=model.mode, class_ids=list(model.config["class_ids"]),
                                         click_classes={}, max_label=0)
