@@ -30,6 +30,19 @@ def test_labels_roundtrip_through_napari(make_napari_viewer, tmp_path, ext):
     assert back.name == "seg"
 
 
+def test_multiscale_labels_are_saved_at_full_resolution(make_napari_viewer, tmp_path):
+    base = np.zeros((64, 96), np.uint16)
+    base[10:30, 20:50] = 3
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels([base, base[::2, ::2], base[::4, ::4]], name="pyramid labels")
+    assert layer.multiscale
+    path = tmp_path / "pyramid.tif"
+    layer.save(str(path), plugin="napari-unet")
+    back, = viewer.open(str(path), plugin="napari-unet")
+    assert isinstance(back, Labels)
+    np.testing.assert_array_equal(np.asarray(back.data), base)
+
+
 def test_cli_segmentation_opens_as_labels_and_images_stay_images(make_napari_viewer, tmp_path):
     import napari_unet as nu
     from napari_unet.cli import main

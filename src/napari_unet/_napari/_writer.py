@@ -27,8 +27,9 @@ def write_labels(path: str, data, meta: dict) -> list:
     """
     from napari_unet.io import LABELS_ATTRS, OutputFile
 
-    if isinstance(data, (list, tuple)):
-        data = data[0]
+    from ._layers import level0
+
+    data = level0(data)  # a list, or napari's MultiScaleData, for a multiscale layer
     shape, dtype = tuple(np.shape(data)), np.dtype(data.dtype)
     if dtype.kind not in "biu":
         raise ValueError(f"labels must be integers, got {dtype}")
