@@ -11,7 +11,7 @@ from napari_unet._napari._workers import WARMED
 from napari_unet.metrics import foreground_iou
 from napari_unet.synthetic import make_sample
 
-from .conftest import click_canvas, click_checkbox, component_inside, messages, set_tiny, wait_until
+from .conftest import click_canvas, click_checkbox, component_inside, messages, random_model, set_tiny, wait_until
 
 LEFT = Qt.MouseButton.LeftButton
 
@@ -170,3 +170,16 @@ def test_stop_ends_within_a_second_and_keeps_the_model(plugin_viewer, qtbot, not
     assert model is not None and model.config["trained_steps"] >= 2
     assert any("stopped" in m for m in messages(notifications, "info"))
     assert "steps" in segment.model_info.value
+
+
+def test_stop_before_the_first_step_keeps_the_current_model(plugin_viewer, qtbot, notifications):
+    viewer, train, segment = plugin_viewer
+    good = random_model()
+    STORE.set(good, "loaded")
+    set_tiny(train, budget=60.0)
+    qtbot.mouseClick(train.train_button.native, LEFT)
+    qtbot.mouseClick(train.train_button.native, LEFT)  # Stop at once, while the data is being prepared
+    wait_until(qtbot, lambda: not train.running, timeout=30)
+    assert STORE.model is good  # an untrained network did not replace it
+    assert any("before its first step" in m and "unchanged" in m for m in messages(notifications, "info"))
+    assert train.train_button.text == "Train"

@@ -321,6 +321,11 @@ class TrainWidget(JobWidget):
             self.status.value = update.message
         elif update.kind == "done":
             job.info["done"] = True
+            if update.step == 0:  # nothing learned: an untrained network must not replace the current model
+                kept = "the current model is unchanged" if STORE.model is not None else "no model yet"
+                self.status.value = f"stopped before the first training step; {kept}"
+                show_info(f"{NAME}: training stopped before its first step; {kept}")
+                return
             model = update.model
             what = "stopped" if update.stopped else "finished"
             STORE.set(model, "trained here")
