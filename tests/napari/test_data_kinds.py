@@ -251,3 +251,15 @@ def test_undo_after_resegmenting_a_lazy_stack_leaves_the_new_result_alone(plugin
     layer.undo()  # Ctrl+Z
     np.testing.assert_array_equal(np.asarray(layer.data), fresh)
     assert not messages(notifications, "error")
+
+
+def test_a_narrow_segmentation_layer_never_wraps_object_ids():
+    from napari_unet._napari._segment_widget import SegmentWidget
+
+    layer = Labels(np.zeros((20, 30), np.uint8), name="nuclei segmentation")  # e.g. reopened from a uint8 file
+    new = np.arange(600, dtype=np.int32).reshape(20, 30)  # 599 objects: more than uint8 holds
+    SegmentWidget._apply_as_one_edit(layer, new)
+    np.testing.assert_array_equal(np.asarray(layer.data), new)
+    small = np.ones((20, 30), np.int32)
+    SegmentWidget._apply_as_one_edit(layer, small)  # fits: applied as one undoable edit
+    np.testing.assert_array_equal(np.asarray(layer.data), small)

@@ -334,8 +334,16 @@ class SegmentWidget(JobWidget):
 
     @staticmethod
     def _apply_as_one_edit(layer, new):
-        """Write ``new`` into the layer as a single history entry (Ctrl+Z restores the previous result)."""
+        """Write ``new`` into the layer as a single history entry (Ctrl+Z restores the previous result).
+
+        A layer whose dtype cannot hold the new ids (a uint8 segmentation reopened from a file, say) gets
+        the new array instead: casting would wrap ids around and merge objects.
+        """
         old = level0(layer.data)
+        if old.dtype.kind in "iu" and new.size and int(new.max()) > np.iinfo(old.dtype).max:
+            layer.data = new
+            forget_edits(layer)
+            return
         changed = np.nonzero(old != new)
         if changed[0].size:
             layer.data_setitem(changed, new[changed].astype(old.dtype, copy=False))
