@@ -164,6 +164,16 @@ def test_cancel_a_segmentation(plugin_viewer, qtbot, notifications):
     assert segment.progress.value < 100
     assert any("cancelled" in m and "part done" in m for m in messages(notifications, "info"))
 
+    # the part done can be used as annotations: what the model never looked at stays "not annotated"
+    seg = np.asarray(viewer.layers["stack segmentation"].data)
+    qtbot.mouseClick(segment.use_as_annotations.native, LEFT)
+    wait_until(qtbot, lambda: "stack annotations (corrected)" in viewer.layers, timeout=20)
+    ann = np.asarray(viewer.layers["stack annotations (corrected)"].data)
+    assert (ann[seg > 0] >= 2).all()  # objects found keep their class
+    assert (ann == 1).any()  # background where tiles were segmented
+    assert not ann[-1].any()  # the last plane was never reached: not taught as background
+    assert any("not annotated" in m for m in messages(notifications, "info"))
+
 
 def test_a_full_disk_keeps_the_previous_segmentation(plugin_viewer, qtbot, notifications, monkeypatch):
     import tempfile

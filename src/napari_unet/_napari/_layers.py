@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = ["image_array", "labels_array", "spatial_geometry", "spatial_shape", "channel_axis_choices",
            "parse_channel_axis", "is_lazy", "level0", "make_output", "remove_output_store", "to_training_labels",
+           "region_box",
            "segmentation_name", "find_labels_layer", "same_layer", "unwrap", "device_choices", "fixed_label",
            "set_progress", "IN_MEMORY_LIMIT", "META_KEY"]
 
@@ -250,7 +251,20 @@ def remove_output_store(arr) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def to_training_labels(segmentation, mode: str, class_ids=None, click_classes=None) -> np.ndarray:
+def region_box(region, shape) -> tuple:
+    """A region (slices and integers over the leading axes of ``shape``) as ``((start, stop), ...)``."""
+    box = []
+    for i, size in enumerate(shape):
+        r = region[i] if i < len(region) else slice(None)
+        if isinstance(r, slice):
+            start, stop, _ = r.indices(int(size))
+        else:
+            start, stop = int(r), int(r) + 1
+        box.append((start, stop))
+    return tuple(box)
+
+
+def to_training_labels(segmentation, mode: str, class_ids=None, click_classes=None, covered=None) -> np.ndarray:
     """Turn a (corrected) segmentation into training labels.
 
     Parameters
@@ -266,6 +280,10 @@ def to_training_labels(segmentation, mode: str, class_ids=None, click_classes=No
         ``click_classes`` or else the first foreground class.
     click_classes : dict, optional
         Object id -> class id, recorded for objects added by click-to-segment.
+    covered : list of boxes, optional
+        Semantic: the parts the model segmented (`region_box` boxes, e.g. the windows of clicks or the
+        tiles of a cancelled run). Unlabelled pixels outside them stay 0 (not annotated) instead of
+        becoming background: the model never looked there. None: the whole segmentation is covered.
 
     Returns
     -------
@@ -292,4 +310,10 @@ def to_training_labels(segmentation, mode: str, class_ids=None, click_classes=No
         else:
             values[i] = foreground[0]
     dtype = np.uint8 if values.max(initial=0) < 256 else np.int32
-    return values.astype(dtype)[inverse.reshape(seg.shape)]
+    labels = values.astype(dtype)[inverse.reshape(seg.shape)]
+    if covered is not None:
+        seen = np.zeros(seg.shape, bool)
+        for box in covered:
+            seen[tuple(slice(a, b) for a, b in box)] = True
+        labels[(seg == 0) & ~seen] = 0
+    return labels

@@ -13,7 +13,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from ._base import JobWidget
 from ._layers import (META_KEY, channel_axis_choices, device_choices, find_labels_layer, fixed_label, forget_edits,
-                      image_array, is_lazy, level0, make_output, parse_channel_axis, remove_output_store, same_layer,
+                      image_array, is_lazy, level0, make_output, parse_channel_axis, region_box, remove_output_store,
+                      same_layer,
                       segmentation_name, set_progress, spatial_geometry, spatial_shape, to_training_labels)
 from ._lifecycle import weak_method
 from ._store import STORE
@@ -243,13 +244,17 @@ class SegmentWidget(JobWidget):
                 layer.data = labels_out
                 forget_edits(layer)  # Ctrl+Z must not paste edits of the old result into the new one
                 remove_output_store(old)
-        layer.metadata[META_KEY] = dict(mode=model.mode, class_ids=list(model.config["class_ids"]),
-                                        click_classes={}, max_label=0)
+        # "covered": what of the layer the model has segmented (boxes, or "all"), so that "Use as
+        # annotations" marks as background only places the model actually looked at
+        meta = dict(mode=model.mode, class_ids=list(model.config["class_ids"]), click_classes={}, max_label=0,
+                    covered=[])
+        if not undoable:  # an undoable run changes the layer (and its metadata) only when it is done
+            layer.metadata[META_KEY] = meta
         prob_layers = [] if prob_out is None else self._probability_layers(image, model, prob_out, axis)
 
         job = Job("segment", layers=[image, layer] + prob_layers)
         job.info.update(layer=layer, undoable=undoable, labels_out=labels_out, prob_layers=prob_layers,
-                        t0=time.perf_counter())
+                        meta=meta, t0=time.perf_counter())
         self._launch(job, segment_updates(model, data, labels_out=labels_out, prob_out=prob_out, job=job,
                                           tile=tile, device=device, channel_axis=axis))
         self.segment_button.text = "Cancel"
@@ -308,16 +313,17 @@ class SegmentWidget(JobWidget):
             return
         layer = job.info["layer"]
         set_progress(self.progress, round(100 * update.fraction))
-        meta = layer.metadata.get(META_KEY)
-        if meta is not None:
-            meta["max_label"] = max(meta.get("max_label", 0), update.max_label)
+        meta = job.info["meta"]
+        meta["max_label"] = max(meta.get("max_label", 0), update.max_label)
         if update.kind == "warning":
             show_warning(f"{NAME}: {update.message}")
             return
         if update.kind == "done":
             job.info["done"] = True
+            meta["covered"] = "all"
             if job.info["undoable"]:
                 self._apply_as_one_edit(layer, job.info["labels_out"])
+                layer.metadata[META_KEY] = meta
             else:
                 layer.refresh()
             for p in job.info["prob_layers"]:
@@ -326,6 +332,8 @@ class SegmentWidget(JobWidget):
             return
         if job.info["undoable"]:
             return  # applied at the end, as one edit
+        shape = np.shape(job.info["labels_out"])
+        meta["covered"].extend(region_box(r, shape) for r in update.regions)
         # each refresh redraws napari's canvas (50-75 ms in software OpenGL): only the labels, only when
         # a finished tile is on screen; the probability layers are refreshed once, at the end
         if any(self._on_screen(layer, r) for r in update.regions):
@@ -523,7 +531,8 @@ class SegmentWidget(JobWidget):
             data = image_array(image, job.info["axis"])[0]
             out = make_output(job.info["shape"], np.int32, is_lazy(data))
             layer = viewer.add_labels(out, name=name, **spatial_geometry(image, job.info["axis"]))
-        meta = layer.metadata.setdefault(META_KEY, dict(mode=job.info["mode"], click_classes={}, max_label=0))
+        meta = layer.metadata.setdefault(META_KEY, dict(mode=job.info["mode"], click_classes={}, max_label=0,
+                                                        covered=[]))
         data = level0(layer.data)
         n_lead = len(result.offset) - result.mask.ndim
         lead = result.offset[:n_lead]
@@ -545,6 +554,8 @@ class SegmentWidget(JobWidget):
         t_apply = time.perf_counter()
         layer.data_setitem(index, new_id)
         meta["max_label"] = new_id
+        if isinstance(meta.get("covered"), list):  # the model has looked at this window
+            meta["covered"].append(region_box(box, np.shape(data)))
         if job.info["mode"] == "semantic":
             meta.setdefault("click_classes", {})[new_id] = result.value
         now = time.perf_counter()
@@ -597,17 +608,22 @@ class SegmentWidget(JobWidget):
         model = self.current_model()
         mode = meta.get("mode") or (model.mode if model is not None else "semantic")
         class_ids = meta.get("class_ids") or (model.config["class_ids"] if model is not None else [1, 2])
+        covered = meta.get("covered", "all")  # a layer from elsewhere: taken as fully segmented
+        if covered != "all" and mode == "instance":
+            show_warning(f"{NAME}: only part of '{layer.name}' was segmented (clicks or a cancelled run); instance "
+                         "annotations count every unlabelled pixel as background: segment the whole image first "
+                         "if objects are missing")
         job = Job("annotations", layers=[image, layer])
         worker = create_worker(_convert, level0(layer.data), mode, class_ids, dict(meta.get("click_classes", {})),
-                               _start_thread=False, _ignore_errors=True)
+                               covered, _start_thread=False, _ignore_errors=True)
         job.worker = worker
-        worker.returned.connect(weak_method(self._add_annotations, job, image, layer, mode))
+        worker.returned.connect(weak_method(self._add_annotations, job, image, layer, mode, covered == "all"))
         worker.errored.connect(weak_method(self._on_click_error, job))
         self.status.value = "converting the segmentation into annotations…"
         worker.start()
         return job
 
-    def _add_annotations(self, job, image, seg_layer, mode, labels):
+    def _add_annotations(self, job, image, seg_layer, mode, whole, labels):
         viewer = self.viewer
         if self._closing or viewer is None:
             return
@@ -617,8 +633,12 @@ class SegmentWidget(JobWidget):
         new = viewer.add_labels(labels, name=f"{image.name} annotations (corrected)", scale=seg_layer.scale,
                                 translate=seg_layer.translate)
         seg_layer.visible = False  # the new layer covers it; one editable layer at a time is less confusing
-        what = ("objects are class ids, the rest background (1)" if mode == "semantic"
-                else "one id per object, 0 background")
+        if mode == "instance":
+            what = "one id per object, 0 background"
+        elif whole:
+            what = "objects are class ids, the rest background (1)"
+        else:
+            what = "objects are class ids, the rest of the segmented windows background (1), elsewhere not annotated"
         self.status.value = f"'{new.name}' made ({what}); retrain with Train UNet"
         show_info(f"{NAME}: '{new.name}' is ready to train on ({what})")
         STORE.annotations_ready.emit(image, new, mode)
@@ -632,9 +652,10 @@ class SegmentWidget(JobWidget):
         self._remove_mouse_callback()
 
 
-def _convert(segmentation, mode, class_ids, click_classes):
+def _convert(segmentation, mode, class_ids, click_classes, covered):
     """Worker function for `SegmentWidget.make_annotations` (reads a lazy segmentation whole)."""
-    return to_training_labels(np.asarray(segmentation), mode, class_ids, click_classes)
+    return to_training_labels(np.asarray(segmentation), mode, class_ids, click_classes,
+                              covered=None if covered == "all" else covered)
 
 
 def _weak_drag_callback(method):
