@@ -263,3 +263,25 @@ def test_a_narrow_segmentation_layer_never_wraps_object_ids():
     small = np.ones((20, 30), np.int32)
     SegmentWidget._apply_as_one_edit(layer, small)  # fits: applied as one undoable edit
     np.testing.assert_array_equal(np.asarray(layer.data), small)
+
+
+def test_renamed_layers_and_hand_painted_ids_are_followed(plugin_viewer, qtbot, notifications):
+    from napari_unet._napari._layers import META_KEY
+
+    viewer, train, segment = plugin_viewer
+    STORE.set(random_model(), "test")
+    stack = da.from_array(np.tile(viewer.layers["nuclei"].data, (2, 1, 1)), chunks=(1, 384, 384))
+    viewer.add_image(stack, name="stack")
+    segment.image.value = viewer.layers["stack"]
+    qtbot.mouseClick(segment.segment_button.native, LEFT)
+    wait_until(qtbot, lambda: not segment.running, timeout=60)
+    layer = viewer.layers["stack segmentation"]  # on disk (a lazy stack): too big to scan for ids
+    layer.selected_label = 40
+    layer.paint((1, 100, 100), 40)  # the brush, by hand
+    assert segment._next_label(layer, layer.metadata[META_KEY]) == 41  # a clicked object will not merge with it
+
+    viewer.layers["stack"].name = "stack, day 2"
+    names = [segment.image.native.itemText(i) for i in range(segment.image.native.count())]
+    assert "stack, day 2" in names and "stack" not in names
+    assert train.rows()[0].image.native.findText("stack, day 2") >= 0
+    assert not messages(notifications, "error")

@@ -87,6 +87,7 @@ class SegmentWidget(JobWidget):
         self._file_model = None
         self._mouse_callback = None
         self._prob_stores = {}  # image name -> probability output of its last run
+        self._painting_followed = weakref.WeakSet()  # segmentation layers whose painted ids are tracked
         #: seconds from the last click to its object appearing in the layer
         self.last_click_latency: float | None = None
         #: where that time went: {"worker": segmenting the window, "apply": writing into the layer}
@@ -250,6 +251,7 @@ class SegmentWidget(JobWidget):
                     covered=[])
         if not undoable:  # an undoable run changes the layer (and its metadata) only when it is done
             layer.metadata[META_KEY] = meta
+        self._follow_painting(layer)
         prob_layers = [] if prob_out is None else self._probability_layers(image, model, prob_out, axis)
 
         job = Job("segment", layers=[image, layer] + prob_layers)
@@ -533,6 +535,7 @@ class SegmentWidget(JobWidget):
             layer = viewer.add_labels(out, name=name, **spatial_geometry(image, job.info["axis"]))
         meta = layer.metadata.setdefault(META_KEY, dict(mode=job.info["mode"], click_classes={}, max_label=0,
                                                         covered=[]))
+        self._follow_painting(layer)
         data = level0(layer.data)
         n_lead = len(result.offset) - result.mask.ndim
         lead = result.offset[:n_lead]
@@ -562,6 +565,16 @@ class SegmentWidget(JobWidget):
         self.last_click_latency = now - job.info["t_click"]
         self.last_click_timing = dict(worker=result.seconds, apply=now - t_apply, total=self.last_click_latency)
         self.status.value = f"added object {new_id} ({count} px) in {self.last_click_latency:.2f} s"
+
+    def _follow_painting(self, layer) -> None:
+        """Remember the ids the user paints into ``layer`` by hand, so clicked objects never reuse them.
+
+        (In-memory layers are also scanned at each click; a lazy layer is too big to scan.)
+        """
+        if layer in self._painting_followed:
+            return
+        self._painting_followed.add(layer)
+        layer.events.paint.connect(_note_painted_label)
 
     @staticmethod
     def _next_label(layer, meta) -> int:
@@ -650,6 +663,14 @@ class SegmentWidget(JobWidget):
     def _disconnect(self) -> None:
         STORE.changed.disconnect(self._update_model_info, missing_ok=True)
         self._remove_mouse_callback()
+
+
+def _note_painted_label(event) -> None:
+    """A Labels layer's paint event: its brush/fill label counts toward the largest id in use."""
+    layer = event.source
+    meta = layer.metadata.get(META_KEY)
+    if meta is not None:
+        meta["max_label"] = max(int(meta.get("max_label", 0)), int(layer.selected_label))
 
 
 def _convert(segmentation, mode, class_ids, click_classes, covered):
