@@ -280,8 +280,18 @@ def test_renamed_layers_and_hand_painted_ids_are_followed(plugin_viewer, qtbot, 
     layer.paint((1, 100, 100), 40)  # the brush, by hand
     assert segment._next_label(layer, layer.metadata[META_KEY]) == 41  # a clicked object will not merge with it
 
+    assert segment.image.value is viewer.layers["stack"]
     viewer.layers["stack"].name = "stack, day 2"
+    assert segment.image.value is viewer.layers["stack, day 2"]  # still the chosen image
     names = [segment.image.native.itemText(i) for i in range(segment.image.native.count())]
     assert "stack, day 2" in names and "stack" not in names
     assert train.rows()[0].image.native.findText("stack, day 2") >= 0
+    train.rows()[0].labels.value = layer
+    layer_name_before = layer.name
+    viewer.layers["nuclei annotations"].name = "strokes"  # another layer renamed: the choice stays
+    assert train.rows()[0].labels.value is layer and layer.name == layer_name_before
+    # its segmentation follows the image's name: Segment, clicks and "Use as annotations" still find it
+    wait_until(qtbot, lambda: layer.name == "stack, day 2 segmentation", timeout=5)
+    assert segment.image.value is viewer.layers["stack, day 2"], segment.image.value
+    assert segment.output_layer() is layer
     assert not messages(notifications, "error")

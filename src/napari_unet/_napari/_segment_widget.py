@@ -10,6 +10,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, ProgressBar, P
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 
 from ._base import JobWidget
 from ._layers import (META_KEY, channel_axis_choices, device_choices, find_labels_layer, fixed_label, forget_edits,
@@ -18,7 +19,7 @@ from ._layers import (META_KEY, channel_axis_choices, device_choices, find_label
                       segmentation_name, set_progress, spatial_geometry, spatial_shape, to_training_labels)
 from ._lifecycle import weak_method
 from ._store import STORE
-from ._train_widget import auto_choices, layer_choices
+from ._train_widget import LayerComboBox, auto_choices, layer_choices
 from ._workers import Job, click_segment, segment_updates
 
 __all__ = ["SegmentWidget", "CLICK_WINDOW_2D", "CLICK_WINDOW_3D", "UNDO_LIMIT"]
@@ -93,7 +94,7 @@ class SegmentWidget(JobWidget):
         #: where that time went: {"worker": segmenting the window, "apply": writing into the layer}
         self.last_click_timing: dict = {}
 
-        self.image = ComboBox(label="Image", choices=layer_choices(self._viewer_ref, Image))
+        self.image = LayerComboBox(label="Image", choices=layer_choices(self._viewer_ref, Image))
         self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices,
                                      tooltip="Axis of the image that holds channels (RGB is automatic)")
         self.model_source = ComboBox(label="Model", choices=[("current model (trained or loaded)", "current"),
@@ -127,8 +128,40 @@ class SegmentWidget(JobWidget):
         STORE.changed.connect(self._update_model_info)
         self._update_model_info()
         self._watch_viewer()
+        # the segmentation follows its image's name ("<image> segmentation"): a renamed image keeps its
+        # segmentation (for re-runs, clicks and "Use as annotations")
+        self._image_names = weakref.WeakKeyDictionary()  # Image layer -> its name when last seen
+        self._on_renamed = weak_method(self._image_renamed)
+        for layer in self.viewer.layers:
+            self._follow_name(layer)
+        self.viewer.layers.events.inserted.connect(weak_method(self._follow_inserted))
 
     # ------------------------------------------------------------------------------------- helpers
+    def _follow_inserted(self, event) -> None:
+        self._follow_name(event.value)
+
+    def _follow_name(self, layer) -> None:
+        if isinstance(layer, Image) and layer not in self._image_names:
+            self._image_names[layer] = layer.name
+            layer.events.name.connect(self._on_renamed)
+
+    def _image_renamed(self, event) -> None:
+        image = event.source
+        old, self._image_names[image] = self._image_names.get(image), image.name
+        if old is not None and old != image.name:
+            # after napari and the pickers have taken in this rename (renaming inside it confuses them)
+            QTimer.singleShot(0, weak_method(self._rename_segmentation, image, old))
+
+    def _rename_segmentation(self, image, old: str) -> None:
+        viewer = self.viewer
+        if viewer is None or self._closing:
+            return
+        segmentation = find_labels_layer(viewer, segmentation_name(old))
+        if segmentation is not None and segmentation_name(image.name) not in viewer.layers:
+            segmentation.name = segmentation_name(image.name)
+        if old in self._prob_stores:
+            self._prob_stores[image.name] = self._prob_stores.pop(old)
+
     def current_model(self):
         """The model the next run uses: the shared current model, or the chosen file's."""
         return self._file_model if self.model_source.value == "file" else STORE.model

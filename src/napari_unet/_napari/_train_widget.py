@@ -56,6 +56,20 @@ def layer_choices(viewer_ref, kind):
     return choices
 
 
+class LayerComboBox(ComboBox):
+    """A layer picker that keeps the chosen layer when a layer is renamed.
+
+    magicgui matches the old and new choices by their names, so a rename of the chosen layer would
+    select the first layer instead (and a Train or Segment press would then use the wrong one).
+    """
+
+    def reset_choices(self, *_):
+        chosen = self.value
+        super().reset_choices()
+        if chosen is not None and self.value is not chosen and any(c is chosen for c in self.choices):
+            self.value = chosen
+
+
 class PairRow(Container):
     """One (image, labels) pair to train on.
 
@@ -71,8 +85,8 @@ class PairRow(Container):
 
     def __init__(self, viewer_ref, removable: bool):
         super().__init__(layout="horizontal", labels=False)
-        self.image = ComboBox(choices=layer_choices(viewer_ref, Image), tooltip="Image to learn from")
-        self.labels = ComboBox(choices=layer_choices(viewer_ref, Labels),
+        self.image = LayerComboBox(choices=layer_choices(viewer_ref, Image), tooltip="Image to learn from")
+        self.labels = LayerComboBox(choices=layer_choices(viewer_ref, Labels),
                                tooltip="Its annotations (a Labels layer)")
         self.remove = PushButton(text="✕", tooltip="Remove this pair", visible=removable)
         self.remove.native.setMaximumWidth(28)
