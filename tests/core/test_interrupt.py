@@ -15,9 +15,19 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
 def _start(args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}  # stacks on SIGABRT
     return subprocess.Popen([sys.executable, "-m", "napari_unet.cli", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc, timeout=120):
+    """Wait for the process to exit; if it hangs, fail with the stacks of all its threads."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack to stderr
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"the command did not exit {timeout} s after Ctrl-C; its threads:\n{err[-8000:]}")
 
 
 def _wait_for(proc, text, timeout=120):
@@ -44,7 +54,7 @@ def test_ctrl_c_during_training_saves_the_best_model_so_far(tmp_path, blobs):
     _wait_for(proc, "step ")
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = _finish(proc)
     assert time.monotonic() - sent < 10
     assert proc.returncode == 0, err
     assert "stopped" in err
@@ -66,7 +76,7 @@ def test_ctrl_c_during_prediction_leaves_no_finished_looking_output(tmp_path, ex
     _wait_for(proc, "%")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = _finish(proc)
     assert proc.returncode == 130, err
     assert "interrupted" in err
     if ext == ".tif":
