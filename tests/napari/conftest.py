@@ -70,6 +70,30 @@ def set_tiny(train, budget=2.0):
     train.time_budget.value = budget
 
 
+def open_lazy_stack(viewer, segment, planes: int):
+    """Add the sample tiled into a dask stack of ``planes`` planes ("stack"), choose it in Segment with
+    UNet and make an untrained model current: the setup of the big-lazy-image tests."""
+    import dask.array as da
+
+    from napari_unet._napari._store import STORE
+
+    STORE.set(random_model(), "test")
+    stack = da.from_array(np.tile(viewer.layers["nuclei"].data, (planes, 1, 1)), chunks=(1, 384, 384))
+    layer = viewer.add_image(stack, name="stack")
+    segment.image.value = layer
+    return layer
+
+
+def start_long_training(qtbot, train, steps: int):
+    """Press Train with the tiny network and a 120 s budget; return the job once ``steps`` losses are plotted."""
+    from qtpy.QtCore import Qt
+
+    set_tiny(train, budget=120.0)
+    qtbot.mouseClick(train.train_button.native, Qt.MouseButton.LeftButton)
+    wait_until(qtbot, lambda: len(train.loss_plot.train) >= steps, timeout=60)
+    return train._job
+
+
 def wait_until(qtbot, condition, timeout=30.0):
     """Process events until ``condition()`` holds; returns the seconds it took."""
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ import napari_unet as nu
 from napari_unet._napari._store import STORE
 from napari_unet.synthetic import make_sample
 
-from .conftest import click_canvas, messages, random_model, set_tiny, wait_until
+from .conftest import click_canvas, messages, open_lazy_stack, random_model, set_tiny, wait_until
 
 LEFT = Qt.MouseButton.LeftButton
 
@@ -234,10 +234,7 @@ def test_instance_masks_loop(plugin_viewer, qtbot, notifications):
 
 def test_undo_after_resegmenting_a_lazy_stack_leaves_the_new_result_alone(plugin_viewer, qtbot, notifications):
     viewer, train, segment = plugin_viewer
-    STORE.set(random_model(), "test")
-    stack = da.from_array(np.tile(viewer.layers["nuclei"].data, (3, 1, 1)), chunks=(1, 384, 384))
-    viewer.add_image(stack, name="stack")
-    segment.image.value = viewer.layers["stack"]
+    open_lazy_stack(viewer, segment, planes=3)
     for run in range(2):
         qtbot.mouseClick(segment.segment_button.native, LEFT)
         wait_until(qtbot, lambda: not segment.running, timeout=60)
@@ -269,10 +266,7 @@ def test_renamed_layers_and_hand_painted_ids_are_followed(plugin_viewer, qtbot, 
     from napari_unet._napari._layers import META_KEY
 
     viewer, train, segment = plugin_viewer
-    STORE.set(random_model(), "test")
-    stack = da.from_array(np.tile(viewer.layers["nuclei"].data, (2, 1, 1)), chunks=(1, 384, 384))
-    viewer.add_image(stack, name="stack")
-    segment.image.value = viewer.layers["stack"]
+    open_lazy_stack(viewer, segment, planes=2)
     qtbot.mouseClick(segment.segment_button.native, LEFT)
     wait_until(qtbot, lambda: not segment.running, timeout=60)
     layer = viewer.layers["stack segmentation"]  # on disk (a lazy stack): too big to scan for ids

@@ -11,7 +11,7 @@ from qtpy.QtCore import Qt
 from napari_unet import save_model
 from napari_unet._napari._store import STORE
 
-from .conftest import messages, random_model, set_tiny, wait_until
+from .conftest import messages, open_lazy_stack, random_model, set_tiny, start_long_training, wait_until
 
 LEFT = Qt.MouseButton.LeftButton
 
@@ -124,9 +124,7 @@ def test_unsafe_or_foreign_model_files_are_refused(plugin_viewer, qtbot, notific
 
 def test_removing_a_layer_ends_the_run(plugin_viewer, qtbot, notifications):
     viewer, train, segment = plugin_viewer
-    set_tiny(train, budget=120.0)
-    qtbot.mouseClick(train.train_button.native, LEFT)
-    wait_until(qtbot, lambda: len(train.loss_plot.train) >= 3, timeout=60)
+    start_long_training(qtbot, train, steps=3)
     t0 = time.perf_counter()
     viewer.layers.remove("nuclei annotations")
     wait_until(qtbot, lambda: not train.running, timeout=10)
@@ -152,10 +150,7 @@ def test_removing_a_layer_ends_the_run(plugin_viewer, qtbot, notifications):
 
 def test_cancel_a_segmentation(plugin_viewer, qtbot, notifications):
     viewer, train, segment = plugin_viewer
-    STORE.set(random_model(), "test")
-    stack = da.from_array(np.tile(viewer.layers["nuclei"].data, (12, 1, 1)), chunks=(1, 384, 384))
-    viewer.add_image(stack, name="stack")
-    segment.image.value = viewer.layers["stack"]
+    open_lazy_stack(viewer, segment, planes=12)
     segment.tile_size.value = 128
     qtbot.mouseClick(segment.segment_button.native, LEFT)
     wait_until(qtbot, lambda: segment.progress.value > 0, timeout=60)
@@ -182,10 +177,7 @@ def test_a_full_disk_keeps_the_previous_segmentation(plugin_viewer, qtbot, notif
     from napari_unet._napari import _segment_widget
 
     viewer, train, segment = plugin_viewer
-    STORE.set(random_model(), "test")
-    stack = da.from_array(np.tile(viewer.layers["nuclei"].data, (3, 1, 1)), chunks=(1, 384, 384))
-    viewer.add_image(stack, name="stack")
-    segment.image.value = viewer.layers["stack"]
+    open_lazy_stack(viewer, segment, planes=3)
     qtbot.mouseClick(segment.segment_button.native, LEFT)
     wait_until(qtbot, lambda: not segment.running, timeout=60)
     layer = viewer.layers["stack segmentation"]
@@ -214,10 +206,7 @@ def test_a_full_disk_keeps_the_previous_segmentation(plugin_viewer, qtbot, notif
 
 def test_closing_the_window_while_training_neither_hangs_nor_crashes(plugin_viewer, qtbot, notifications):
     viewer, train, segment = plugin_viewer
-    set_tiny(train, budget=120.0)
-    qtbot.mouseClick(train.train_button.native, LEFT)
-    wait_until(qtbot, lambda: len(train.loss_plot.train) >= 3, timeout=60)
-    job = train._job
+    job = start_long_training(qtbot, train, steps=3)
     segment.click_to_segment.value = True
     assert len(viewer.mouse_drag_callbacks) >= 1
     t0 = time.perf_counter()
@@ -236,10 +225,7 @@ def test_closing_a_dock_widget_ends_its_work(plugin_viewer, qtbot, notifications
     from qtpy.QtWidgets import QDockWidget
 
     viewer, train, segment = plugin_viewer
-    set_tiny(train, budget=120.0)
-    qtbot.mouseClick(train.train_button.native, LEFT)
-    wait_until(qtbot, lambda: len(train.loss_plot.train) >= 2, timeout=60)
-    job = train._job
+    job = start_long_training(qtbot, train, steps=2)
     dock = next(d for d in viewer.window._qt_window.findChildren(QDockWidget) if "Train UNet" in d.windowTitle())
     t0 = time.perf_counter()
     qtbot.mouseClick(dock.title.close_button, LEFT)  # the panel's X

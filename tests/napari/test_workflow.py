@@ -11,7 +11,8 @@ from napari_unet._napari._workers import WARMED
 from napari_unet.metrics import foreground_iou
 from napari_unet.synthetic import make_sample
 
-from .conftest import click_canvas, click_checkbox, component_inside, messages, random_model, set_tiny, wait_until
+from .conftest import (click_canvas, click_checkbox, component_inside, messages, random_model, set_tiny,
+                       start_long_training, wait_until)
 
 LEFT = Qt.MouseButton.LeftButton
 
@@ -155,9 +156,7 @@ def test_train_segment_click_correct_retrain(plugin_viewer, qtbot, notifications
 
 def test_stop_ends_within_a_second_and_keeps_the_model(plugin_viewer, qtbot, notifications):
     viewer, train, segment = plugin_viewer
-    set_tiny(train, budget=120.0)
-    qtbot.mouseClick(train.train_button.native, LEFT)
-    wait_until(qtbot, lambda: len(train.loss_plot.train) >= 5, timeout=60)
+    start_long_training(qtbot, train, steps=5)
     assert train.running and train.train_button.text == "Stop"
     t0 = time.perf_counter()
     qtbot.mouseClick(train.train_button.native, LEFT)

@@ -15,8 +15,7 @@ import numpy as np
 
 __all__ = ["image_array", "labels_array", "spatial_geometry", "spatial_shape", "channel_axis_choices",
            "parse_channel_axis", "is_lazy", "level0", "make_output", "remove_output_store", "to_training_labels",
-           "region_box",
-           "segmentation_name", "find_labels_layer", "same_layer", "unwrap", "device_choices", "fixed_label",
+           "region_box", "forget_edits", "drop_channel_axis", "segmentation_name", "find_labels_layer", "same_layer", "unwrap", "device_choices", "fixed_label",
            "set_progress", "IN_MEMORY_LIMIT", "META_KEY"]
 
 #: Outputs bigger than this (bytes) go to an on-disk zarr array even when the image is in memory.

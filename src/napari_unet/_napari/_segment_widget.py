@@ -15,8 +15,7 @@ from qtpy.QtCore import QTimer
 from ._base import JobWidget
 from ._layers import (META_KEY, channel_axis_choices, device_choices, find_labels_layer, fixed_label, forget_edits,
                       image_array, is_lazy, level0, make_output, parse_channel_axis, region_box, remove_output_store,
-                      same_layer,
-                      segmentation_name, set_progress, spatial_geometry, spatial_shape, to_training_labels)
+                      same_layer, segmentation_name, set_progress, spatial_geometry, spatial_shape, to_training_labels)
 from ._lifecycle import weak_method
 from ._store import STORE
 from ._train_widget import LayerComboBox, auto_choices, layer_choices
@@ -278,8 +277,8 @@ class SegmentWidget(JobWidget):
                 layer.data = labels_out
                 forget_edits(layer)  # Ctrl+Z must not paste edits of the old result into the new one
                 remove_output_store(old)
-        # "covered": what of the layer the model has segmented (boxes, or "all"), so that "Use as
-        # annotations" marks as background only places the model actually looked at
+        # "covered": the boxes of the layer the model has segmented so far (None: all of it), so that
+        # "Use as annotations" marks as background only places the model actually looked at
         meta = dict(mode=model.mode, class_ids=list(model.config["class_ids"]), click_classes={}, max_label=0,
                     covered=[])
         if not undoable:  # an undoable run changes the layer (and its metadata) only when it is done
@@ -355,7 +354,7 @@ class SegmentWidget(JobWidget):
             return
         if update.kind == "done":
             job.info["done"] = True
-            meta["covered"] = "all"
+            meta["covered"] = None  # all of it
             if job.info["undoable"]:
                 self._apply_as_one_edit(layer, job.info["labels_out"])
                 layer.metadata[META_KEY] = meta
@@ -654,8 +653,8 @@ class SegmentWidget(JobWidget):
         model = self.current_model()
         mode = meta.get("mode") or (model.mode if model is not None else "semantic")
         class_ids = meta.get("class_ids") or (model.config["class_ids"] if model is not None else [1, 2])
-        covered = meta.get("covered", "all")  # a layer from elsewhere: taken as fully segmented
-        if covered != "all" and mode == "instance":
+        covered = meta.get("covered")  # None (also for a layer from elsewhere): fully segmented
+        if covered is not None and mode == "instance":
             show_warning(f"{NAME}: only part of '{layer.name}' was segmented (clicks or a cancelled run); instance "
                          "annotations count every unlabelled pixel as background: segment the whole image first "
                          "if objects are missing")
@@ -663,7 +662,7 @@ class SegmentWidget(JobWidget):
         worker = create_worker(_convert, level0(layer.data), mode, class_ids, dict(meta.get("click_classes", {})),
                                covered, _start_thread=False, _ignore_errors=True)
         job.worker = worker
-        worker.returned.connect(weak_method(self._add_annotations, job, image, layer, mode, covered == "all"))
+        worker.returned.connect(weak_method(self._add_annotations, job, image, layer, mode, covered is None))
         worker.errored.connect(weak_method(self._on_click_error, job))
         self.status.value = "converting the segmentation into annotations…"
         worker.start()
@@ -708,8 +707,7 @@ def _note_painted_label(event) -> None:
 
 def _convert(segmentation, mode, class_ids, click_classes, covered):
     """Worker function for `SegmentWidget.make_annotations` (reads a lazy segmentation whole)."""
-    return to_training_labels(np.asarray(segmentation), mode, class_ids, click_classes,
-                              covered=None if covered == "all" else covered)
+    return to_training_labels(np.asarray(segmentation), mode, class_ids, click_classes, covered=covered)
 
 
 def _weak_drag_callback(method):
