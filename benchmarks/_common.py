@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from napari_unet.model import Model, UNet
+from napari_unet.model import Model
 
 
 def random_model(dims=2, depth=4, base=16, classes=2, mode="semantic", seed=0) -> Model:
@@ -18,16 +18,13 @@ def random_model(dims=2, depth=4, base=16, classes=2, mode="semantic", seed=0) -
     folding it and tiling around it are exercised. The normalization is the identity: benchmarks pass
     images that are already normalized float32, so every method sees the same input.
     """
-    torch.manual_seed(seed)
-    net = UNet(dims, 1, classes, depth, base)
-    for m in net.modules():
+    model = Model.untrained(dims=dims, depth=depth, base_channels=base, mode=mode,
+                            class_ids=tuple(range(1, classes + 1)), seed=seed)
+    for m in model.network.modules():
         if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    config = dict(dims=dims, depth=depth, base_channels=base, in_channels=1, num_classes=classes, mode=mode,
-                  class_ids=[0, 1, 2][:classes] if mode == "instance" else list(range(1, classes + 1)),
-                  norm_low=[0.0], norm_high=[1.0])
-    return Model(net.eval(), config)
+    return model
 
 
 def normalized(image: np.ndarray) -> np.ndarray:

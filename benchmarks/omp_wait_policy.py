@@ -24,10 +24,10 @@ from _common import machine  # noqa: E402
 CHILD = r"""
 import json, sys, time
 import numpy as np, torch
-from napari_unet.model import network_from_config
+from napari_unet.model import ModelConfig, network_from_config
 steps = int(sys.argv[1])
 torch.manual_seed(0)
-net = network_from_config(dict(dims=2, depth=4, base_channels=16, in_channels=1, num_classes=2))
+net = network_from_config(ModelConfig())
 opt = torch.optim.AdamW(net.parameters(), 1e-3)
 x = torch.randn(8, 1, 128, 128)
 y = torch.randint(0, 2, (8, 128, 128))

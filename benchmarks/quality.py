@@ -32,7 +32,7 @@ def instance_run(seed, budget, base, depth, epochs=None):
     pred = nu.segment(model, test_img)
     ours = matching(test_lab, pred)["f1"]
     otsu = matching(test_lab, otsu_baseline(test_img))["f1"]
-    return dict(ours=ours, otsu=otsu, steps=model.config["trained_steps"])
+    return dict(ours=ours, otsu=otsu, steps=model.config.trained_steps)
 
 
 def sparse_run(seed, budget, base, depth, band, epochs=None):
@@ -43,7 +43,7 @@ def sparse_run(seed, budget, base, depth, band, epochs=None):
                      base_channels=base, depth=depth, seed=seed, border_band=band)
     pred = nu.segment(model, test_img)
     return dict(ours=foreground_iou(test_truth, pred), otsu=foreground_iou(test_truth, otsu_baseline(test_img)),
-                steps=model.config["trained_steps"], annotated=float((strokes > 0).mean()))
+                steps=model.config.trained_steps, annotated=float((strokes > 0).mean()))
 
 
 def main():

@@ -136,8 +136,8 @@ def main(argv=None):
         train_img, train_lab = make_nuclei((64, 128, 128), seed=0)
         t = time.perf_counter()
         model = nu.train(train_img, train_lab, mode="instance", dims=3, time_budget=args.train_seconds, seed=0)
-        print(f"trained 3D model: {model.config['trained_steps']} steps in {time.perf_counter() - t:.0f} s, "
-              f"best validation loss {model.config.get('best_val_loss')}", flush=True)
+        print(f"trained 3D model: {model.config.trained_steps} steps in {time.perf_counter() - t:.0f} s, "
+              f"best validation loss {model.config.best_val_loss}", flush=True)
         study(model, raw, "trained")
     if "random" in args.nets:
         model = random_model(dims=3, classes=3, mode="instance")

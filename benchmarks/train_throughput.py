@@ -27,7 +27,7 @@ from _common import machine  # noqa: E402
 
 import napari_unet as nu  # noqa: E402
 from napari_unet import data as D  # noqa: E402
-from napari_unet.model import network_from_config  # noqa: E402
+from napari_unet.model import ModelConfig, network_from_config  # noqa: E402
 from napari_unet.synthetic import make_nuclei, make_strokes  # noqa: E402
 
 T = importlib.import_module("napari_unet.train")  # the module (napari_unet.train is the function)
@@ -40,7 +40,7 @@ def sampler_and_network(image, strokes, patch=128, base=16, depth=4, seed=0):
     norm = D.compute_normalization([(img, idx) for img, _, idx in annotated])
     items = D.prepare_items(annotated, "semantic", class_ids, norm, (patch, patch), 3, 0.15, rng)
     sampler = D.PatchSampler(items, (patch, patch), rng)
-    config = dict(dims=2, depth=depth, base_channels=base, in_channels=n_channels, num_classes=len(class_ids))
+    config = ModelConfig(dims=2, depth=depth, base_channels=base, in_channels=n_channels, class_ids=tuple(class_ids))
     return sampler, network_from_config(config)
 
 

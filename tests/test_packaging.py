@@ -67,3 +67,10 @@ def test_core_import_pulls_in_no_gui():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_one_manifest_file():
+    """The manifest at the top of the repository is the packaged one: a link, never a second copy."""
+    packaged = ROOT / "src" / "napari_unet" / "napari.yaml"
+    assert (ROOT / "napari.yaml").is_file() and not (ROOT / "napari.yaml").is_symlink()
+    assert packaged.is_symlink() and packaged.resolve() == (ROOT / "napari.yaml").resolve()

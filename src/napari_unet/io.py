@@ -390,14 +390,24 @@ def commit_together(*outputs):
         output.commit()
 
 
-def write_image(path, array, attrs=None):
-    """Write an in-memory or lazy array to ``path`` atomically (plane by plane for lazy arrays).
+#: Pixels `write_image` copies at a time.
+BLOCK_PIXELS = 2**24
 
-    ``attrs``: metadata kept with the data, as in `OutputFile` (e.g. ``LABELS_ATTRS`` for labels).
+
+def write_image(path, array, attrs=None, dtype=None):
+    """Write an in-memory or lazy array to ``path`` atomically, block by block.
+
+    Blocks are whole rows of one plane, about `BLOCK_PIXELS` each, so a lazy (dask, zarr) array is never
+    loaded whole, however big its planes. ``attrs``: metadata kept with the data, as in `OutputFile`
+    (e.g. ``LABELS_ATTRS`` for labels); ``dtype``: written dtype (default the array's).
     """
-    with OutputFile(path, np.shape(array), array.dtype, attrs=attrs) as f:
-        if np.ndim(array) > 2:
-            for i in np.ndindex(*np.shape(array)[:-2]):
-                f.array[i] = np.asarray(array[i])
-        else:
-            f.array[...] = np.asarray(array)
+    shape = tuple(np.shape(array))
+    dtype = np.dtype(dtype if dtype is not None else array.dtype)
+    if len(shape) < 2:
+        raise ValueError(f"an image needs at least two axes, got shape {shape}")
+    rows = max(1, BLOCK_PIXELS // max(1, shape[-1]))
+    with OutputFile(path, shape, dtype, attrs=attrs) as out:
+        for index in np.ndindex(*shape[:-2]):
+            for y in range(0, shape[-2], rows):
+                block = index + (slice(y, min(y + rows, shape[-2])),)
+                out.array[block] = np.asarray(array[block], dtype=dtype)

@@ -1,14 +1,16 @@
 """The UNet (2D or 3D) and the `Model` bundle that carries it with everything prediction needs."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["UNet", "Model", "halo_for_depth", "network_from_config"]
+from . import conventions
+
+__all__ = ["UNet", "Model", "ModelConfig", "halo_for_depth", "network_from_config"]
 
 
 def halo_for_depth(depth: int) -> int:
@@ -111,10 +113,128 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def network_from_config(config: dict) -> UNet:
+def network_from_config(config: "ModelConfig") -> UNet:
     """Build the (untrained) network described by a model configuration."""
-    return UNet(dims=config["dims"], in_channels=config["in_channels"], num_classes=config["num_classes"],
-                depth=config["depth"], base_channels=config["base_channels"])
+    return UNet(dims=config.dims, in_channels=config.in_channels, num_classes=config.num_classes,
+                depth=config.depth, base_channels=config.base_channels)
+
+
+def _whole(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def _numbers(name: str, values, n: int) -> tuple:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a list of {n} numbers, got {values!r}") from None
+    if len(out) != n or not all(np.isfinite(out)):
+        raise ValueError(f"{name} must be {n} finite number(s) (one per input channel), got {values!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a model is: architecture, task, normalization, and how it was trained. Frozen and typed.
+
+    Build one with keywords (every field but ``mode`` has a default, from `napari_unet.conventions`);
+    derive a changed copy with `dataclasses.replace`. Invalid values raise ValueError at construction,
+    so a configuration read from a file is checked before any network is built.
+
+    Attributes
+    ----------
+    dims, depth, base_channels, in_channels : int
+        The network: 2D or 3D, poolings, feature maps of the first level, input channels.
+    mode : {"semantic", "instance"}
+    class_ids : tuple of int
+        Painted label id of each output channel (instance models: `conventions.INSTANCE_CLASS_IDS`).
+    class_names : tuple of str
+        One name per output channel (default from `conventions.class_names`).
+    norm_low, norm_high : tuple of float
+        Per-channel intensities mapped to 0 and 1 by `Model.preprocess` (default: the identity).
+    trained_steps, trained_seconds, best_val_loss, patch_size, batch_size, learning_rate, border_band
+        The training record (summed over fine-tuning runs for steps and seconds).
+    """
+
+    mode: str = "semantic"
+    dims: int = 2
+    depth: int = conventions.DEFAULT_DEPTH
+    base_channels: int = conventions.DEFAULT_BASE_CHANNELS
+    in_channels: int = 1
+    class_ids: tuple = (conventions.BACKGROUND, 2)
+    class_names: tuple = ()
+    norm_low: tuple = ()
+    norm_high: tuple = ()
+    trained_steps: int = 0
+    trained_seconds: float = 0.0
+    best_val_loss: float | None = None
+    patch_size: tuple | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    border_band: int = 0
+
+    def __post_init__(self):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        if self.mode not in conventions.MODES:
+            raise ValueError(f"mode must be 'semantic' or 'instance', got {self.mode!r}")
+        if self.dims not in (2, 3) or isinstance(self.dims, bool):
+            raise ValueError(f"dims must be 2 or 3, got {self.dims!r}")
+        put("dims", int(self.dims))
+        put("depth", _whole("depth", self.depth, 1, 8))
+        put("base_channels", _whole("base_channels", self.base_channels, 1, 1024))
+        put("in_channels", _whole("in_channels", self.in_channels, 1, 1024))
+        ids = self.class_ids if self.mode == "semantic" else conventions.INSTANCE_CLASS_IDS
+        try:
+            ids = tuple(_whole("a class id", c, 0, 2**31 - 1) for c in ids)
+        except TypeError:
+            raise ValueError(f"class_ids must be a list of label ids, got {self.class_ids!r}") from None
+        if len(ids) < 2 or len(set(ids)) != len(ids):
+            raise ValueError(f"class_ids must be at least two different label ids, got {list(ids)}")
+        if self.mode == "semantic" and conventions.NOT_ANNOTATED in ids:
+            raise ValueError("class_ids of a semantic model cannot include 0, which means 'not annotated'")
+        put("class_ids", ids)
+        names = tuple(str(n) for n in self.class_names) or conventions.class_names(self.mode, ids)
+        if len(names) != len(ids):
+            raise ValueError(f"class_names has {len(names)} names for {len(ids)} classes")
+        put("class_names", names)
+        n = self.in_channels
+        put("norm_low", _numbers("norm_low", self.norm_low or (0.0,) * n, n))
+        put("norm_high", _numbers("norm_high", self.norm_high or (1.0,) * n, n))
+        put("trained_steps", _whole("trained_steps", self.trained_steps, 0, 2**62))
+        put("trained_seconds", float(self.trained_seconds))
+        if self.patch_size is not None:
+            put("patch_size", tuple(_whole("a patch size", p, 1, 2**16) for p in self.patch_size))
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels of the network (one per class id)."""
+        return len(self.class_ids)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready data (tuples as lists), as stored in model files."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        """The configuration stored in a model file; ValueError for unknown keys or invalid values."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the configuration must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        # 0.1 files also stored the derivable num_classes (checked) and a format_version (the file's own)
+        data = dict(data)
+        num_classes = data.pop("num_classes", None)
+        data.pop("format_version", None)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration key(s) {', '.join(unknown)}: written by a newer napari-unet?")
+        config = cls(**data)
+        if num_classes is not None and num_classes != config.num_classes:
+            raise ValueError(f"num_classes is {num_classes!r} but there are {config.num_classes} class ids")
+        return config
 
 
 @dataclass
@@ -125,37 +245,58 @@ class Model:
     ----------
     network : torch.nn.Module
         (N, C, *spatial) normalized float input -> (N, K, *spatial) logits.
-    config : dict
-        Plain-data description: ``dims``, ``depth``, ``base_channels``, ``in_channels``, ``num_classes``,
-        ``mode`` ("semantic" or "instance"), ``class_ids`` (label value of each output channel),
-        ``norm_low``/``norm_high`` (per-channel intensities mapped to 0 and 1), and training settings.
+    config : ModelConfig
+        Architecture, task, normalization and the training record.
     history : list of dict
-        Training log (one entry per validation/epoch point); saved with the model.
+        Training log (one entry per validation point); saved with the model.
     """
 
     network: UNet
-    config: dict
+    config: ModelConfig
     history: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not isinstance(self.config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(self.config).__name__}")
+
+    @classmethod
+    def untrained(cls, config: ModelConfig | None = None, *, seed: int | None = None, **fields_) -> "Model":
+        """A model with freshly initialized weights (in eval mode): for tests, benchmarks, training.
+
+        Parameters
+        ----------
+        config : ModelConfig, optional
+            The configuration; or give its fields as keywords (``Model.untrained(dims=3, depth=2)``).
+        seed : int, optional
+            Seeds the initialization.
+        """
+        if config is None:
+            config = ModelConfig(**fields_)
+        elif fields_:
+            config = replace(config, **fields_)
+        if seed is not None:
+            torch.manual_seed(seed)
+        return cls(network_from_config(config).eval(), config)
 
     @property
     def dims(self) -> int:
-        return int(self.config["dims"])
+        return self.config.dims
 
     @property
     def depth(self) -> int:
-        return int(self.config["depth"])
+        return self.config.depth
 
     @property
     def mode(self) -> str:
-        return str(self.config["mode"])
+        return self.config.mode
 
     @property
     def in_channels(self) -> int:
-        return int(self.config["in_channels"])
+        return self.config.in_channels
 
     @property
     def num_classes(self) -> int:
-        return int(self.config["num_classes"])
+        return self.config.num_classes
 
     @property
     def halo(self) -> int:
@@ -180,23 +321,22 @@ class Model:
             raise ValueError(
                 f"preprocess expects (channels={self.in_channels}, {self.dims} spatial axes), got shape "
                 f"{arr.shape}")
-        return normalize(arr, self.config["norm_low"], self.config["norm_high"])
+        return normalize(arr, self.config.norm_low, self.config.norm_high)
 
     def describe(self) -> str:
         """A short human-readable summary (used by ``napari-unet info``)."""
         c = self.config
         params = sum(p.numel() for p in self.network.parameters())
         lines = [
-            f"napari-unet model: {c['dims']}D UNet, depth {c['depth']}, base channels {c['base_channels']},"
+            f"napari-unet model: {c.dims}D UNet, depth {c.depth}, base channels {c.base_channels},"
             f" {params / 1e6:.2f} M parameters",
-            f"mode: {c['mode']}; input channels: {c['in_channels']}; outputs: {c['num_classes']}"
-            f" ({', '.join(str(n) for n in c.get('class_names', []))})",
-            f"normalization: low {np.round(c['norm_low'], 3).tolist()}, high {np.round(c['norm_high'], 3).tolist()}",
+            f"mode: {c.mode}; input channels: {c.in_channels}; outputs: {c.num_classes} ({', '.join(c.class_names)})",
+            f"normalization: low {np.round(c.norm_low, 3).tolist()}, high {np.round(c.norm_high, 3).tolist()}",
             f"exact tiling halo: {self.halo} px",
         ]
-        if c.get("trained_steps") is not None:
-            lines.append(f"trained: {c['trained_steps']} steps, {c.get('trained_seconds', 0):.0f} s, "
-                         f"best validation loss {c.get('best_val_loss')}")
+        if c.trained_steps:
+            lines.append(f"trained: {c.trained_steps} steps, {c.trained_seconds:.0f} s, "
+                         f"best validation loss {c.best_val_loss}")
         return "\n".join(lines)
 
 

@@ -13,14 +13,13 @@ from pathlib import Path
 import torch
 
 from .io import atomic_path
-from .model import Model, network_from_config
+from .model import Model, ModelConfig, network_from_config
 
 __all__ = ["save_model", "load_model", "MAGIC"]
 
 MAGIC = "napari-unet-model"
-SUPPORTED_VERSIONS = (1,)
-_REQUIRED = ("dims", "depth", "base_channels", "in_channels", "num_classes", "mode", "class_ids",
-             "norm_low", "norm_high")
+#: The one format version: the file's layout. The configuration's own fields are `ModelConfig`'s.
+FORMAT_VERSION = 1
 
 
 def save_model(model: Model, path) -> Path:
@@ -40,8 +39,8 @@ def save_model(model: Model, path) -> Path:
         raise FileNotFoundError(f"the folder {str(path.parent)!r} does not exist")
     payload = {
         "format": MAGIC,
-        "format_version": 1,
-        "config": json.dumps(model.config),
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(model.config.to_dict()),
         "history": json.dumps(model.history),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()},
     }
@@ -73,15 +72,12 @@ def load_model(path) -> Model:
         raise ValueError(f"{str(path)!r} is not a napari-unet model file ({_load_failure(path, exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != MAGIC:
         raise ValueError(f"{str(path)!r} is not a napari-unet model file (it may be a plain PyTorch checkpoint)")
-    if payload.get("format_version") not in SUPPORTED_VERSIONS:
+    if payload.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{str(path)!r} was written by a newer napari-unet (format version "
                          f"{payload.get('format_version')}): upgrade napari-unet")
     try:
-        config = json.loads(payload["config"])
+        config = ModelConfig.from_dict(json.loads(payload["config"]))
         history = json.loads(payload.get("history", "[]"))
-        missing = [k for k in _REQUIRED if k not in config]
-        if missing:
-            raise KeyError(", ".join(missing))
         network = network_from_config(config)
         network.load_state_dict(payload["state_dict"], strict=True)
     except Exception as exc:

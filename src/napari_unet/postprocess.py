@@ -6,11 +6,13 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["semantic_labels", "instance_labels", "labels_from_probabilities", "relabel_sequential"]
+from .conventions import written_labels
+
+__all__ = ["semantic_labels", "instance_labels"]
 
 
-def semantic_labels(prob: np.ndarray, class_ids: Sequence[int], background_id: int = 1) -> np.ndarray:
-    """Most probable class per pixel, written as its painted id, with the background class written as 0.
+def semantic_labels(prob: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
+    """Most probable class per pixel, written as `napari_unet.conventions.written_labels` says.
 
     Parameters
     ----------
@@ -19,10 +21,7 @@ def semantic_labels(prob: np.ndarray, class_ids: Sequence[int], background_id: i
     class_ids : sequence of int
         Painted label id of each of the K channels.
     """
-    lut = np.asarray(class_ids, dtype=np.int64)
-    lut = np.where(lut == background_id, 0, lut)
-    dtype = np.uint8 if lut.max(initial=0) < 256 else np.uint16 if lut.max() < 65536 else np.int64
-    return lut.astype(dtype)[np.argmax(prob, axis=0)]
+    return written_labels(class_ids)[np.argmax(prob, axis=0)]
 
 
 def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: float = 0.5,
@@ -55,6 +54,7 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
         0 = background, 1..N objects.
     """
     from skimage.morphology import h_maxima
+    from skimage.segmentation import relabel_sequential
     from skimage.segmentation import watershed
 
     if prob.shape[0] != 3:
@@ -95,20 +95,4 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
         too_small = sizes < min_size
         too_small[0] = False
         labels[too_small[labels]] = 0
-    return relabel_sequential(labels)
-
-
-def relabel_sequential(labels: np.ndarray, offset: int = 1) -> np.ndarray:
-    """Renumber object ids to ``offset, offset + 1, ...`` keeping 0 as background (int32)."""
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int64)
-    lut[ids] = np.arange(offset, offset + ids.size)
-    return lut[labels].astype(np.int32 if offset + ids.size < 2**31 else np.int64)
-
-
-def labels_from_probabilities(prob: np.ndarray, config: dict, min_size: int | None = None) -> np.ndarray:
-    """Dispatch on the model's mode: class labels (semantic) or object ids (instance)."""
-    if config["mode"] == "instance":
-        return instance_labels(prob, min_size=min_size)
-    return semantic_labels(prob, config["class_ids"])
+    return relabel_sequential(labels)[0].astype(np.int32, copy=False)

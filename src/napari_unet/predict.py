@@ -34,7 +34,8 @@ from .data import as_channels_first, iter_items
 from .io import release_pages as _release_pages
 from .device import amp_dtype, autocast, free_memory, is_out_of_memory, memory_format, resolve_device
 from .model import Model
-from .postprocess import instance_labels, semantic_labels
+from .conventions import written_labels
+from .postprocess import instance_labels
 from .tiling import choose_tile_size, normalize_tile_size, plan_tiles, read_padded
 
 __all__ = ["PredictEvent", "PredictionPlan", "plan_prediction", "iter_predict", "predict", "segment", "auto_tile_size",
@@ -92,7 +93,7 @@ def labels_dtype(model: Model):
     """Integer dtype `segment` writes for this model."""
     if model.mode == "instance":
         return np.int32
-    return semantic_labels(np.zeros((model.num_classes, 1)), model.config["class_ids"]).dtype
+    return written_labels(model.config.class_ids).dtype
 
 
 # ------------------------------------------------------------------------------------ the network
@@ -193,7 +194,7 @@ def _bytes_per_pixel(model: Model, device: torch.device) -> float:
     # Activations alive at once at full resolution in eval mode: measured 367 B/px for base 16 in fp32
     # (2D, 1120^2 tile; 273 B/voxel in 3D), i.e. about 6 feature maps of base_channels; 7 leaves a margin.
     itemsize = 2 if amp_dtype(device) is not None else 4
-    return model.config["base_channels"] * itemsize * 7.0
+    return model.config.base_channels * itemsize * 7.0
 
 
 def _memory_budget(device: torch.device) -> float:
@@ -470,7 +471,7 @@ class _Pipeline:
         self.min_size = min_size
         self.output = output
         if self.semantic_labels:  # class index -> written label, through the canonical semantic_labels
-            self.lut = semantic_labels(np.eye(model.num_classes, dtype=np.float32), model.config["class_ids"])
+            self.lut = written_labels(model.config.class_ids)
         work = [(i, t) for i in range(len(plan.items)) for t in range(len(plan.tiles))]
         self.batches = [work[s:s + plan.batch_size] for s in range(0, len(work), plan.batch_size)]
         self.stop = threading.Event()
@@ -562,8 +563,8 @@ class _Pipeline:
         raw = self._raw_dtype()
         if raw is not None:
             config = model.config
-            low = torch.tensor(config["norm_low"], dtype=torch.float32)
-            high = torch.tensor(config["norm_high"], dtype=torch.float32)
+            low = torch.tensor(config.norm_low, dtype=torch.float32)
+            high = torch.tensor(config.norm_high, dtype=torch.float32)
             view = (1, -1) + (1,) * model.dims
             scale = (1.0 / torch.clamp(high - low, min=1e-6)).reshape(view).to(self.dev)
             low = low.reshape(view).to(self.dev)
@@ -853,7 +854,7 @@ def predict(model, image, *, progress=None, **kwargs):
     --------
     >>> prob = predict(model, image, tile=512)  # doctest: +SKIP
     """
-    from .train import drain
+    from .progress import drain
 
     with closing(iter_predict(model, image, output="probabilities", **kwargs)) as events:
         return drain(events, progress).result
@@ -865,7 +866,7 @@ def segment(model, image, *, progress=None, **kwargs):
     Semantic models write each pixel's class id with the background (id 1) as 0; instance models write
     object ids (unique across a stack), touching objects separated.
     """
-    from .train import drain
+    from .progress import drain
 
     with closing(iter_predict(model, image, output="labels", **kwargs)) as events:
         return drain(events, progress).result

@@ -1,10 +1,9 @@
 """Training: `iter_train` yields small progress events; `train` drains it and returns the model."""
 from __future__ import annotations
 
-import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -13,12 +12,13 @@ import torch.nn.functional as F
 
 from . import data as D
 from .device import amp_dtype, autocast, free_memory, is_out_of_memory, memory_format, resolve_device
-from .model import Model, network_from_config
+from . import conventions as C
+from .model import Model, ModelConfig, network_from_config
+from .progress import drain
 
 __all__ = ["TrainEvent", "iter_train", "train", "DEFAULT_TIME_BUDGET"]
 
-DEFAULT_TIME_BUDGET = 60.0
-FORMAT_VERSION = 1
+DEFAULT_TIME_BUDGET = C.DEFAULT_TIME_BUDGET
 
 
 @dataclass
@@ -166,8 +166,8 @@ def _masked_ce(logits, target):
     return loss / n_valid.clamp_min(1), int(n_valid)
 
 
-def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: int = 4,
-               base_channels: int = 16, time_budget: float | None = None, epochs: int | None = None,
+def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: int = C.DEFAULT_DEPTH,
+               base_channels: int = C.DEFAULT_BASE_CHANNELS, time_budget: float | None = None, epochs: int | None = None,
                init: Model | None = None, device="auto", seed: int | None = None,
                channel_axis: int | None = None, patch_size: int | Sequence[int] | None = None,
                batch_size: int | None = None, learning_rate: float | None = None,
@@ -233,7 +233,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
     annotated, seen, n_channels = _collect(images, labels, dims, channel_axis, mode)
     if mode == "semantic":
         if init is not None:
-            class_ids = list(init.config["class_ids"])
+            class_ids = list(init.config.class_ids)
             unknown = sorted(set(seen) - set(class_ids))
             if unknown:
                 raise ValueError(f"labels contain class {unknown} that the model was not trained for (its classes"
@@ -243,29 +243,25 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
             if len(class_ids) < 2:
                 raise ValueError(f"only one class is painted (label {class_ids[0]}): paint at least two, e.g. 1 "
                                  "for background and 2 for objects")
-        class_names = ["background" if c == 1 else f"class {c}" for c in class_ids]
     else:
-        class_ids = [0, 1, 2]
-        class_names = list(D.INSTANCE_CLASSES)
+        class_ids = list(C.INSTANCE_CLASS_IDS)
 
     if init is not None:
         if init.in_channels != n_channels:
             raise ValueError(f"the model takes {init.in_channels} channel(s) but the images have {n_channels}")
-        config = copy.deepcopy(init.config)
+        config = init.config
         net = network_from_config(config)
         net.load_state_dict(init.network.state_dict())
-        norm = (config["norm_low"], config["norm_high"])
+        norm = (config.norm_low, config.norm_high)
     else:
         for name, v in (("depth", depth), ("base_channels", base_channels)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive whole number, got {v!r}")
         norm = D.compute_normalization([(img, idx) for img, _, idx in annotated])
-        config = dict(format_version=FORMAT_VERSION, dims=dims, depth=int(depth), base_channels=int(base_channels),
-                      in_channels=int(n_channels), num_classes=len(class_ids), mode=mode,
-                      class_ids=[int(c) for c in class_ids], class_names=class_names,
-                      norm_low=list(norm[0]), norm_high=list(norm[1]))
+        config = ModelConfig(mode=mode, dims=dims, depth=depth, base_channels=base_channels, in_channels=n_channels,
+                             class_ids=tuple(class_ids), norm_low=tuple(norm[0]), norm_high=tuple(norm[1]))
         net = network_from_config(config)
-    align = 2 ** config["depth"]
+    align = 2 ** config.depth
 
     if patch_size is None:
         patch = _default_patch(dims, dev)
@@ -331,7 +327,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
     best_state, best_val = None, None
     history = list(init.history) if init is not None else []
     info = dict(patch_size=list(patch), batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                validation=bool(val_batches), classes=class_names, device=str(dev))
+                validation=bool(val_batches), classes=list(config.class_names), device=str(dev))
     yield TrainEvent("start", elapsed=time.perf_counter() - start_time, total_steps=total_steps,
                      message=f"training on {len(items)} region(s), {region_px} px, device {dev}", info=info)
 
@@ -405,37 +401,15 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
     net.eval().cpu()
     net.to(memory_format=torch.contiguous_format)  # the returned network in torch's default layout
     elapsed = time.perf_counter() - start_time
-    config.update(trained_steps=int(config.get("trained_steps") or 0) + step,
-                  trained_seconds=float(config.get("trained_seconds") or 0.0) + elapsed,
-                  best_val_loss=best_val, patch_size=list(patch), batch_size=int(batch_size),
-                  learning_rate=float(learning_rate), border_band=int(band))
+    config = replace(config, trained_steps=config.trained_steps + step,
+                     trained_seconds=config.trained_seconds + elapsed, best_val_loss=best_val,
+                     patch_size=tuple(patch), batch_size=int(batch_size), learning_rate=float(learning_rate),
+                     border_band=int(band))
     model = Model(network=net, config=config, history=history)
     yield TrainEvent("done", step=step, fraction=1.0 if not stopped else fraction, elapsed=elapsed, loss=loss_value,
                      val_loss=best_val, best_val_loss=best_val, model=model, stopped=stopped,
                      total_steps=total_steps, epoch=step / steps_per_epoch,
                      message=f"{'stopped' if stopped else 'finished'} after {step} steps in {elapsed:.1f} s")
-
-
-def drain(events, progress=None, total: int = 100):
-    """Run a generator of events to its end, reporting to a tqdm-like ``progress``; return the last event."""
-    last = None
-    shown = 0
-    if progress is not None and getattr(progress, "total", None) is None:
-        try:
-            progress.total = total
-        except AttributeError:
-            pass
-    for event in events:
-        last = event
-        if progress is not None:
-            done = int(round(getattr(event, "fraction", 0.0) * total))
-            if done > shown:
-                progress.update(done - shown)
-                shown = done
-            loss = getattr(event, "loss", None)
-            if loss is not None and hasattr(progress, "set_postfix"):
-                progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
-    return last
 
 
 def train(images, labels, *, progress=None, **kwargs) -> Model:

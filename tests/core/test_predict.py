@@ -3,23 +3,19 @@ import pytest
 import torch
 
 import napari_unet as nu
-from napari_unet.model import Model, UNet
+from napari_unet.model import Model
 from napari_unet.predict import plan_prediction
 
 
 def random_model(dims=2, depth=2, base=4, in_channels=1, mode="semantic", classes=(1, 2), seed=0):
     """An untrained network with random weights and non-trivial BatchNorm statistics."""
-    torch.manual_seed(seed)
-    k = 3 if mode == "instance" else len(classes)
-    net = UNet(dims, in_channels, k, depth, base)
-    for m in net.modules():
+    model = Model.untrained(dims=dims, depth=depth, base_channels=base, in_channels=in_channels, mode=mode,
+                            class_ids=tuple(classes), seed=seed)
+    for m in model.network.modules():
         if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    config = dict(dims=dims, depth=depth, base_channels=base, in_channels=in_channels, num_classes=k, mode=mode,
-                  class_ids=[0, 1, 2] if mode == "instance" else list(classes),
-                  norm_low=[0.0] * in_channels, norm_high=[1.0] * in_channels)
-    return Model(net.eval(), config)
+    return model
 
 
 @pytest.mark.parametrize("shape", [(37, 45), (128, 128), (200, 333), (97, 260)])

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from napari_unet.data import IGNORE, instance_targets, semantic_targets
-from napari_unet.model import Model, UNet
+from napari_unet.model import Model
 from napari_unet.postprocess import instance_labels, semantic_labels
 from napari_unet.predict import predict
 from napari_unet.tiling import plan_tiles
@@ -41,10 +41,7 @@ _NET = None
 def _tiny_model():
     global _NET
     if _NET is None:
-        torch.manual_seed(0)
-        net = UNet(2, 1, 2, depth=2, base_channels=4).eval()
-        _NET = Model(net, dict(dims=2, depth=2, base_channels=4, in_channels=1, num_classes=2, mode="semantic",
-                               class_ids=[1, 2], norm_low=[0.0], norm_high=[1.0]))
+        _NET = Model.untrained(depth=2, base_channels=4, seed=0)
     return _NET
 
 

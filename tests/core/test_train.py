@@ -18,7 +18,7 @@ def test_semantic_training_learns_the_painted_classes(blobs):
     fg = labels > 0
     iou = (fg & (truth > 0)).sum() / (fg | (truth > 0)).sum()
     assert iou > 0.8
-    assert model.config["class_ids"] == [1, 2] and model.config["mode"] == "semantic"
+    assert model.config.class_ids == (1, 2) and model.config.mode == "semantic"
 
 
 def test_instance_training_separates_objects(blobs):
@@ -68,8 +68,8 @@ def test_fine_tuning_continues_from_a_model(blobs):
     first = nu.train(image, strokes, epochs=1, seed=0, **TINY)
     before = [p.clone() for p in first.network.parameters()]
     second = nu.train(image, strokes, epochs=1, seed=1, init=first, **TINY)
-    assert second.config["trained_steps"] > first.config["trained_steps"]
-    assert second.config["norm_low"] == first.config["norm_low"]
+    assert second.config.trained_steps > first.config.trained_steps
+    assert second.config.norm_low == first.config.norm_low
     # the original model is left as it was
     for p, q in zip(first.network.parameters(), before):
         assert torch.equal(p, q)
@@ -100,7 +100,7 @@ def test_multichannel_training_with_declared_channel_axis(blobs):
     image, strokes, _ = blobs
     rgbish = np.stack([image, image // 2], axis=-1)
     model = nu.train(rgbish, strokes, channel_axis=-1, epochs=1, **TINY)
-    assert model.config["in_channels"] == 2
+    assert model.config.in_channels == 2
     assert nu.segment(model, rgbish, channel_axis=-1).shape == image.shape
 
 
@@ -112,7 +112,7 @@ def test_3d_model_trains_on_a_volume():
     lab[5:9, 10:18, 10:18] = 2
     lab[12:15, 24:30, 24:30] = 1
     model = nu.train(vol, lab, dims=3, epochs=1, depth=2, base_channels=4, patch_size=16, batch_size=2)
-    assert model.config["dims"] == 3
+    assert model.config.dims == 3
     assert nu.segment(model, vol).shape == vol.shape
 
 
@@ -186,7 +186,7 @@ def test_out_of_memory_while_training_shrinks_the_batch(blobs, monkeypatch):
     events = list(nu.iter_train(image, strokes, epochs=1, **{**TINY, "batch_size": 8}))
     warnings = [e.message for e in events if e.kind == "warning"]
     assert any("batches of 4" in w for w in warnings) and any("batches of 2" in w for w in warnings)
-    assert events[-1].kind == "done" and events[-1].model.config["batch_size"] == 2
+    assert events[-1].kind == "done" and events[-1].model.config.batch_size == 2
     assert events[-1].step > 0
 
 

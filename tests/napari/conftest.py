@@ -165,16 +165,7 @@ def click_checkbox(qtbot, checkbox):
 
 def random_model(dims=2, in_channels=1, mode="semantic", depth=2, base=4, seed=0):
     """A small untrained model (random weights): fast, and fine wherever only shapes and plumbing matter."""
-    import torch
+    from napari_unet.model import Model
 
-    from napari_unet.model import Model, UNet
-
-    torch.manual_seed(seed)
-    k = 3 if mode == "instance" else 2
-    net = UNet(dims, in_channels, k, depth, base).eval()
-    config = dict(dims=dims, depth=depth, base_channels=base, in_channels=in_channels, num_classes=k, mode=mode,
-                  class_ids=[0, 1, 2] if mode == "instance" else [1, 2],
-                  class_names=["background", "interior", "boundary"] if mode == "instance"
-                  else ["background", "class 2"],
-                  norm_low=[0.0] * in_channels, norm_high=[1000.0] * in_channels)
-    return Model(net, config)
+    return Model.untrained(dims=dims, depth=depth, base_channels=base, in_channels=in_channels, mode=mode,
+                           norm_high=(1000.0,) * in_channels, seed=seed)

@@ -219,8 +219,8 @@ def test_instance_masks_loop(plugin_viewer, qtbot, notifications):
     qtbot.mouseClick(train.train_button.native, LEFT)
     wait_until(qtbot, lambda: not train.running, timeout=60)
     assert not messages(notifications, "error"), messages(notifications, "error")
-    assert STORE.model.mode == "instance" and STORE.model.config["class_names"] == ["background", "interior",
-                                                                                      "boundary"]
+    assert STORE.model.mode == "instance" and STORE.model.config.class_names == ("background", "interior",
+                                                                                      "boundary")
     qtbot.mouseClick(segment.segment_button.native, LEFT)
     wait_until(qtbot, lambda: not segment.running, timeout=60)
     seg = viewer.layers["nuclei segmentation"]

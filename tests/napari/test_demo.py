@@ -34,5 +34,5 @@ sys.exit(rc or bool(gui))
     assert (out / "overlay.png").stat().st_size > 1000
     import napari_unet as nu
 
-    assert nu.load_model(out / "model.pt").config["depth"] == 2
+    assert nu.load_model(out / "model.pt").config.depth == 2
     assert not [p for p in out.iterdir() if "partial" in p.name]

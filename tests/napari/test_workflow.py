@@ -53,7 +53,7 @@ def test_train_segment_click_correct_retrain(plugin_viewer, qtbot, notifications
     assert len(plot.train) >= 5 and len(plot.validation) >= 1
     assert 0 < plot.paint_count <= len(plot.train) + len(plot.validation)  # drawn, but throttled
     model = STORE.model
-    assert model is not None and model.config["depth"] == 2 and model.config["base_channels"] == 8
+    assert model is not None and model.config.depth == 2 and model.config.base_channels == 8
     assert "depth 2" in segment.model_info.value and "depth 2" in train.model_info.value
     np.testing.assert_array_equal(strokes.data, strokes_before)  # the annotations were not touched
     assert not messages(notifications, "error")
@@ -120,13 +120,13 @@ def test_train_segment_click_correct_retrain(plugin_viewer, qtbot, notifications
     assert train.continue_training.value
 
     # --- Retrain: continues from the current model
-    steps_before = model.config["trained_steps"]
+    steps_before = model.config.trained_steps
     train.time_budget.value = 2.0
     qtbot.mouseClick(train.train_button.native, LEFT)
     wait_until(qtbot, lambda: not train.running, timeout=60)
     tuned = STORE.model
-    assert tuned is not model and tuned.config["trained_steps"] > steps_before
-    assert tuned.config["depth"] == 2 and plot.runs  # the plot marks where fine-tuning started
+    assert tuned is not model and tuned.config.trained_steps > steps_before
+    assert tuned.config.depth == 2 and plot.runs  # the plot marks where fine-tuning started
 
     # --- Re-run Segment: same layer, and Ctrl+Z on it brings back the previous result
     previous = seg.data.copy()
@@ -166,7 +166,7 @@ def test_stop_ends_within_a_second_and_keeps_the_model(plugin_viewer, qtbot, not
     assert took < 1.0
     assert train.train_button.text == "Train" and train.train_button.enabled
     model = STORE.model
-    assert model is not None and model.config["trained_steps"] >= 2
+    assert model is not None and model.config.trained_steps >= 2
     assert any("stopped" in m for m in messages(notifications, "info"))
     assert "steps" in segment.model_info.value
 

@@ -279,7 +279,7 @@ class SegmentWidget(JobWidget):
                 remove_output_store(old)
         # "covered": the boxes of the layer the model has segmented so far (None: all of it), so that
         # "Use as annotations" marks as background only places the model actually looked at
-        meta = dict(mode=model.mode, class_ids=list(model.config["class_ids"]), click_classes={}, max_label=0,
+        meta = dict(mode=model.mode, class_ids=list(model.config.class_ids), click_classes={}, max_label=0,
                     covered=[])
         if not undoable:  # an undoable run changes the layer (and its metadata) only when it is done
             layer.metadata[META_KEY] = meta
@@ -307,7 +307,7 @@ class SegmentWidget(JobWidget):
             source = da.from_array(prob_out, chunks=prob_out.chunks)
         else:
             source = prob_out
-        names = model.config.get("class_names") or [f"class {i}" for i in range(k)]
+        names = model.config.class_names
         layers = []
         for c in range(k):
             if names[c] == "background":
@@ -652,7 +652,7 @@ class SegmentWidget(JobWidget):
         meta = dict(layer.metadata.get(META_KEY) or {})
         model = self.current_model()
         mode = meta.get("mode") or (model.mode if model is not None else "semantic")
-        class_ids = meta.get("class_ids") or (model.config["class_ids"] if model is not None else [1, 2])
+        class_ids = meta.get("class_ids") or (list(model.config.class_ids) if model is not None else [1, 2])
         covered = meta.get("covered")  # None (also for a layer from elsewhere): fully segmented
         if covered is not None and mode == "instance":
             show_warning(f"{NAME}: only part of '{layer.name}' was segmented (clicks or a cancelled run); instance "

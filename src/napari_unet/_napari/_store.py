@@ -45,9 +45,8 @@ class ModelStore:
         if m is None:
             return "no model yet: train one or load a model file"
         c = m.config
-        steps = c.get("trained_steps")
-        trained = f", {steps} steps" if steps else ""
-        return (f"{c['dims']}D UNet depth {c['depth']}, {c['base_channels']} ch, {c['mode']}{trained}"
+        trained = f", {c.trained_steps} steps" if c.trained_steps else ""
+        return (f"{c.dims}D UNet depth {c.depth}, {c.base_channels} ch, {c.mode}{trained}"
                 + (f" ({self.source})" if self.source else ""))
 
 
