@@ -1,10 +1,13 @@
 """The GPU path of prediction: CUDA checks (skipped without CUDA) and CPU checks of its recovery logic."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import napari_unet as nu
-from napari_unet.predict import _Runner, inference_network, plan_prediction
+from napari_unet.predict import inference_network, plan_prediction
+from napari_unet.predict.runner import smaller_tile
 
 from .test_predict import random_model
 
@@ -36,7 +39,7 @@ def test_a_tile_that_does_not_fit_is_computed_as_smaller_tiles_with_the_same_res
     expected = nu.predict(model, image, tile=160)
     calls = []
     _limit_memory(monkeypatch, model, 110 * 110, calls)
-    events = list(nu.iter_predict(model, image, tile=160, workers=1))
+    events = list(nu.iter_predict(model, image, labels=False, probabilities=True, tile=160, workers=1))
     warnings = [e.message for e in events if e.kind == "warning"]
     assert len(warnings) == 1 and "one tile of 160x160" in warnings[0] and "continuing with tiles of" in warnings[0]
     # exact halo: the mosaic of smaller tiles gives the big tile's values
@@ -50,7 +53,7 @@ def test_batches_shrink_before_tiles(monkeypatch):
     image = np.random.default_rng(1).random((256, 256)).astype(np.float32)
     expected = nu.predict(model, image, tile=96)
     _limit_memory(monkeypatch, model, 2 * 96 * 96)
-    events = list(nu.iter_predict(model, image, tile=96, batch_size=8, workers=1))
+    events = list(nu.iter_predict(model, image, labels=False, probabilities=True, tile=96, batch_size=8, workers=1))
     messages = [e.message for e in events if e.kind == "warning"]
     assert any("retrying 4 at a time" in m for m in messages)
     assert not any("continuing with tiles" in m for m in messages)
@@ -76,12 +79,11 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(monkeypatch):
 
 
 def test_smaller_tile_steps_keep_the_halo_and_stop_at_the_minimum():
-    runner = _Runner(None, torch.device("cpu"), "probabilities", halo=96, align=16, dims=2, warn=print)
-    assert runner._smaller((1120, 1120)) == (656, 656)
+    assert smaller_tile((1120, 1120), halo=96, align=16) == (656, 656)
     tile, seen = (1120, 1120), []
     while tile is not None:
         seen.append(tile)
-        tile = runner._smaller(tile)
+        tile = smaller_tile(tile, halo=96, align=16)
     assert seen[-1] == (208, 208) and all(t[0] % 16 == 0 for t in seen)
 
 
@@ -136,7 +138,7 @@ def test_cuda_stack_batches_planes_and_writes_in_order(tmp_path):
     model = random_model(depth=2, base=8)
     stack = np.random.default_rng(5).random((9, 96, 96)).astype(np.float32)
     out = zarr.open_array(str(tmp_path / "out.zarr"), mode="w", shape=stack.shape, chunks=(1, 96, 96), dtype="u1")
-    events = list(nu.iter_predict(model, stack, out=out, output="labels", device="cuda", batch_size=4))
+    events = list(nu.iter_predict(model, stack, labels_out=out, device="cuda", batch_size=4))
     done = [e.done for e in events if e.kind == "tiles"]
     assert done == sorted(done) and done[-1] == 9
     for z in (0, 4, 8):
@@ -149,7 +151,7 @@ def test_cuda_out_of_memory_recovery_on_the_device(monkeypatch):
     image = np.random.default_rng(6).random((300, 300)).astype(np.float32)
     expected = nu.predict(model, image, tile=160, device="cuda")
     _limit_memory(monkeypatch, model, 100 * 100)
-    events = list(nu.iter_predict(model, image, tile=160, device="cuda"))
+    events = list(nu.iter_predict(model, image, labels=False, probabilities=True, tile=160, device="cuda"))
     assert any("continuing with tiles of" in e.message for e in events if e.kind == "warning")
     assert (events[-1].result.argmax(0) == expected.argmax(0)).mean() > 0.999
 
@@ -160,7 +162,7 @@ def test_cuda_closing_early_leaves_no_threads_and_frees_memory():
 
     model = random_model(depth=2, base=8)
     stack = np.random.default_rng(7).random((30, 128, 128)).astype(np.float32)
-    events = nu.iter_predict(model, stack, device="cuda", batch_size=2)
+    events = nu.iter_predict(model, stack, labels=False, probabilities=True, device="cuda", batch_size=2)
     for e in events:
         if e.kind == "tiles":
             break
@@ -171,7 +173,7 @@ def test_cuda_closing_early_leaves_no_threads_and_frees_memory():
 @needs_cuda
 def test_cuda_normalizes_raw_integer_tiles_on_the_device_like_preprocess():
     model = random_model(depth=2, base=8)
-    model.config.update(norm_low=[100.0], norm_high=[3000.0])
+    model.config = dataclasses.replace(model.config, norm_low=(100.0,), norm_high=(3000.0,))
     image = np.random.default_rng(8).integers(0, 4000, (160, 176)).astype(np.uint16)
     cpu = nu.predict(model, image, device="cpu")
     gpu = nu.predict(model, image, device="cuda")
@@ -182,6 +184,5 @@ def test_cuda_normalizes_raw_integer_tiles_on_the_device_like_preprocess():
 
 
 def test_a_thin_tile_shrinks_only_along_the_axes_that_can():
-    runner = _Runner(None, torch.device("cpu"), "probabilities", halo=96, align=16, dims=2, warn=print)
-    assert runner._smaller((1120, 48)) == (656, 48)
-    assert runner._smaller((208, 48)) is None
+    assert smaller_tile((1120, 48), halo=96, align=16) == (656, 48)
+    assert smaller_tile((208, 48), halo=96, align=16) is None

@@ -4,7 +4,8 @@ import torch
 
 import napari_unet as nu
 from napari_unet.model import Model
-from napari_unet.predict import plan_prediction
+from napari_unet.predict import plan_prediction, run_prediction
+from napari_unet.predict import plan as plan_module
 
 
 def random_model(dims=2, depth=2, base=4, in_channels=1, mode="semantic", classes=(1, 2), seed=0):
@@ -121,7 +122,8 @@ def test_model_that_does_not_fit_the_image():
 
 def test_progress_events_and_tqdm_like_progress():
     model = random_model()
-    events = list(nu.iter_predict(model, np.zeros((200, 200), np.float32), tile=2 * model.halo + 16))
+    events = list(nu.iter_predict(model, np.zeros((200, 200), np.float32), labels=False, probabilities=True,
+                                  tile=2 * model.halo + 16))
     assert events[0].kind == "start" and events[-1].kind == "done"
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
@@ -169,7 +171,7 @@ def test_out_of_memory_retries_with_smaller_batches(monkeypatch):
         return forward(x)
 
     monkeypatch.setattr(model.network, "forward", small_memory)
-    events = list(nu.iter_predict(model, image, tile=64, batch_size=4))
+    events = list(nu.iter_predict(model, image, labels=False, probabilities=True, tile=64, batch_size=4))
     assert any(e.kind == "warning" and "retrying" in e.message for e in events)
     np.testing.assert_allclose(events[-1].result, expected, atol=1e-6)
 
@@ -197,7 +199,52 @@ def test_probabilities_out_of_the_wrong_shape_is_refused():
     image = np.zeros((64, 64), np.float32)
     with pytest.raises(ValueError, match=r"probabilities_out has shape \(64, 64\) but the probabilities need \(2, 64, 64\)"):
         nu.segment(model, image, probabilities_out=np.zeros((64, 64), np.float32))
-    with pytest.raises(ValueError, match="goes with output='labels'"):
-        nu.predict(model, image, probabilities_out=np.zeros((2, 64, 64), np.float32))
     with pytest.raises(TypeError, match="need a float array"):
         nu.segment(model, image, probabilities_out=np.zeros((2, 64, 64), np.uint8))
+
+
+def test_an_output_that_was_not_asked_for_is_refused_before_any_work():
+    model = random_model()
+    image = np.zeros((64, 64), np.float32)
+    plan = plan_prediction(model, image)  # labels only
+    with pytest.raises(ValueError, match="probabilities_out was given but the plan does not compute probabilities"):
+        run_prediction(plan, probabilities_out=np.zeros((2, 64, 64), np.float32))
+    with pytest.raises(ValueError, match="labels_out was given"):
+        nu.iter_predict(model, image, labels=False, probabilities=True, labels_out=np.zeros((64, 64), np.uint8))
+    with pytest.raises(ValueError, match="nothing to compute"):
+        plan_prediction(model, image, labels=False)
+    with pytest.raises(ValueError, match=r"labels_out has shape \(63, 64\)"):
+        run_prediction(plan, labels_out=np.zeros((63, 64), np.uint8))
+
+
+def test_the_plan_described_is_the_plan_run(monkeypatch):
+    model = random_model(depth=2, base=4)
+    image = np.random.default_rng(2).random((3, 300, 260)).astype(np.float32)
+    plan = plan_prediction(model, image, tile="auto", probabilities=True)
+
+    def no_memory(device):
+        raise AssertionError("the memory budget is read at planning, not while running")
+
+    monkeypatch.setattr(plan_module, "memory_budget", no_memory)  # memory changes after planning
+    events = list(run_prediction(plan))
+    assert events[0].kind == "start" and events[0].message == plan.describe()
+    tiles = [e for e in events if e.kind == "tiles"]
+    assert tiles[-1].done == tiles[-1].total == plan.total_tiles == len(plan.items) * len(plan.tiles)
+    assert plan.batch_size == 1  # CPU: one "tiles" event per tile of the plan, in its order
+    assert [e.region for e in tiles] == [index + t.output for index in plan.items for t in plan.tiles]
+    done = events[-1]
+    assert done.labels.shape == plan.shape and done.labels.dtype == plan.labels_dtype
+    assert done.probabilities.shape == plan.probabilities_shape and done.result is done.labels
+
+
+@pytest.mark.parametrize("mode", ["semantic", "instance"])
+def test_labels_and_probabilities_tee_equals_separate_runs(mode):
+    model = random_model(mode=mode, seed=5)
+    stack = np.random.default_rng(6).random((2, 80, 70)).astype(np.float32)
+    both = list(nu.iter_predict(model, stack, labels=True, probabilities=True, tile=64))[-1]
+    labels = list(nu.iter_predict(model, stack, tile=64))[-1]
+    probabilities = list(nu.iter_predict(model, stack, labels=False, probabilities=True, tile=64))[-1]
+    assert labels.probabilities is None and probabilities.labels is None
+    assert probabilities.result is probabilities.probabilities
+    np.testing.assert_array_equal(both.labels, labels.labels)
+    np.testing.assert_allclose(both.probabilities, probabilities.probabilities, atol=1e-6)

@@ -58,10 +58,12 @@ class WriteRecorder:
 
 def _peak_traced(model, tmp_path, planes, output):
     src = _zarr_stack(tmp_path / f"in{planes}.zarr", planes)
-    plan = plan_prediction(model, src, output=output)
-    chunks = (1,) * (len(plan.shape) - 2) + plan.shape[-2:]
-    out = zarr.open_array(str(tmp_path / f"out{planes}-{output}.zarr"), mode="w", shape=plan.shape,
-                          chunks=chunks, dtype=plan.dtype)
+    plan = plan_prediction(model, src, labels=output == "labels", probabilities=output == "probabilities")
+    shape = plan.shape if output == "labels" else plan.probabilities_shape
+    dtype = plan.labels_dtype if output == "labels" else np.float32
+    chunks = (1,) * (len(shape) - 2) + shape[-2:]
+    out = zarr.open_array(str(tmp_path / f"out{planes}-{output}.zarr"), mode="w", shape=shape,
+                          chunks=chunks, dtype=dtype)
     run = nu.predict if output == "probabilities" else nu.segment
     run(model, src, out=out)  # warm-up: first-call allocations are not the stack's
     tracemalloc.start()
@@ -102,12 +104,13 @@ def test_only_tiles_are_read_and_each_event_region_is_already_written(tmp_path):
     src = ReadRecorder(_zarr_stack(tmp_path / "in.zarr", 5, size=256))
     out = zarr.open_array(str(tmp_path / "out.zarr"), mode="w", shape=(2, 5, 256, 256), chunks=(1, 1, 128, 128),
                           dtype="f4", fill_value=-1.0)
-    events = list(nu.iter_predict(model, src, out=out, tile=128))
+    events = list(nu.iter_predict(model, src, labels=False, probabilities=True, probabilities_out=out, tile=128))
     assert 0 < src.largest <= 128 * 128  # tile by tile: never a plane, never the stack
     tiles = [e for e in events if e.kind == "tiles"]
     assert tiles[-1].done == tiles[-1].total == 5 * len(plan_prediction(model, src, tile=128).tiles)
     out2 = zarr.open_array(str(tmp_path / "check.zarr"), mode="w", shape=out.shape, dtype="f4", fill_value=-1.0)
-    for e in nu.iter_predict(model, src, out=out2, tile=128):
+    for e in nu.iter_predict(model, src, labels=False, probabilities=True, probabilities_out=out2,
+                             tile=128):
         if e.kind == "tiles":  # the region reported is in the output when the event arrives
             block = out2[(slice(None),) + e.region]
             np.testing.assert_allclose(block.sum(0), 1.0, atol=1e-5)
@@ -118,7 +121,7 @@ def test_closing_the_generator_midway_stops_every_thread(tmp_path):
     src = _zarr_stack(tmp_path / "in.zarr", 40, size=128)
     out = WriteRecorder(zarr.open_array(str(tmp_path / "out.zarr"), mode="w", shape=src.shape,
                                         chunks=(1, 128, 128), dtype="u1"))
-    events = nu.iter_predict(model, src, out=out, output="labels", workers=2)
+    events = nu.iter_predict(model, src, labels_out=out, workers=2)
     for e in events:
         if e.kind == "tiles" and e.done >= 3:
             break
@@ -144,7 +147,7 @@ def test_a_consumer_exception_also_stops_the_threads():
     model = random_model(depth=2, base=4)
     stack = np.random.default_rng(0).random((20, 96, 96)).astype(np.float32)
     with pytest.raises(KeyError):
-        with __import__("contextlib").closing(nu.iter_predict(model, stack)) as events:
+        with __import__("contextlib").closing(nu.iter_predict(model, stack, labels=False, probabilities=True)) as events:
             for e in events:
                 if e.kind == "tiles":
                     raise KeyError("consumer failed")
@@ -192,7 +195,7 @@ def test_memory_mapped_pages_are_dropped_once_a_plane_is_done(tmp_path):
 
 
 def test_dropping_pages_never_loses_data(tmp_path):
-    from napari_unet.predict import _release_pages
+    from napari_unet.io import release_pages as _release_pages
 
     a = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.float32, shape=(4, 64, 1024))
     a[2] = 7.0

@@ -1,0 +1,89 @@
+"""The one-call forms: `iter_predict` (plan and run), `predict` and `segment` (drained)."""
+from __future__ import annotations
+
+from contextlib import closing
+
+from ..progress import drain
+from .plan import plan_prediction
+from .run import run_prediction
+
+__all__ = ["iter_predict", "predict", "segment"]
+
+
+def iter_predict(model, image, *, labels: bool = True, probabilities: bool = False, labels_out=None,
+                 probabilities_out=None, **plan_options):
+    """Plan and run a prediction tile by tile, yielding `PredictEvent` progress reports.
+
+    Same as ``run_prediction(plan_prediction(model, image, labels=labels, probabilities=probabilities,
+    **plan_options), labels_out=labels_out, probabilities_out=probabilities_out)``: reading, computing
+    and writing overlap in threads, memory stays bounded by a few batches of tiles whatever the size of
+    the image when the outputs are on disk, and closing the generator early stops and joins every thread.
+
+    Parameters
+    ----------
+    model : Model or path
+    image : array-like
+        Spatial axes last; see `plan_prediction`.
+    labels, probabilities : bool
+        What to compute (both: from the same forward passes).
+    labels_out, probabilities_out : array-like, optional
+        Where to write them (see `run_prediction`).
+    **plan_options
+        ``tile``, ``batch_size``, ``device``, ``channel_axis``, ``halo``, ``min_size``, ``workers``:
+        see `plan_prediction`.
+
+    Yields
+    ------
+    PredictEvent
+        The last one has ``kind == "done"`` and the outputs. When a ``"tiles"`` event is yielded, its
+        ``region`` has been written.
+    """
+    plan = plan_prediction(model, image, labels=labels, probabilities=probabilities, **plan_options)
+    return run_prediction(plan, labels_out=labels_out, probabilities_out=probabilities_out)
+
+
+def predict(model, image, *, out=None, progress=None, **plan_options):
+    """Class probabilities, float32 shaped ``(K, *spatial)``.
+
+    Parameters
+    ----------
+    model : Model or path
+    image : array-like
+    out : array-like, optional
+        Where to write them (zarr array, memmap...), piece by piece.
+    progress : tqdm-like, optional
+    **plan_options
+        See `plan_prediction`.
+
+    Examples
+    --------
+    >>> prob = predict(model, image, tile=512)  # doctest: +SKIP
+    """
+    events = iter_predict(model, image, labels=False, probabilities=True, probabilities_out=out, **plan_options)
+    with closing(events):
+        return drain(events, progress).probabilities
+
+
+def segment(model, image, *, out=None, progress=None, probabilities_out=None, **plan_options):
+    """Integer labels shaped like the image's spatial axes.
+
+    Semantic models write each pixel's class id with the background (id 1) as 0; instance models write
+    object ids (unique across a stack), touching objects separated.
+
+    Parameters
+    ----------
+    model : Model or path
+    image : array-like
+    out : array-like, optional
+        Where to write the labels (zarr array, memmap...), piece by piece.
+    progress : tqdm-like, optional
+    probabilities_out : array-like, optional
+        Also write the class probabilities ``(K, *spatial)`` float32 here, from the same forward passes
+        (the network runs once for both).
+    **plan_options
+        See `plan_prediction`.
+    """
+    events = iter_predict(model, image, labels=True, probabilities=probabilities_out is not None, labels_out=out,
+                          probabilities_out=probabilities_out, **plan_options)
+    with closing(events):
+        return drain(events, progress).labels
