@@ -29,19 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import alternate, machine, normalized, random_model  # noqa: E402
 
 import napari_unet as nu  # noqa: E402
-from napari_unet.predict import _fold_batchnorm, plan_prediction  # noqa: E402
+from napari_unet.device import thread_policy  # noqa: E402
+from napari_unet.predict import plan_prediction  # noqa: E402
+from napari_unet.predict.network import fold_batchnorms  # noqa: E402
 from napari_unet.synthetic import make_nuclei  # noqa: E402
 from napari_unet.tiling import tiling_cost  # noqa: E402
 
 
 def _with_threads(n, fn):
     def run():
-        saved = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
+        with thread_policy(threads=n):
             fn()
-        finally:
-            torch.set_num_threads(saved)
     return run
 
 
@@ -57,7 +55,7 @@ def _report(title, times, pixels, base):
 def section_a(net, reps, compile_):
     x = torch.from_numpy(np.random.default_rng(0).random((1, 1, 1120, 1120)).astype(np.float32))
     folded = copy.deepcopy(net)
-    _fold_batchnorm(folded)
+    fold_batchnorms(folded)
     cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
     folded_cl = copy.deepcopy(folded).to(memory_format=torch.channels_last)
     xcl = x.contiguous(memory_format=torch.channels_last)
@@ -97,7 +95,7 @@ def section_a(net, reps, compile_):
 
 def section_b(net, reps):
     folded = copy.deepcopy(net)
-    _fold_batchnorm(folded)
+    fold_batchnorms(folded)
     folded = folded.to(memory_format=torch.channels_last)
     x = torch.from_numpy(np.random.default_rng(1).random((4, 1, 512, 512)).astype(np.float32))
     x = x.contiguous(memory_format=torch.channels_last)
@@ -117,7 +115,7 @@ def section_b(net, reps):
 
 def section_c(net, reps):
     folded = copy.deepcopy(net)
-    _fold_batchnorm(folded)
+    fold_batchnorms(folded)
     folded = folded.to(memory_format=torch.channels_last)
     xs = [torch.from_numpy(np.random.default_rng(i).random((1, 1, 1120, 1120)).astype(np.float32))
           .contiguous(memory_format=torch.channels_last) for i in range(4)]
@@ -129,8 +127,8 @@ def section_c(net, reps):
 
     def two_workers():
         def work(part):
-            torch.set_num_threads(1)  # per thread (OpenMP): the other worker keeps its own
-            with torch.inference_mode():
+            # per thread (OpenMP): the other worker keeps its own
+            with thread_policy(threads=1), torch.inference_mode():
                 for x in part:
                     folded(x)
         threads = [threading.Thread(target=work, args=(xs[k::2],)) for k in range(2)]
@@ -168,7 +166,7 @@ def section_d(model, reps):
 
 def section_e(net, reps):
     folded = copy.deepcopy(net)
-    _fold_batchnorm(folded)
+    fold_batchnorms(folded)
     folded = folded.to(memory_format=torch.channels_last)
     sides = (512, 768, 1024, 1536, 2048)
     xs = {t: torch.randn(1, 1, t, t).contiguous(memory_format=torch.channels_last) for t in sides}

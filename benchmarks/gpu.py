@@ -134,7 +134,8 @@ def compute_only_seconds(model, plan, dev):
 
 
 def throughput(label, model, image, dev, peak, fpp, output="labels"):
-    plan = plan_prediction(model, image, device=dev, output=output)
+    plan = plan_prediction(model, image, device=dev, labels=output == "labels",
+                           probabilities=output == "probabilities")
     run = nu.segment if output == "labels" else nu.predict
     run(model, image, device=dev)  # warm-up: cudnn autotuning, pinned buffers
     with Utilization(dev) as util:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import alternate, machine, normalized, random_model, ratio_summary  # noqa: E402
 
 import napari_unet as nu  # noqa: E402
+from napari_unet.device import thread_policy  # noqa: E402
 from napari_unet.predict import plan_prediction  # noqa: E402
 from napari_unet.synthetic import make_nuclei  # noqa: E402
 
@@ -34,17 +35,11 @@ def monai_predict(net, image: np.ndarray, threads: int | None = None) -> np.ndar
     """Class probabilities from MONAI's sliding window (logits blended, then softmax)."""
     from monai.inferers import sliding_window_inference
 
-    saved = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            x = torch.from_numpy(image)[None, None]
-            logits = sliding_window_inference(x, roi_size=256, sw_batch_size=4, predictor=net, overlap=0.25,
-                                              mode="gaussian")
-            return torch.softmax(logits, dim=1)[0].numpy()
-    finally:
-        torch.set_num_threads(saved)
+    with thread_policy(threads=threads), torch.inference_mode():
+        x = torch.from_numpy(image)[None, None]
+        logits = sliding_window_inference(x, roi_size=256, sw_batch_size=4, predictor=net, overlap=0.25,
+                                          mode="gaussian")
+        return torch.softmax(logits, dim=1)[0].numpy()
 
 
 def whole_image(net, image: np.ndarray) -> np.ndarray:
@@ -81,12 +76,8 @@ def main(argv=None):
     del results
 
     def ours_one_thread():
-        saved = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with thread_policy(threads=1):
             nu.predict(model, image, workers=1)
-        finally:
-            torch.set_num_threads(saved)
 
     variants = {
         "ours": lambda: nu.predict(model, image),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
@@ -149,7 +150,7 @@ def _train(args):
 def _predict(args):
     from .io import LABELS_ATTRS, OutputFile, check_output_path, commit_together, read_image
     from .modelfile import load_model
-    from .predict import iter_predict, plan_prediction
+    from .predict import plan_prediction, run_prediction
 
     model = load_model(args.model)
     image = read_image(args.input)
@@ -160,17 +161,18 @@ def _predict(args):
             raise ValueError(f"the output {str(o)!r} is the input image: choose another output path")
     if args.probabilities and Path(args.probabilities).resolve() == Path(args.output).resolve():
         raise ValueError("--probabilities and -o name the same file")
-    kwargs = dict(tile=args.tile, batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis)
-    plan = plan_prediction(model, image, output="labels", **kwargs)  # all checks before any file is created
+    # one plan, checked before any file is created; the one described is the one run
+    plan = plan_prediction(model, image, labels=True, probabilities=bool(args.probabilities), tile=args.tile,
+                           batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis)
     with ExitStack() as outputs:
-        labels_out = outputs.enter_context(OutputFile(args.output, plan.shape, plan.dtype, attrs=LABELS_ATTRS))
+        labels_out = outputs.enter_context(OutputFile(args.output, plan.shape, plan.labels_dtype,
+                                                      attrs=LABELS_ATTRS))
         prob_out = None
         if args.probabilities:  # written from the same forward passes as the labels
-            prob_out = outputs.enter_context(
-                OutputFile(args.probabilities, (model.num_classes,) + plan.shape, "float32"))
+            prob_out = outputs.enter_context(OutputFile(args.probabilities, plan.probabilities_shape, "float32"))
         print(plan.describe(), file=sys.stderr, flush=True)
-        _drain_predict(iter_predict(model, image, output="labels", out=labels_out.array,
-                                    probabilities_out=prob_out.array if prob_out else None, **kwargs))
+        _drain_predict(run_prediction(plan, labels_out=labels_out.array,
+                                      probabilities_out=prob_out.array if prob_out else None))
         # both files appear together: never new probabilities beside old or missing labels
         commit_together(*[o for o in (labels_out, prob_out) if o is not None])
     print(f"labels written to {args.output}" + (f", probabilities to {args.probabilities}" if args.probabilities else ""),
@@ -226,10 +228,29 @@ def main(argv=None) -> int:
         return EXIT_FAILURE
 
 
+#: Core errors speak of parameters (``channel_axis=``, ``tile=``, ``device='cpu'``); the command line
+#: shows them as its flags.
+_FLAGS = [(re.compile(r"\bchannel_axis=\.\.\."), "--channel-axis N"),
+          (re.compile(r"\bchannel_axis=(-?\d+)"), r"--channel-axis \1"),
+          (re.compile(r"\btile=None\b"), "--tile none"),
+          (re.compile(r"\btile="), "--tile"),
+          (re.compile(r"\bbatch_size="), "--batch-size"),
+          (re.compile(r"\bdevice='([\w:]+)'"), r"--device \1")]
+
+
+def as_flags(text: str) -> str:
+    """A core error message with its parameter names written as this command's flags."""
+    for pattern, flag in _FLAGS:
+        text = pattern.sub(flag, text)
+    return text
+
+
 def _one_line(exc) -> str:
     text = str(exc)
     if isinstance(exc, (FileNotFoundError, PermissionError)) and exc.filename and exc.strerror:
         text = f"{exc.strerror}: {exc.filename!r}"
+    elif isinstance(exc, (ValueError, TypeError, MemoryError)):
+        text = as_flags(text)
     return " ".join(text.split()) or type(exc).__name__
 
 

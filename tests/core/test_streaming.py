@@ -147,7 +147,8 @@ def test_a_consumer_exception_also_stops_the_threads():
     model = random_model(depth=2, base=4)
     stack = np.random.default_rng(0).random((20, 96, 96)).astype(np.float32)
     with pytest.raises(KeyError):
-        with __import__("contextlib").closing(nu.iter_predict(model, stack, labels=False, probabilities=True)) as events:
+        events = nu.iter_predict(model, stack, labels=False, probabilities=True)
+        with __import__("contextlib").closing(events):
             for e in events:
                 if e.kind == "tiles":
                     raise KeyError("consumer failed")
