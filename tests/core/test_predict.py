@@ -248,3 +248,22 @@ def test_labels_and_probabilities_tee_equals_separate_runs(mode):
     assert probabilities.result is probabilities.probabilities
     np.testing.assert_array_equal(both.labels, labels.labels)
     np.testing.assert_allclose(both.probabilities, probabilities.probabilities, atol=1e-6)
+
+
+def test_run_blocks_writes_only_the_blocks_it_is_given():
+    from napari_unet.predict import run_blocks
+    from napari_unet.predict.sinks import ProbabilitiesSink
+
+    model = random_model()
+    image = np.random.default_rng(7).random((2, 150, 150)).astype(np.float32)
+    plan = plan_prediction(model, image, labels=False, probabilities=True, tile=64)
+    out = np.full(plan.probabilities_shape, -1.0, np.float32)
+    blocks = [(1, 0), (1, len(plan.tiles) - 1)]  # two tiles of the second plane
+    events = list(run_blocks(plan, ProbabilitiesSink(out), blocks))
+    assert [e.kind for e in events] == ["tiles", "tiles"] and events[-1].done == events[-1].total == 2
+    expected = nu.predict(model, image, tile=64)
+    written = np.zeros(plan.shape, bool)
+    for i, t in blocks:
+        written[plan.items[i] + plan.tiles[t].output] = True
+    np.testing.assert_allclose(out[:, written], expected[:, written], atol=1e-6)
+    assert (out[:, ~written] == -1.0).all()

@@ -128,7 +128,8 @@ def run_blocks(plan: PredictionPlan, sink: Sink, blocks=None, *, t0: float | Non
     sink : napari_unet.predict.sinks.Sink
     blocks : sequence of (int, int), optional
         ``(item, tile)`` index pairs into ``plan.items`` and ``plan.tiles``, in the order to run them
-        (default: every tile of every item). Consecutive blocks share a batch of ``plan.batch_size``.
+        (default: every tile of every item). Consecutive blocks share a batch of ``plan.batch_size``;
+        the sink hears that an item is done when the last of its blocks here is written.
     t0 : float, optional
         ``time.perf_counter()`` the events' ``elapsed`` counts from (default: now).
     total : int, optional
