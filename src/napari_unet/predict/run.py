@@ -167,10 +167,11 @@ def _outputs(plan: PredictionPlan, labels_out, probabilities_out):
     """The outputs the plan asks for: those given (checked), the others allocated."""
     from ..io import allocate
 
-    for given, asked, name in ((labels_out, plan.labels, "labels"), (probabilities_out, plan.probabilities,
-                                                                     "probabilities")):
-        if given is not None and not asked:
-            raise ValueError(f"{name}_out was given but the plan does not compute {name}: plan with {name}=True")
+    if labels_out is not None and not plan.labels:
+        raise ValueError("labels_out was given but the plan does not compute labels: plan with labels=True")
+    if probabilities_out is not None and not plan.probabilities:
+        raise ValueError("probabilities_out was given but the plan does not compute probabilities: plan with "
+                         "probabilities=True")
     if labels_out is not None:
         _check_output(labels_out, "labels_out", plan.shape, "labels")
     if probabilities_out is not None:
