@@ -100,7 +100,7 @@ def test_unsafe_or_foreign_model_files_are_refused(plugin_viewer, qtbot, notific
     expected = {"evil.pt": "executable", "evil.pkl": "pickle", "checkpoint.pt": "not a napari-unet model",
                 "garbage.pt": "not a napari-unet model"}
     chosen = {}
-    monkeypatch.setattr("napari_unet._napari._train_widget.ask_open_model_path", lambda parent=None: chosen["path"])
+    monkeypatch.setattr("napari_unet._napari._model_files.ask_open_model_path", lambda parent=None: chosen["path"])
     for name, path in files.items():
         chosen["path"] = str(path)
         notifications.clear()
@@ -215,7 +215,7 @@ def test_closing_the_window_while_training_neither_hangs_nor_crashes(plugin_view
     took = time.perf_counter() - t0
     print(f"\nclose while training: worker ended {1000 * took:.0f} ms after the close")
     assert took < 5
-    assert segment._mouse_callback is None
+    assert not segment.clicks.listening
     assert not messages(notifications, "error")
 
 
