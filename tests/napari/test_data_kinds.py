@@ -1,4 +1,5 @@
 """Big lazy stacks, time series, RGB, channel axes and 3D models in the widgets."""
+import importlib
 import os
 import time
 
@@ -8,7 +9,6 @@ from napari.layers import Labels
 from qtpy.QtCore import Qt, QTimer
 
 import napari_unet as nu
-import napari_unet.train
 from napari_unet._napari._store import STORE
 from napari_unet.synthetic import make_sample
 
@@ -191,13 +191,14 @@ def test_two_image_label_pairs(plugin_viewer, qtbot, notifications, monkeypatch)
     rows[1].image.value = viewer.layers["second"]
     rows[1].labels.value = viewer.layers["second strokes"]
     seen = {}
-    original = napari_unet.train.iter_train
+    train_module = importlib.import_module("napari_unet.train")  # (napari_unet.train is also the function)
+    original = train_module.iter_train
 
     def spy(images, labels, **kwargs):
         seen["shapes"] = [np.shape(i) for i in images] + [np.shape(lab) for lab in labels]
         yield from original(images, labels, **kwargs)
 
-    monkeypatch.setattr(napari_unet.train, "iter_train", spy)
+    monkeypatch.setattr(train_module, "iter_train", spy)
     set_tiny(train, budget=1.5)
     qtbot.mouseClick(train.train_button.native, LEFT)
     wait_until(qtbot, lambda: not train.running, timeout=60)
