@@ -241,3 +241,21 @@ def test_closing_a_dock_widget_ends_its_work(plugin_viewer, qtbot, notifications
     qtbot.mouseClick(dock.title.close_button, LEFT)
     assert len(viewer.mouse_drag_callbacks) == callbacks - 1
     assert not messages(notifications, "error")
+
+
+def test_a_click_whose_image_is_removed_meanwhile_adds_nothing(plugin_viewer, qtbot, notifications):
+    viewer, train, segment = plugin_viewer
+    STORE.set(random_model(), "test")
+    image = viewer.layers["nuclei"]
+    viewer.dims.ndisplay = 2
+    job = segment.segment_at(image.data_to_world((100, 100)))
+    assert job is not None and job.kind == "click" and segment.clicking
+    assert segment.runner.running("click") == [job]  # tracked (and stoppable) like training and segmenting
+    viewer.layers.remove("nuclei annotations")  # a layer the click does not use: it goes on
+    assert not job.stopped
+    viewer.layers.remove(image)  # before its result reaches the GUI thread
+    assert job.stopped
+    wait_until(qtbot, lambda: not segment.clicking, timeout=20)
+    assert job.ended.is_set() and not segment.runner.running()
+    assert "nuclei segmentation" not in viewer.layers  # the object was not added
+    assert not messages(notifications, "error")
