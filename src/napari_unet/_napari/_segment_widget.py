@@ -272,10 +272,11 @@ class SegmentWidget(JobWidget):
         run, self._run = self._run, None
         self.segment_button.text = "Segment"
         self.segment_button.enabled = True
-        if run is None or run.done:
-            self.progress.value = 100 if run is not None else self.progress.value
+        if run is None:
             return
-        if run.reason:
+        if run.done:
+            self.progress.value = 100
+        elif run.reason:
             kept = "the layer is unchanged" if run.undoable else f"'{run.seg.layer.name}' holds the part done so far"
             show_info(f"{NAME}: segmentation stopped because {run.reason}; {kept}")
             self.status.value = f"stopped: {run.reason}"
