@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
     from scipy import ndimage as ndi
 
-    from napari_unet._napari._workers import WARMED
+    from napari_unet._napari._jobs import WARMED
 
     app = QApplication.instance() or QApplication([])
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         QTest.mouseMove(canvas, pos)
         pump(0.05)
         QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=pos)
-        wait_until(lambda: segment._click_job is None, timeout=30)
+        wait_until(lambda: not segment.clicking, timeout=30)
     print(f"clicked {len(picks)} nuclei; last click took {segment.last_click_timing}")
     shoot("click.png")
     viewer.close()

@@ -17,9 +17,9 @@ def gui_friendly_torch_threads():
     With every core in torch's pool, a GUI thread (or another process) on one of them makes OpenMP
     workers spin: small forward passes get 10-25x slower on a loaded 2-core machine.
     """
-    from napari_unet._napari._workers import background_threads
+    from napari_unet.device import thread_policy
 
-    with background_threads():
+    with thread_policy(spare_cores=1):
         yield
 
 
@@ -91,7 +91,7 @@ def start_long_training(qtbot, train, steps: int):
     set_tiny(train, budget=120.0)
     qtbot.mouseClick(train.train_button.native, Qt.MouseButton.LeftButton)
     wait_until(qtbot, lambda: len(train.loss_plot.train) >= steps, timeout=60)
-    return train._job
+    return train.job
 
 
 def wait_until(qtbot, condition, timeout=30.0):

@@ -1,4 +1,5 @@
 """Big lazy stacks, time series, RGB, channel axes and 3D models in the widgets."""
+import importlib
 import os
 import time
 
@@ -6,8 +7,6 @@ import dask.array as da
 import numpy as np
 from napari.layers import Labels
 from qtpy.QtCore import Qt, QTimer
-
-from napari_unet._napari import _train_widget
 
 import napari_unet as nu
 from napari_unet._napari._store import STORE
@@ -154,7 +153,7 @@ def test_rgb_and_channel_axis_images_train_and_segment(plugin_viewer, qtbot, not
     segment.click_to_segment.value = True  # with the 2-channel model just trained
     viewer.reset_view()
     segment.segment_at(viewer.layers["two"].data_to_world((0, 96, 128)))  # the world point of pixel (96, 128)
-    wait_until(qtbot, lambda: segment._click_job is None, timeout=20)
+    wait_until(qtbot, lambda: not segment.clicking, timeout=20)
     assert not messages(notifications, "error"), messages(notifications, "error")
     assert "added object" in segment.status.value or "no object at the click" in segment.status.value
 
@@ -192,13 +191,14 @@ def test_two_image_label_pairs(plugin_viewer, qtbot, notifications, monkeypatch)
     rows[1].image.value = viewer.layers["second"]
     rows[1].labels.value = viewer.layers["second strokes"]
     seen = {}
-    original = _train_widget.train_updates
+    train_module = importlib.import_module("napari_unet.train")  # (napari_unet.train is also the function)
+    original = train_module.iter_train
 
     def spy(images, labels, **kwargs):
         seen["shapes"] = [np.shape(i) for i in images] + [np.shape(lab) for lab in labels]
         yield from original(images, labels, **kwargs)
 
-    monkeypatch.setattr(_train_widget, "train_updates", spy)
+    monkeypatch.setattr(train_module, "iter_train", spy)
     set_tiny(train, budget=1.5)
     qtbot.mouseClick(train.train_button.native, LEFT)
     wait_until(qtbot, lambda: not train.running, timeout=60)
@@ -251,19 +251,21 @@ def test_undo_after_resegmenting_a_lazy_stack_leaves_the_new_result_alone(plugin
 
 
 def test_a_narrow_segmentation_layer_never_wraps_object_ids():
-    from napari_unet._napari._segment_widget import SegmentWidget
+    from napari_unet._napari._segmentation import SegmentationLayer
 
     layer = Labels(np.zeros((20, 30), np.uint8), name="nuclei segmentation")  # e.g. reopened from a uint8 file
     new = np.arange(600, dtype=np.int32).reshape(20, 30)  # 599 objects: more than uint8 holds
-    SegmentWidget._apply_as_one_edit(layer, new)
+    SegmentationLayer(layer).apply_result(new)
     np.testing.assert_array_equal(np.asarray(layer.data), new)
     small = np.ones((20, 30), np.int32)
-    SegmentWidget._apply_as_one_edit(layer, small)  # fits: applied as one undoable edit
+    SegmentationLayer(layer).apply_result(small)  # fits: applied as one undoable edit
     np.testing.assert_array_equal(np.asarray(layer.data), small)
+    layer.undo()
+    np.testing.assert_array_equal(np.asarray(layer.data), new)
 
 
 def test_renamed_layers_and_hand_painted_ids_are_followed(plugin_viewer, qtbot, notifications):
-    from napari_unet._napari._layers import META_KEY
+    from napari_unet._napari._segmentation import SegmentationLayer
 
     viewer, train, segment = plugin_viewer
     open_lazy_stack(viewer, segment, planes=2)
@@ -272,7 +274,7 @@ def test_renamed_layers_and_hand_painted_ids_are_followed(plugin_viewer, qtbot, 
     layer = viewer.layers["stack segmentation"]  # on disk (a lazy stack): too big to scan for ids
     layer.selected_label = 40
     layer.paint((1, 100, 100), 40)  # the brush, by hand
-    assert segment._next_label(layer, layer.metadata[META_KEY]) == 41  # a clicked object will not merge with it
+    assert SegmentationLayer(layer).next_label() == 41  # a clicked object will not merge with it
 
     assert segment.image.value is viewer.layers["stack"]
     viewer.layers["stack"].name = "stack, day 2"

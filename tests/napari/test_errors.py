@@ -100,7 +100,7 @@ def test_unsafe_or_foreign_model_files_are_refused(plugin_viewer, qtbot, notific
     expected = {"evil.pt": "executable", "evil.pkl": "pickle", "checkpoint.pt": "not a napari-unet model",
                 "garbage.pt": "not a napari-unet model"}
     chosen = {}
-    monkeypatch.setattr("napari_unet._napari._train_widget.ask_open_model_path", lambda parent=None: chosen["path"])
+    monkeypatch.setattr("napari_unet._napari._model_files.ask_open_model_path", lambda parent=None: chosen["path"])
     for name, path in files.items():
         chosen["path"] = str(path)
         notifications.clear()
@@ -215,7 +215,7 @@ def test_closing_the_window_while_training_neither_hangs_nor_crashes(plugin_view
     took = time.perf_counter() - t0
     print(f"\nclose while training: worker ended {1000 * took:.0f} ms after the close")
     assert took < 5
-    assert segment._mouse_callback is None
+    assert not segment.clicks.listening
     assert not messages(notifications, "error")
 
 
@@ -240,4 +240,22 @@ def test_closing_a_dock_widget_ends_its_work(plugin_viewer, qtbot, notifications
     dock = next(d for d in viewer.window._qt_window.findChildren(QDockWidget) if "Segment with UNet" in d.windowTitle())
     qtbot.mouseClick(dock.title.close_button, LEFT)
     assert len(viewer.mouse_drag_callbacks) == callbacks - 1
+    assert not messages(notifications, "error")
+
+
+def test_a_click_whose_image_is_removed_meanwhile_adds_nothing(plugin_viewer, qtbot, notifications):
+    viewer, train, segment = plugin_viewer
+    STORE.set(random_model(), "test")
+    image = viewer.layers["nuclei"]
+    viewer.dims.ndisplay = 2
+    job = segment.segment_at(image.data_to_world((100, 100)))
+    assert job is not None and job.kind == "click" and segment.clicking
+    assert segment.runner.running("click") == [job]  # tracked (and stoppable) like training and segmenting
+    viewer.layers.remove("nuclei annotations")  # a layer the click does not use: it goes on
+    assert not job.stopped
+    viewer.layers.remove(image)  # before its result reaches the GUI thread
+    assert job.stopped
+    wait_until(qtbot, lambda: not segment.clicking, timeout=20)
+    assert job.ended.is_set() and not segment.runner.running()
+    assert "nuclei segmentation" not in viewer.layers  # the object was not added
     assert not messages(notifications, "error")

@@ -144,19 +144,3 @@ def test_reader_refuses_interrupted_outputs_and_other_files(tmp_path):
     assert get_reader(str(tmp_path / "image.png")) is None
     assert get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
     assert get_reader(str(tmp_path / "a.TIFF")) is _reader.read_layers
-
-
-def test_training_labels_mark_background_only_where_the_model_looked():
-    from napari_unet._napari._layers import region_box, to_training_labels
-
-    seg = np.zeros((2, 10, 10), np.int32)
-    seg[0, 2:4, 2:4] = 7  # an object added by a click
-    seg[1, 8:10, 8:10] = 2  # an object painted by hand outside every window
-    window = region_box((0, slice(0, 5), slice(0, 6)), seg.shape)
-    assert window == ((0, 1), (0, 5), (0, 6))
-    labels = to_training_labels(seg, "semantic", [1, 2], {7: 2}, covered=[window])
-    assert (labels[0, 2:4, 2:4] == 2).all() and (labels[1, 8:10, 8:10] == 2).all()
-    assert (labels[0, :5, :6][seg[0, :5, :6] == 0] == 1).all()  # background inside the window
-    assert labels[0, 5:].sum() == 0 and labels[1, :8].sum() == 0  # not annotated elsewhere
-    everything = to_training_labels(seg, "semantic", [1, 2], {7: 2})
-    assert (everything[seg == 0] == 1).all()

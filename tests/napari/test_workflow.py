@@ -7,7 +7,8 @@ from qtpy.QtCore import Qt, QTimer
 
 from napari_unet._napari._layers import same_layer
 from napari_unet._napari._store import STORE
-from napari_unet._napari._workers import WARMED
+from napari_unet._napari._jobs import WARMED
+from napari_unet._napari._segmentation import SegmentationLayer
 from napari_unet.metrics import foreground_iou
 from napari_unet.synthetic import make_sample
 
@@ -68,6 +69,8 @@ def test_train_segment_click_correct_retrain(plugin_viewer, qtbot, notifications
     print(f"foreground IoU after 8 s of tiny training: {iou:.3f}")
     assert iou > 0.4  # a trivial all-foreground answer scores about 0.14
     assert segment.progress.value == 100 and segment.segment_button.text == "Segment"
+    state = SegmentationLayer(seg).state  # what the plugin knows about the layer
+    assert state.mode == "semantic" and state.class_ids == (1, 2) and state.covered is None
 
     # --- Click to segment: erase an object, then click it back with a real mouse click on the canvas
     found = component_inside(np.asarray(seg.data))
@@ -82,6 +85,7 @@ def test_train_segment_click_correct_retrain(plugin_viewer, qtbot, notifications
     wait_until(qtbot, lambda: seg.data[cy, cx] != 0, timeout=10)
     new_id = int(seg.data[cy, cx])
     assert new_id == 3  # a new id above the class ids already there
+    assert state.max_label == 3 and state.click_classes == {3: 2}  # "Use as annotations" knows its class
     added = seg.data == new_id
     assert (added & mask).sum() / (added | mask).sum() > 0.5
     assert np.array_equal(seg.data[~added], before[~added])  # nothing else changed
@@ -103,13 +107,15 @@ def test_train_segment_click_correct_retrain(plugin_viewer, qtbot, notifications
         qtbot.mouseMove(native, start + type(start)(dx, 0))
     qtbot.mouseRelease(native, LEFT, pos=start + type(start)(40, 0))
     qtbot.wait(300)
-    assert segment._click_job is None and int((seg.data > 0).sum()) == n_before
+    assert not segment.clicking and int((seg.data > 0).sum()) == n_before
     click_checkbox(qtbot, segment.click_to_segment)
     assert not segment.click_to_segment.value
 
     # --- Use as annotations: the corrected segmentation becomes a dense annotation
     qtbot.mouseClick(segment.use_as_annotations.native, LEFT)
+    assert [job.kind for job in segment.runner.running()] == ["annotations"]  # a tracked job like the others
     wait_until(qtbot, lambda: "nuclei annotations (corrected)" in viewer.layers, timeout=20)
+    assert not segment.runner.running()
     ann = viewer.layers["nuclei annotations (corrected)"]
     assert isinstance(ann, Labels)
     assert set(np.unique(ann.data)) == {1, 2}
@@ -129,19 +135,20 @@ def test_train_segment_click_correct_retrain(plugin_viewer, qtbot, notifications
     assert tuned.config.depth == 2 and plot.runs  # the plot marks where fine-tuning started
 
     # --- Re-run Segment: same layer, and Ctrl+Z on it brings back the previous result
+    seg.data[:8, :8] = 99  # a hand correction no model output contains: the new result must differ
     previous = seg.data.copy()
     qtbot.mouseClick(segment.segment_button.native, LEFT)
     wait_until(qtbot, lambda: not segment.running, timeout=60)
     assert [layer.name for layer in viewer.layers].count("nuclei segmentation") == 1
     assert viewer.layers["nuclei segmentation"] is seg
-    if not np.array_equal(seg.data, previous):
-        seg.undo()
-        np.testing.assert_array_equal(seg.data, previous)
+    assert not (seg.data == 99).any() and not np.array_equal(seg.data, previous)  # the new result is shown
+    seg.undo()
+    np.testing.assert_array_equal(seg.data, previous)
 
     # --- Save and Load through the buttons (the file dialogs answered by the test)
     path = tmp_path / "nuclei.pt"
-    monkeypatch.setattr("napari_unet._napari._train_widget.ask_save_model_path", lambda parent=None: str(path))
-    monkeypatch.setattr("napari_unet._napari._train_widget.ask_open_model_path", lambda parent=None: str(path))
+    monkeypatch.setattr("napari_unet._napari._model_files.ask_save_model_path", lambda parent=None: str(path))
+    monkeypatch.setattr("napari_unet._napari._model_files.ask_open_model_path", lambda parent=None: str(path))
     qtbot.mouseClick(train.save_button.native, LEFT)
     assert path.is_file()
     STORE.clear()

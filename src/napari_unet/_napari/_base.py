@@ -1,26 +1,24 @@
-"""What the two dock widgets share: the viewer reference, one long job at a time in a napari worker,
-error notifications, and a bounded shutdown when the viewer closes."""
+"""What the two dock widgets share: the viewer reference, a `JobRunner` for all their background work
+with one long job (training or segmentation) at a time, and a bounded shutdown when the viewer closes."""
 from __future__ import annotations
 
 import threading
 import weakref
 
 from magicgui.widgets import Container
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt
 
+from ._jobs import WARMED, Job, JobRunner, warm_up
 from ._layers import unwrap
 from ._lifecycle import CloseWatcher, weak_method
-from ._workers import WARMED, Job, drive, warm_up
 
 
 class JobWidget(Container):
-    """Base of the dock widgets: runs one `Job` at a time off the GUI thread.
+    """Base of the dock widgets: every background task goes through ``self.runner``.
 
     Subclasses build their sub-widgets in ``__init__`` after calling ``super().__init__`` and then call
-    `_watch_viewer`; they implement ``start``, ``stop``, ``_on_update``, ``_on_finished`` and
-    ``_on_layer_removed``, and may extend `_extra_jobs` and `_disconnect`.
+    `_watch_viewer`; they implement ``start`` (which calls `_start_main`), ``stop`` and
+    ``_on_layer_removed``, and may extend `_disconnect`.
 
     Parameters
     ----------
@@ -35,8 +33,8 @@ class JobWidget(Container):
         super().__init__(labels=True)
         # a weak reference: the widget must not keep a closed viewer (and its layers) alive
         self._viewer_ref = weakref.ref(unwrap(napari_viewer))
-        self._job: Job | None = None
-        self._closing = False
+        self.runner = JobRunner(self.NAME)
+        self._main: Job | None = None
 
     def _watch_viewer(self) -> None:
         """Follow the viewer's layers and window; call once the sub-widgets exist."""
@@ -57,14 +55,24 @@ class JobWidget(Container):
         return self._viewer_ref()
 
     @property
+    def job(self) -> Job | None:
+        """The widget's long job (training or segmentation) while it runs."""
+        return self._main
+
+    @property
     def running(self) -> bool:
-        """Whether the widget's long job (training or segmentation) is in progress."""
-        return self._job is not None
+        """Whether the widget's long job is in progress."""
+        return self._main is not None
+
+    @property
+    def closing(self) -> bool:
+        """Whether the widget is shutting down (its callbacks then leave the viewer alone)."""
+        return self.runner.closing
 
     # ------------------------------------------------------------------------------------- jobs
     def _on_run_clicked(self, *_) -> None:
         """The run button: starts a job, or stops the running one."""
-        if self._job is not None:
+        if self._main is not None:
             self.stop()
             return
         try:
@@ -72,42 +80,26 @@ class JobWidget(Container):
         except (ValueError, TypeError, MemoryError, OSError) as exc:  # OSError: e.g. no disk space for the output
             show_error(f"{self.NAME}: {exc}")
 
-    def _launch(self, job: Job, generator) -> None:
-        """Make ``job`` the running job, driven by a napari worker over ``generator`` (not started yet).
+    def _start_main(self, kind: str, work, *, layers, on_update, on_finished) -> Job:
+        """Start the widget's long job; ``on_update(job, update)`` and ``on_finished(job)`` are bound
+        methods, called on the GUI thread (``on_finished`` only while the widget is not closing)."""
+        job = self.runner.start(kind, work, layers=layers, on_update=weak_method(on_update),
+                                on_error=weak_method(self._on_main_error),
+                                on_finished=weak_method(self._main_finished, weak_method(on_finished)))
+        self._main = job
+        return job
 
-        The worker's updates, errors and end come back to this widget on the GUI thread; the caller
-        updates its buttons and then calls ``job.worker.start()``.
-        """
-        job.generator = generator
-        worker = create_worker(drive, generator, _start_thread=False, _ignore_errors=True)
-        job.worker = worker
-        # closes the generator in the worker thread when napari aborts the worker (window closed)
-        worker.aborted.connect(job.close_generator, Qt.ConnectionType.DirectConnection)
-        worker.yielded.connect(weak_method(self._on_update, job))
-        worker.errored.connect(weak_method(self._on_error, job))
-        worker.finished.connect(weak_method(self._on_finished, job))
-        self._job = job
+    def _main_finished(self, on_finished, job) -> None:
+        if job is self._main:
+            self._main = None
+            if not self.closing:
+                on_finished(job)
 
-    def _end_job(self, job: Job) -> bool:
-        """Book-keeping when a job's worker finished; returns whether the widget should update its UI."""
-        job.release()
-        if job is not self._job:
-            return False
-        self._job = None
-        return not self._closing
-
-    def _on_error(self, job, exc) -> None:
-        if self._closing:
-            return
-        show_error(f"{self.NAME}: {exc}")
-        if job is self._job:
+    def _on_main_error(self, job, exc) -> None:
+        if job is self._main:
             self.status.value = f"failed: {exc}"
 
     # ------------------------------------------------------------------------------------- closing
-    def _extra_jobs(self) -> list:
-        """Other running jobs to stop on shutdown (besides the main one)."""
-        return []
-
     def _disconnect(self) -> None:
         """Drop connections to objects that outlive the widget (called once, on shutdown)."""
 
@@ -116,14 +108,7 @@ class JobWidget(Container):
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """End running work (the viewer is closing): ask it to stop and wait up to ``timeout`` seconds."""
-        if self._closing:
+        if self.closing:
             return
-        self._closing = True
         self._disconnect()
-        for job in [self._job, *self._extra_jobs()]:
-            if job is not None:
-                job.stop.set()
-        job = self._job
-        # wait (bounded) so that quitting the application never tears Python down under a running step
-        if timeout > 0 and job is not None and job.worker is not None and getattr(job.worker, "is_running", False):
-            job.wait(timeout)
+        self.runner.shutdown(timeout)

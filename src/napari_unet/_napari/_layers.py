@@ -1,7 +1,6 @@
 """Layer helpers shared by the widgets: what array to hand to the core, where outputs go, conversions.
 
-Nothing here starts work in the background; the functions are cheap enough for the GUI thread except
-`to_training_labels`, which the Segment widget runs in a worker.
+Nothing here starts work in the background; the functions are cheap enough for the GUI thread.
 """
 from __future__ import annotations
 
@@ -13,15 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["image_array", "labels_array", "spatial_geometry", "spatial_shape", "channel_axis_choices",
-           "parse_channel_axis", "is_lazy", "level0", "make_output", "remove_output_store", "to_training_labels",
-           "region_box", "forget_edits", "drop_channel_axis", "segmentation_name", "find_labels_layer", "same_layer", "unwrap", "device_choices", "fixed_label",
-           "set_progress", "IN_MEMORY_LIMIT", "META_KEY"]
+__all__ = ["image_array", "labels_array", "spatial_geometry", "spatial_shape", "is_lazy", "level0", "make_output",
+           "remove_output_store", "forget_edits", "drop_channel_axis", "segmentation_name", "find_labels_layer",
+           "same_layer", "unwrap", "fixed_label", "set_progress", "region_on_screen", "IN_MEMORY_LIMIT"]
 
 #: Outputs bigger than this (bytes) go to an on-disk zarr array even when the image is in memory.
 IN_MEMORY_LIMIT = 512 * 2**20
-#: Key of the plugin's entry in a segmentation layer's ``metadata``.
-META_KEY = "napari_unet"
 
 
 def unwrap(obj):
@@ -125,28 +121,6 @@ def spatial_shape(data, channel_axis: int | None) -> tuple:
     return tuple(int(s) for s in shape)
 
 
-def channel_axis_choices(layer) -> list:
-    """Choices for a "Channel axis" combo box: none, or one of the short axes of the image."""
-    if layer is None:
-        return [("none", "none")]
-    if getattr(layer, "rgb", False):
-        return [("RGB(A) colours (last axis)", "rgb")]
-    shape = np.shape(level0(layer.data))
-    choices = [("none", "none")]
-    # channels are few; long axes are space or time and would make no sense here
-    choices += [(f"axis {i} (size {s})", str(i)) for i, s in enumerate(shape) if 1 < s <= 32]
-    return choices
-
-
-def parse_channel_axis(value) -> int | None:
-    """Value of a channel-axis combo box -> channel_axis argument of the core."""
-    if value in (None, "none"):
-        return None
-    if value == "rgb":
-        return -1
-    return int(value)
-
-
 def fixed_label(label, lines: int = 2):
     """Make a magicgui Label wrap its text within a fixed height.
 
@@ -179,20 +153,6 @@ def set_progress(bar, value: int) -> None:
         bar.value = value
     finally:
         native.setUpdatesEnabled(True)  # schedules an ordinary (coalesced) update
-
-
-def device_choices() -> list:
-    """Devices this machine has, "auto" first."""
-    import torch
-
-    choices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        choices.append("cuda")
-        if torch.cuda.device_count() > 1:
-            choices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        choices.append("mps")
-    return choices
 
 
 def segmentation_name(image_name: str) -> str:
@@ -250,69 +210,16 @@ def remove_output_store(arr) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def region_box(region, shape) -> tuple:
-    """A region (slices and integers over the leading axes of ``shape``) as ``((start, stop), ...)``."""
-    box = []
-    for i, size in enumerate(shape):
-        r = region[i] if i < len(region) else slice(None)
+def region_on_screen(viewer, layer, region) -> bool:
+    """Whether a written region intersects the plane the viewer shows (else no refresh is needed)."""
+    if tuple(viewer.dims.order) != tuple(range(viewer.dims.ndim)):
+        return True  # transposed views: do not guess
+    point = layer.world_to_data(viewer.dims.point)
+    for axis in range(len(region) - viewer.dims.ndisplay):
+        r, c = region[axis], int(round(point[axis]))
         if isinstance(r, slice):
-            start, stop, _ = r.indices(int(size))
-        else:
-            start, stop = int(r), int(r) + 1
-        box.append((start, stop))
-    return tuple(box)
-
-
-def to_training_labels(segmentation, mode: str, class_ids=None, click_classes=None, covered=None) -> np.ndarray:
-    """Turn a (corrected) segmentation into training labels.
-
-    Parameters
-    ----------
-    segmentation : array-like of int
-        0 = background; object ids or class ids elsewhere.
-    mode : {"semantic", "instance"}
-        Semantic: every object becomes its class id and 0 becomes background (1), so the whole
-        segmentation is a dense annotation. Instance: copied as is (0 = background, one id per object).
-    class_ids : sequence of int, optional
-        The model's painted class ids (1 = background). Ids in the segmentation that are class ids keep
-        their value; others (objects added by a click or painted by hand) take their class from
-        ``click_classes`` or else the first foreground class.
-    click_classes : dict, optional
-        Object id -> class id, recorded for objects added by click-to-segment.
-    covered : list of boxes, optional
-        Semantic: the parts the model segmented (`region_box` boxes, e.g. the windows of clicks or the
-        tiles of a cancelled run). Unlabelled pixels outside them stay 0 (not annotated) instead of
-        becoming background: the model never looked there. None: the whole segmentation is covered.
-
-    Returns
-    -------
-    ndarray
-        uint8 for semantic labels when the ids allow, int32 otherwise.
-    """
-    seg = np.asarray(segmentation)
-    if mode == "instance":
-        return seg.astype(np.int32, copy=True)
-    if mode != "semantic":
-        raise ValueError(f"unknown mode {mode!r}")
-    class_ids = [int(c) for c in (class_ids or [1, 2])]
-    click_classes = {int(k): int(v) for k, v in (click_classes or {}).items()}
-    foreground = [c for c in class_ids if c != 1] or [2]
-    ids, inverse = np.unique(seg, return_inverse=True)
-    values = np.empty(len(ids), dtype=np.int64)
-    for i, v in enumerate(ids.tolist()):
-        if v == 0:
-            values[i] = 1
-        elif v in click_classes:
-            values[i] = click_classes[v]
-        elif v in class_ids and v != 1:
-            values[i] = v
-        else:
-            values[i] = foreground[0]
-    dtype = np.uint8 if values.max(initial=0) < 256 else np.int32
-    labels = values.astype(dtype)[inverse.reshape(seg.shape)]
-    if covered is not None:
-        seen = np.zeros(seg.shape, bool)
-        for box in covered:
-            seen[tuple(slice(a, b) for a, b in box)] = True
-        labels[(seg == 0) & ~seen] = 0
-    return labels
+            if not (r.start or 0) <= c < (r.stop if r.stop is not None else c + 1):
+                return False
+        elif int(r) != c:
+            return False
+    return True

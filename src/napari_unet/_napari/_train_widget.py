@@ -1,6 +1,8 @@
 """The **Train UNet** dock widget."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +11,15 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from ._base import JobWidget
-from ._dialogs import ask_open_model_path, ask_save_model_path
-from ._layers import (channel_axis_choices, device_choices, drop_channel_axis, fixed_label, image_array,
-                      labels_array, parse_channel_axis, same_layer, set_progress)
+from napari_unet.conventions import interactive_network
+
+from ._jobs import Job
+from ._layers import drop_channel_axis, fixed_label, image_array, labels_array, same_layer, set_progress
 from ._lifecycle import weak_method
+from ._model_files import load_model_file, save_current_model
+from ._pickers import PairRow, auto_choices, channel_axis_choices, device_choices, has_gpu, parse_channel_axis
 from ._plot import LossPlot
 from ._store import STORE
-from ._workers import Job, train_updates
 
 __all__ = ["TrainWidget"]
 
@@ -25,72 +29,14 @@ MODES = [("sparse strokes (semantic)", "semantic"), ("instance masks (instance)"
 NAME = "Train UNet"
 
 
-def default_network() -> tuple:
-    """(depth, base channels) offered by default: the core's 4/32 on a GPU, 3/16 on a CPU only.
+@dataclass
+class _TrainRun:
+    """The running training, as the widget shows it."""
 
-    On a quiet 2-core CPU the 4/32 network manages about 70 steps in the default minute (foreground
-    IoU 0.81 on the 512x512 sample) where 3/16 manages about 160 (IoU 0.92), and a click answers 2.4x
-    faster: a new user's first Train must work well, and at once.
-    """
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    gpu = torch.cuda.is_available() or (mps is not None and mps.is_available())
-    return (4, 32) if gpu else (3, 16)
-
-
-def auto_choices(values) -> list:
-    """(label, value) choices with "auto" (0) first."""
-    return [("auto", 0)] + [(str(v), v) for v in values]
-
-
-def layer_choices(viewer_ref, kind):
-    """A magicgui ``choices`` callable listing the viewer's layers of one type, top layer last."""
-
-    def choices(widget=None):
-        viewer = viewer_ref()
-        if viewer is None:
-            return []
-        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
-
-    return choices
-
-
-class LayerComboBox(ComboBox):
-    """A layer picker that keeps the chosen layer when a layer is renamed.
-
-    magicgui matches the old and new choices by their names, so a rename of the chosen layer would
-    select the first layer instead (and a Train or Segment press would then use the wrong one).
-    """
-
-    def reset_choices(self, *_):
-        chosen = self.value
-        super().reset_choices()
-        if chosen is not None and self.value is not chosen and any(c is chosen for c in self.choices):
-            self.value = chosen
-
-
-class PairRow(Container):
-    """One (image, labels) pair to train on.
-
-    Attributes
-    ----------
-    image : ComboBox
-        Image layers of the viewer.
-    labels : ComboBox
-        Labels layers of the viewer (the annotations).
-    remove : PushButton
-        Removes this pair (hidden on the first pair).
-    """
-
-    def __init__(self, viewer_ref, removable: bool):
-        super().__init__(layout="horizontal", labels=False)
-        self.image = LayerComboBox(choices=layer_choices(viewer_ref, Image), tooltip="Image to learn from")
-        self.labels = LayerComboBox(choices=layer_choices(viewer_ref, Labels),
-                               tooltip="Its annotations (a Labels layer)")
-        self.remove = PushButton(text="✕", tooltip="Remove this pair", visible=removable)
-        self.remove.native.setMaximumWidth(28)
-        self.extend([self.image, Label(value="→"), self.labels, self.remove])
+    offset: int  # steps of the previous runs drawn in the loss plot (fine-tuning continues the curve)
+    budget: float
+    reason: str = ""  # why it was stopped, when the widget stopped it
+    done: bool = False
 
 
 class TrainWidget(JobWidget):
@@ -137,6 +83,7 @@ class TrainWidget(JobWidget):
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
+        self._run: _TrainRun | None = None
         self.pairs = Container(labels=False)
         self.add_pair_button = PushButton(text="+ Add image/labels pair",
                                           tooltip="Train on several images at once")
@@ -150,7 +97,7 @@ class TrainWidget(JobWidget):
                                                   "(its classes and architecture are kept)")
         self.advanced_toggle = PushButton(text="▸ Advanced settings")
         self.dims = ComboBox(label="Model", choices=[("2D (plane by plane)", 2), ("3D", 3)], value=2)
-        depth, base = default_network()
+        depth, base = interactive_network(has_gpu())
         self.depth = SpinBox(label="Depth", value=depth, min=1, max=7, tooltip="Number of poolings")
         self.base_channels = SpinBox(label="Base channels", value=base, min=2, max=512,
                                      tooltip="Feature maps of the first level (doubling at each level)")
@@ -300,32 +247,33 @@ class TrainWidget(JobWidget):
                       init=init, device=self.device.value, channel_axis=channel_axis,
                       patch_size=self.patch_size.value or None, batch_size=self.batch_size.value or None,
                       learning_rate=self.learning_rate.value or None)
-        job = Job("train", layers=layers)
-        job.info["offset"] = self.loss_plot.start_run() if init is not None else 0
+        self._run = _TrainRun(offset=self.loss_plot.start_run() if init is not None else 0,
+                              budget=kwargs["time_budget"])
         if init is None:
             self.loss_plot.clear()
-        job.info["budget"] = kwargs["time_budget"]
-        self._launch(job, train_updates(images, labels, job=job, **kwargs))
+        job = self._start_main("train", partial(_training, images, labels, kwargs), layers=layers,
+                               on_update=self._on_update, on_finished=self._on_finished)
         self.train_button.text = "Stop"
         self.progress.value = 0
         self.status.value = "preparing the training data…"
-        job.worker.start()
         return job
 
     def stop(self, reason: str = "") -> None:
         """Ask the running training to stop; it ends after the current step, keeping the best model."""
-        job = self._job
+        job, run = self._main, self._run
         if job is None:
             return
-        job.info.setdefault("reason", reason)
+        if run is not None and not run.reason:
+            run.reason = reason
         job.stop.set()
         self.train_button.text = "Stopping…"
         self.train_button.enabled = False
 
     def _on_update(self, job, update):
-        if job is not self._job or self._closing:
+        run = self._run
+        if job is not self._main or run is None:
             return
-        off = job.info["offset"]
+        off = run.offset
         if update.losses:
             self.loss_plot.add_train([(s + off, v) for s, v in update.losses])
         if update.val_loss is not None:
@@ -334,7 +282,7 @@ class TrainWidget(JobWidget):
         if update.kind == "start":
             self.status.value = update.message
         elif update.kind == "done":
-            job.info["done"] = True
+            run.done = True
             if update.step == 0:  # nothing learned: an untrained network must not replace the current model
                 kept = "the current model is unchanged" if STORE.model is not None else "no model yet"
                 self.status.value = f"stopped before the first training step; {kept}"
@@ -345,7 +293,7 @@ class TrainWidget(JobWidget):
             STORE.set(model, "trained here")
             best = f", best validation loss {update.best_val_loss:.4g}" if update.best_val_loss is not None else ""
             self.status.value = f"{what}: {update.step} steps in {update.elapsed:.0f} s{best}"
-            reason = job.info.get("reason")
+            reason = run.reason
             if reason:
                 show_info(f"{NAME}: training stopped because {reason}; the model so far is kept")
             elif update.stopped:
@@ -354,41 +302,26 @@ class TrainWidget(JobWidget):
             loss = f"loss {update.loss:.4f}" if update.loss is not None else ""
             best = f" · best val {update.best_val_loss:.4f}" if update.best_val_loss is not None else ""
             self.status.value = (f"step {update.step} · {loss}{best} · {update.elapsed:.0f} s of "
-                                 f"{job.info['budget']:.0f} s")
+                                 f"{run.budget:.0f} s")
 
     def _on_finished(self, job):
-        if not self._end_job(job):
-            return
+        run, self._run = self._run, None
         self.train_button.text = "Train"
         self.train_button.enabled = True
-        if job.info.get("done"):
+        if run is not None and run.done:
             self.progress.value = 100
 
     def _on_layer_removed(self, event):
-        job = self._job
-        if job is None or self._closing:
+        job = self._main
+        if job is None or self.closing:
             return
-        if any(same_layer(event.value, layer) for layer in job.layers):
+        if job.uses(event.value):
             self.stop(f"the layer '{event.value.name}' was removed")
 
     # ------------------------------------------------------------------------------------- model files
     def save_model(self, *_, path: str | None = None):
-        """Save the current model (asks for a file name unless ``path`` is given)."""
-        from napari_unet import save_model
-
-        if STORE.model is None:
-            show_error(f"{NAME}: there is no model to save yet: train one first")
-            return None
-        path = path or ask_save_model_path(self.native)
-        if not path:
-            return None
-        try:
-            written = save_model(STORE.model, path)
-        except (OSError, ValueError, TypeError) as exc:
-            show_error(f"{NAME}: could not save the model: {exc}")
-            return None
-        show_info(f"{NAME}: model saved to {written}")
-        return written
+        """Save the current model (asks for a file name unless ``path`` is given); returns the path."""
+        return save_current_model(NAME, self.native, path)
 
     def load_model(self, *_, path: str | None = None):
         """Load a model file as the current model (asks for the file unless ``path`` is given).
@@ -396,22 +329,20 @@ class TrainWidget(JobWidget):
         Files are read safely by `napari_unet.load_model`: a foreign, damaged or malicious file is
         refused with a notification and nothing of it runs.
         """
-        from napari_unet import load_model
-
-        path = path or ask_open_model_path(self.native)
-        if not path:
-            return None
-        try:
-            model = load_model(path)
-        except (OSError, ValueError) as exc:
-            show_error(f"{NAME}: {exc}")
-            return None
-        STORE.set(model, f"loaded from {Path(path).name}")
-        self.mode.value = model.mode
-        show_info(f"{NAME}: loaded {Path(path).name}: {STORE.describe()}")
+        model = load_model_file(NAME, self.native, path)
+        if model is not None:
+            self.mode.value = model.mode
         return model
 
     # ------------------------------------------------------------------------------------- closing
     def _disconnect(self) -> None:
         STORE.changed.disconnect(self._on_model_changed, missing_ok=True)
         STORE.annotations_ready.disconnect(self._on_annotations_ready, missing_ok=True)
+
+
+def _training(images, labels, settings, stop):
+    """The training job (in the worker): `napari_unet.iter_train`, its events batched for the GUI."""
+    from napari_unet.progress import batch_train_events
+    from napari_unet.train import iter_train
+
+    return batch_train_events(iter_train(images, labels, stop=stop, **settings))

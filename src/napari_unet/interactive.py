@@ -1,0 +1,228 @@
+"""Interactive segmentation without a viewer: click to segment, and corrections back into training labels.
+
+`segment_at` is what a click in the viewer does: segment a window around a point and return the one
+object found there. `to_training_labels` turns a (corrected) segmentation into labels to train on,
+marking as background only the parts the model has looked at (`region_box` boxes).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .conventions import BACKGROUND, NOT_ANNOTATED
+
+__all__ = ["SegmentHit", "segment_at", "window_around", "default_window", "DEFAULT_WINDOW_2D",
+           "DEFAULT_WINDOW_3D", "region_box", "to_training_labels"]
+
+#: Window segmented around a click by a 2D model (rows, columns of the clicked plane)...
+DEFAULT_WINDOW_2D = (256, 256)
+#: ...and by a 3D model (planes, rows, columns): one forward pass, within the click latency target.
+DEFAULT_WINDOW_3D = (32, 128, 128)
+
+
+@dataclass(frozen=True)
+class SegmentHit:
+    """The object found at a point.
+
+    Attributes
+    ----------
+    mask : ndarray of bool
+        The object inside the window (the window's shape: the model's spatial axes); all False when
+        the point is background.
+    origin : tuple of int
+        Position of the window's first pixel in the image's spatial coordinates, leading stack/time
+        indices included (so ``image[origin[:-mask.ndim] + window slices]`` is the window).
+    value : int
+        Class id (semantic model, as written in segmentations) or instance id (instance model) under
+        the point; 0 for background.
+    seconds : float
+        Time the call took (reading the window included).
+    """
+
+    mask: np.ndarray
+    origin: tuple
+    value: int
+    seconds: float
+
+    @property
+    def key(self) -> tuple:
+        """Index of the window in the image's spatial axes (leading indices, then slices)."""
+        n_lead = len(self.origin) - self.mask.ndim
+        lead = tuple(self.origin[:n_lead])
+        return lead + tuple(slice(a, a + s) for a, s in zip(self.origin[n_lead:], self.mask.shape))
+
+
+def default_window(dims: int) -> tuple:
+    """The window `segment_at` uses for a model of ``dims`` spatial axes."""
+    return DEFAULT_WINDOW_2D if dims == 2 else DEFAULT_WINDOW_3D
+
+
+def window_around(point: Sequence[int], shape: Sequence[int], window: Sequence[int]) -> tuple:
+    """The window of size ``window`` around ``point``, moved (not cut) to lie inside ``shape``.
+
+    Parameters
+    ----------
+    point : sequence of int
+        A pixel of an array of ``shape``.
+    shape : sequence of int
+        Spatial shape of the image.
+    window : sequence of int
+        Window size over the last ``len(window)`` axes; an axis shorter than its window is taken whole.
+        The leading axes are the point's indices.
+
+    Returns
+    -------
+    tuple
+        The leading indices (ints) followed by one slice per window axis: an index into the image.
+    """
+    point, shape, window = [int(p) for p in point], [int(s) for s in shape], [int(w) for w in window]
+    if len(point) != len(shape):
+        raise ValueError(f"the point {tuple(point)} needs one coordinate per spatial axis of shape {tuple(shape)}")
+    if any(not 0 <= p < s for p, s in zip(point, shape)):
+        raise ValueError(f"the point {tuple(point)} is outside the image of shape {tuple(shape)}")
+    if not 0 < len(window) <= len(shape) or any(w < 1 for w in window):
+        raise ValueError(f"window={tuple(window)} must give a positive size for each of the model's axes")
+    n_lead = len(shape) - len(window)
+    key = list(point[:n_lead])
+    for p, s, w in zip(point[n_lead:], shape[n_lead:], window):
+        w = min(w, s)
+        start = min(max(p - w // 2, 0), s - w)
+        key.append(slice(start, start + w))
+    return tuple(key)
+
+
+def _resolve_window(window, dims: int) -> tuple:
+    if window is None:
+        return default_window(dims)
+    if isinstance(window, (int, np.integer)) and not isinstance(window, bool):
+        return (int(window),) * dims
+    window = tuple(window)
+    if len(window) != dims or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) for w in window):
+        raise ValueError(f"window must be an integer or {dims} integers for a {dims}D model, got {window!r}")
+    return tuple(int(w) for w in window)
+
+
+def segment_at(model, image, point, *, window=None, device="auto", channel_axis=None) -> SegmentHit:
+    """Segment a window around ``point`` and return the object there (what a click in the viewer does).
+
+    Parameters
+    ----------
+    model : napari_unet.Model
+    image : array-like
+        numpy, dask, zarr...; spatial axes last. Only the window is read.
+    point : sequence of int
+        Pixel coordinates over the image's spatial axes (a stack's plane index included for a 2D
+        model on a stack).
+    window : int or tuple of int, optional
+        Size of the window over the model's axes (an int: the same on each). Default
+        `DEFAULT_WINDOW_2D` for 2D models, `DEFAULT_WINDOW_3D` for 3D models. Clamped inside the image
+        (`window_around`).
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``...
+    channel_axis : int, optional
+        Axis of ``image`` holding channels (None: a single-channel image).
+
+    Returns
+    -------
+    SegmentHit
+        Instance models: the object with the id under the point. Semantic models: the connected region
+        of the class under the point (touching objects of one class come as one).
+    """
+    from scipy import ndimage as ndi
+
+    from .data import as_channels_first
+    from .predict import segment
+
+    t0 = time.perf_counter()
+    source = as_channels_first(image, channel_axis)
+    if source.shape[0] != model.in_channels:
+        raise ValueError(f"the model takes {model.in_channels} channel(s) and the image has {source.shape[0]}: "
+                         "set channel_axis= to the image's channel axis")
+    spatial = source.shape[1:]
+    if len(spatial) < model.dims:
+        raise ValueError(f"this is a {model.dims}D model but the image has {len(spatial)} spatial axes")
+    key = window_around(point, spatial, _resolve_window(window, model.dims))
+    pixels = np.asarray(source[(slice(None),) + key])  # reads only the window
+    labels = segment(model, pixels, tile=None, device=device, channel_axis=0)
+    n_lead = len(spatial) - model.dims
+    local = tuple(int(p) - k.start for p, k in zip(list(point)[n_lead:], key[n_lead:]))
+    value = int(labels[local])
+    mask = labels == value
+    if not value:
+        mask[...] = False
+    elif model.mode != "instance":
+        components, _ = ndi.label(mask)
+        mask = components == components[local]
+    origin = tuple(key[:n_lead]) + tuple(k.start for k in key[n_lead:])
+    return SegmentHit(mask, origin, value, time.perf_counter() - t0)
+
+
+def region_box(region, shape) -> tuple:
+    """A region (slices and integers over the leading axes of ``shape``) as ``((start, stop), ...)``."""
+    box = []
+    for i, size in enumerate(shape):
+        r = region[i] if i < len(region) else slice(None)
+        if isinstance(r, slice):
+            start, stop, _ = r.indices(int(size))
+        else:
+            start, stop = int(r), int(r) + 1
+        box.append((start, stop))
+    return tuple(box)
+
+
+def to_training_labels(segmentation, mode: str, class_ids=None, click_classes=None, covered=None) -> np.ndarray:
+    """Turn a (corrected) segmentation into training labels.
+
+    Parameters
+    ----------
+    segmentation : array-like of int
+        0 = background; object ids or class ids elsewhere. Read whole.
+    mode : {"semantic", "instance"}
+        Semantic: every object becomes its class id and 0 becomes background (1), so the whole
+        segmentation is a dense annotation. Instance: copied as is (0 = background, one id per object).
+    class_ids : sequence of int, optional
+        The model's painted class ids (1 = background). Ids in the segmentation that are class ids keep
+        their value; others (objects added by a click or painted by hand) take their class from
+        ``click_classes`` or else the first foreground class.
+    click_classes : dict, optional
+        Object id -> class id, recorded for objects added by click to segment.
+    covered : list of boxes, optional
+        Semantic: the parts the model segmented (`region_box` boxes, e.g. the windows of clicks or the
+        tiles of a cancelled run). Unlabelled pixels outside them stay 0 (not annotated) instead of
+        becoming background: the model never looked there. None: the whole segmentation is covered.
+
+    Returns
+    -------
+    ndarray
+        uint8 for semantic labels when the ids allow, int32 otherwise. The input is not modified.
+    """
+    seg = np.asarray(segmentation)
+    if mode == "instance":
+        return seg.astype(np.int32, copy=True)
+    if mode != "semantic":
+        raise ValueError(f"mode must be 'semantic' or 'instance', got {mode!r}")
+    class_ids = [int(c) for c in (class_ids or [BACKGROUND, BACKGROUND + 1])]
+    click_classes = {int(k): int(v) for k, v in (click_classes or {}).items()}
+    foreground = [c for c in class_ids if c != BACKGROUND] or [BACKGROUND + 1]
+    ids, inverse = np.unique(seg, return_inverse=True)
+    values = np.empty(len(ids), dtype=np.int64)
+    for i, v in enumerate(ids.tolist()):
+        if v == 0:
+            values[i] = BACKGROUND
+        elif v in click_classes:
+            values[i] = click_classes[v]
+        elif v in class_ids and v != BACKGROUND:
+            values[i] = v
+        else:
+            values[i] = foreground[0]
+    dtype = np.uint8 if values.max(initial=0) < 256 else np.int32
+    labels = values.astype(dtype)[inverse.reshape(seg.shape)]
+    if covered is not None:
+        seen = np.zeros(seg.shape, bool)
+        for box in covered:
+            seen[tuple(slice(a, b) for a, b in box)] = True
+        labels[(seg == 0) & ~seen] = NOT_ANNOTATED
+    return labels
