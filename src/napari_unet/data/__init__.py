@@ -11,13 +11,13 @@
 The label conventions themselves are stated once, in `napari_unet.conventions`.
 """
 from ..conventions import IGNORE, INSTANCE_CLASS_NAMES as INSTANCE_CLASSES
-from .inputs import (Annotated, ChannelsFirst, as_channels_first, check_labels, collect_annotated,
+from .inputs import (AnnotatedItems, ChannelsFirst, as_channels_first, check_labels, collect_annotated,
                      compute_normalization, iter_items)
 from .patches import PatchSampler, augment_patch, crop_patch
 from .targets import TrainItem, add_border_band, instance_targets, prepare_items, semantic_targets
 
 __all__ = [
     "IGNORE", "INSTANCE_CLASSES", "check_labels", "ChannelsFirst", "as_channels_first", "iter_items",
-    "compute_normalization", "Annotated", "collect_annotated", "semantic_targets", "instance_targets",
+    "compute_normalization", "AnnotatedItems", "collect_annotated", "semantic_targets", "instance_targets",
     "add_border_band", "TrainItem", "prepare_items", "PatchSampler", "crop_patch", "augment_patch",
 ]

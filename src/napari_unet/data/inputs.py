@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["check_labels", "ChannelsFirst", "as_channels_first", "iter_items", "compute_normalization",
-           "Annotated", "collect_annotated"]
+           "AnnotatedItems", "collect_annotated"]
 
 
 def check_labels(labels, name: str = "labels") -> np.ndarray:
@@ -138,7 +138,7 @@ def compute_normalization(items: Sequence, low_pct: float = 1.0, high_pct: float
 
 
 @dataclass(frozen=True)
-class Annotated:
+class AnnotatedItems:
     """The annotated items of a training set (see `collect_annotated`).
 
     Attributes
@@ -183,7 +183,7 @@ def _channels_first_pair(i, img, lab, name, channel_axis):
     return img_cf
 
 
-def collect_annotated(images, labels, dims: int, channel_axis: int | None, mode: str) -> Annotated:
+def collect_annotated(images, labels, dims: int, channel_axis: int | None, mode: str) -> AnnotatedItems:
     """Validate (image, labels) pairs and keep the items that hold annotations.
 
     Parameters
@@ -224,4 +224,4 @@ def collect_annotated(images, labels, dims: int, channel_axis: int | None, mode:
     if not out or (mode == "instance" and not seen):
         what = "no annotation at all (every pixel is 0)" if mode == "semantic" else "no objects (every pixel is 0)"
         raise ValueError(f"the labels contain {what}: paint some {'strokes' if mode == 'semantic' else 'objects'} first")
-    return Annotated(tuple(out), tuple(sorted(seen)), int(n_channels))
+    return AnnotatedItems(tuple(out), tuple(sorted(seen)), int(n_channels))

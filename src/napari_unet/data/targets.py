@@ -121,7 +121,7 @@ def prepare_items(annotated, mode: str, class_ids: Sequence[int], norm, patch_si
     ----------
     annotated : sequence of (image, labels, index)
         ``image`` channels-first (lazy is fine), ``labels`` an integer numpy array of the same spatial
-        shape, ``index`` the leading (stack/time) index of one item in both (`Annotated.items`).
+        shape, ``index`` the leading (stack/time) index of one item in both (`AnnotatedItems.items`).
 
     Only the bounding box of the annotations plus half a patch of context is kept, so a sparse
     annotation of a huge stack costs little memory. When ``validation_fraction > 0`` and there are enough

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .. import conventions as C
-from ..data import Annotated, collect_annotated, compute_normalization
+from ..data import AnnotatedItems, collect_annotated, compute_normalization
 from ..device import resolve_device
 from ..model import Model, ModelConfig
 
@@ -142,7 +142,7 @@ def _resolve_classes(mode, seen, init) -> tuple:
     return tuple(seen)
 
 
-def _resolve_config(annotated: Annotated, mode, dims, depth, base_channels, class_ids, init) -> ModelConfig:
+def _resolve_config(annotated: AnnotatedItems, mode, dims, depth, base_channels, class_ids, init) -> ModelConfig:
     """``init``'s configuration, or a new network's with the images' normalization."""
     if init is not None:
         if init.in_channels != annotated.n_channels:
@@ -181,7 +181,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
 
     Returns
     -------
-    (TrainSettings, Annotated)
+    (TrainSettings, AnnotatedItems)
         The settings, and the annotated items of the images (`napari_unet.data.collect_annotated`).
 
     Raises

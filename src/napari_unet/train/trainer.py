@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..conventions import IGNORE
-from ..data import Annotated, PatchSampler, prepare_items
+from ..data import AnnotatedItems, PatchSampler, prepare_items
 from ..device import amp_dtype, autocast, free_memory, is_out_of_memory, memory_format
 from ..model import Model, network_from_config
 from .settings import TrainSettings
@@ -77,7 +77,7 @@ class Trainer:
     Parameters
     ----------
     settings : TrainSettings
-    annotated : Annotated
+    annotated : AnnotatedItems
         From `resolve_settings` (or `napari_unet.data.collect_annotated`).
     start_time : float, optional
         `time.perf_counter()` when the run began (setup counts as training time); default: now.
@@ -92,7 +92,7 @@ class Trainer:
         Optimizer steps so far.
     """
 
-    def __init__(self, settings: TrainSettings, annotated: Annotated, start_time: float | None = None):
+    def __init__(self, settings: TrainSettings, annotated: AnnotatedItems, start_time: float | None = None):
         self.settings = s = settings
         self.start_time = time.perf_counter() if start_time is None else start_time
         rng = np.random.default_rng(s.seed)
