@@ -13,7 +13,7 @@ from .. import conventions as C
 from ..device import thread_policy
 from ..model import Model
 from ..progress import drain
-from .settings import resolve_settings
+from .settings import BORDER_BAND, VALIDATION_FRACTION, resolve_settings
 from .trainer import Trainer
 
 __all__ = ["TrainEvent", "iter_train", "train", "DEFAULT_TIME_BUDGET"]
@@ -63,7 +63,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                init: Model | None = None, device="auto", seed: int | None = None,
                channel_axis: int | None = None, patch_size: int | Sequence[int] | None = None,
                batch_size: int | None = None, learning_rate: float | None = None,
-               validation_fraction: float = 0.15, border_band: int = 3, stop=None):
+               validation_fraction: float = VALIDATION_FRACTION, border_band: int = BORDER_BAND, stop=None):
     """Train a UNet on painted annotations, yielding `TrainEvent` progress reports.
 
     Parameters

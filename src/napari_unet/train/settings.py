@@ -14,7 +14,11 @@ from ..device import resolve_device
 from ..model import Model, ModelConfig
 
 __all__ = ["TrainSettings", "resolve_settings", "default_patch_size", "default_batch_size",
-           "default_learning_rate"]
+           "default_learning_rate", "VALIDATION_FRACTION", "BORDER_BAND"]
+
+#: Defaults of `iter_train`: annotated blocks held out to pick the best model; the border band width (px).
+VALIDATION_FRACTION = 0.15
+BORDER_BAND = 3
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ def _resolve_patch(patch_size, dims, device, align, item_shapes) -> tuple:
 def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT_DEPTH,
                      base_channels=C.DEFAULT_BASE_CHANNELS, time_budget=None, epochs=None, init=None,
                      device="auto", seed=None, channel_axis=None, patch_size=None, batch_size=None,
-                     learning_rate=None, validation_fraction=0.15, border_band=3):
+                     learning_rate=None, validation_fraction=VALIDATION_FRACTION, border_band=BORDER_BAND):
     """Validate a training request and resolve its defaults, once.
 
     Parameters are those of `napari_unet.train.iter_train` (``stop`` aside).
