@@ -3,18 +3,17 @@
 The data is the sparse-strokes protocol of benchmarks/quality.py (synthetic nuclei 512 x 512, strokes on
 6% of the pixels) with the defaults of `napari_unet.train` on CPU (depth 4, base 16, 128 px patches x 8).
 
-1. end to end: `iter_train` for ``--seconds`` (validation and the background sampler included);
+1. end to end: `iter_train` for ``--seconds`` (setup and validation included);
 2. the parts, alternating: ``PatchSampler.sample(8)`` (crop + augmentation) and one optimizer step on a
    fixed batch (forward, loss, backward, AdamW), each on its own; the data share is
    sample / (sample + step), the share of a training step (sampling runs in the training thread);
-3. a prototype for train.py: the same step with the network and the batch in channels_last.
+3. a prototype for the trainer: the same step with the network and the batch in channels_last.
 
 Usage: python benchmarks/train_throughput.py [--seconds 60] [--reps 20] [--threads N]
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -26,22 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
 import napari_unet as nu  # noqa: E402
-from napari_unet import data as D  # noqa: E402
-from napari_unet.model import ModelConfig, network_from_config  # noqa: E402
+from napari_unet.data import augment_patch, crop_patch  # noqa: E402
+from napari_unet.device import thread_policy  # noqa: E402
 from napari_unet.synthetic import make_nuclei, make_strokes  # noqa: E402
+from napari_unet.train import Trainer, masked_cross_entropy, resolve_settings  # noqa: E402
 
-T = importlib.import_module("napari_unet.train")  # the module (napari_unet.train is the function)
 
-
-def sampler_and_network(image, strokes, patch=128, base=16, depth=4, seed=0):
-    """The sampler and network `iter_train` builds for this data (same calls, same defaults)."""
-    rng = np.random.default_rng(seed)
-    annotated, class_ids, n_channels = T._collect([image], [strokes], 2, None, "semantic")
-    norm = D.compute_normalization([(img, idx) for img, _, idx in annotated])
-    items = D.prepare_items(annotated, "semantic", class_ids, norm, (patch, patch), 3, 0.15, rng)
-    sampler = D.PatchSampler(items, (patch, patch), rng)
-    config = ModelConfig(dims=2, depth=depth, base_channels=base, in_channels=n_channels, class_ids=tuple(class_ids))
-    return sampler, network_from_config(config)
+def sampler_and_network(image, strokes, seed=0):
+    """The sampler and network `iter_train` builds for this data (its own parts, the CPU defaults);
+    the network in torch's default layout (part 3 compares channels_last)."""
+    settings, annotated = resolve_settings([image], [strokes], mode="semantic", device="cpu", seed=seed)
+    trainer = Trainer(settings, annotated)
+    return trainer.sampler, trainer.network.to(memory_format=torch.contiguous_format)
 
 
 def main(argv=None):
@@ -51,8 +46,11 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with thread_policy(threads=args.threads):
+        run(args)
+
+
+def run(args):
     print(machine(), flush=True)
     image, truth = make_nuclei((512, 512), seed=0)
     strokes = make_strokes(truth, fraction=0.06, seed=0)
@@ -62,11 +60,10 @@ def main(argv=None):
     for ev in nu.iter_train(image, strokes, mode="semantic", time_budget=args.seconds, seed=0):
         if ev.kind == "step":
             steps = ev.step
-        if ev.kind == "start":
-            info = ev.info
     elapsed = time.perf_counter() - t0
-    print(f"\n1. iter_train for {args.seconds:.0f} s: {steps} steps of {info['batch_size']} x "
-          f"{info['patch_size']} -> {steps / elapsed:.2f} steps/s, {steps * info['batch_size'] / elapsed:.1f} patches/s "
+    config = ev.model.config  # the done event's model records the batch and patch it trained with
+    print(f"\n1. iter_train for {args.seconds:.0f} s: {steps} steps of {config.batch_size} x "
+          f"{list(config.patch_size)} -> {steps / elapsed:.2f} steps/s, {steps * config.batch_size / elapsed:.1f} patches/s "
           f"(setup and validation included)", flush=True)
 
     # 2. the parts, alternating
@@ -77,7 +74,7 @@ def main(argv=None):
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
 
     def step():
-        loss, _ = T._masked_ce(net(x), y)
+        loss, _ = masked_cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -98,7 +95,7 @@ def main(argv=None):
           "without the data pipeline)")
     print(f"   data share of a serial step: {100 * s / (s + st):.1f}%")
 
-    # 3. prototype for train.py: the same step with the network and batch in channels_last
+    # 3. prototype for the trainer: the same step with the network and batch in channels_last
     import copy
 
     net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
@@ -106,7 +103,7 @@ def main(argv=None):
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
     def step_cl():
-        loss, _ = T._masked_ce(net_cl(x_cl), y)
+        loss, _ = masked_cross_entropy(net_cl(x_cl), y)
         opt_cl.zero_grad(set_to_none=True)
         loss.backward()
         opt_cl.step()
@@ -127,10 +124,11 @@ def main(argv=None):
     prof = {"crop": [], "augment": []}
     for _ in range(args.reps * args.batch):
         t = time.perf_counter()
-        i, center = sampler._center()
-        img, tgt = sampler._crop(sampler.items[i], center, sampler.items[i].target)
+        i, center = sampler.draw_center()
+        item = sampler.items[i]
+        img, tgt = crop_patch(item.image, item.target, center, sampler.patch_size, sampler.rng)
         t1 = time.perf_counter()
-        sampler._augment(img, tgt)
+        augment_patch(img, tgt, sampler.rng)
         t2 = time.perf_counter()
         prof["crop"].append(t1 - t)
         prof["augment"].append(t2 - t1)

@@ -1,0 +1,215 @@
+"""What the caller asked for, validated and resolved once into a frozen `TrainSettings`."""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import conventions as C
+from ..data import AnnotatedItems, collect_annotated, compute_normalization
+from ..device import resolve_device
+from ..model import Model, ModelConfig
+
+__all__ = ["TrainSettings", "resolve_settings", "default_patch_size", "default_batch_size",
+           "default_learning_rate", "VALIDATION_FRACTION", "BORDER_BAND"]
+
+#: Defaults of `iter_train`: annotated blocks held out to pick the best model; the border band width (px).
+VALIDATION_FRACTION = 0.15
+BORDER_BAND = 3
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a training run needs to know, resolved (no ``None`` left where a default applies).
+
+    Attributes
+    ----------
+    mode : {"semantic", "instance"}
+    dims : {2, 3}
+        The network's (``init``'s when fine-tuning).
+    device : torch.device
+    time_budget : float or None
+        Seconds; `resolve_settings` gives `DEFAULT_TIME_BUDGET` when neither this nor ``epochs`` is set.
+    epochs : int or None
+    seed : int or None
+    channel_axis : int or None
+    patch_size : tuple of int
+        Aligned to ``2**depth`` and no larger than the largest annotated item needs.
+    batch_size : int
+    learning_rate : float
+        The peak of the schedule.
+    validation_fraction : float
+    border_band : int
+        As applied: 0 unless semantic labels with label 1 as background.
+    class_ids : tuple of int
+        Painted ids of the output channels (the labels' classes, or ``init``'s).
+    config : ModelConfig
+        The network to train: a new one (normalization from the images), or ``init``'s.
+    init : Model or None
+        The model fine-tuning starts from (never modified).
+    """
+
+    mode: str
+    dims: int
+    device: torch.device
+    time_budget: float | None
+    epochs: int | None
+    seed: int | None
+    channel_axis: int | None
+    patch_size: tuple
+    batch_size: int
+    learning_rate: float
+    validation_fraction: float
+    border_band: int
+    class_ids: tuple
+    config: ModelConfig
+    init: Model | None = None
+
+    @property
+    def align(self) -> int:
+        """Patch sizes are multiples of this (one pixel at the deepest level)."""
+        return 2 ** self.config.depth
+
+
+def default_patch_size(dims: int, device: torch.device) -> tuple:
+    """128 px in 2D on CPU, 256 px on CUDA, 64^3 in 3D."""
+    if dims == 2:
+        return (256,) * 2 if device.type == "cuda" else (128,) * 2
+    return (64,) * 3
+
+
+def default_batch_size(dims: int, device: torch.device) -> int:
+    """8 patches in 2D (16 on CUDA), 2 in 3D."""
+    return (16 if device.type == "cuda" else 8) if dims == 2 else 2
+
+
+def default_learning_rate(fine_tuning: bool) -> float:
+    """2e-3 for a new network, 5e-4 when fine-tuning."""
+    return 5e-4 if fine_tuning else 2e-3
+
+
+def _whole(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value > 0
+
+
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def _check_request(mode, dims, time_budget, epochs, init):
+    """The checks that need no data (the first errors a caller sees)."""
+    if mode not in C.MODES:
+        raise ValueError(f"mode must be 'semantic' (sparse strokes) or 'instance' (dense masks), got {mode!r}")
+    if dims not in (2, 3):
+        raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+    if time_budget is not None:
+        if isinstance(time_budget, bool) or not isinstance(time_budget, (int, float)) \
+                or not math.isfinite(time_budget) or time_budget <= 0:
+            raise ValueError(f"time budget must be a positive number of seconds, got {time_budget!r}")
+    if epochs is not None and not _whole(epochs):
+        raise ValueError(f"epochs must be a positive whole number, got {epochs!r}")
+    if init is not None:
+        if not isinstance(init, Model):
+            raise TypeError("init must be a napari_unet Model (load one with napari_unet.load_model)")
+        if init.mode != mode:
+            raise ValueError(f"the model to continue from was trained in {init.mode!r} mode, not {mode!r}")
+
+
+def _check_optional(batch_size, learning_rate, validation_fraction, border_band):
+    if batch_size is not None and not _whole(batch_size):
+        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    if learning_rate is not None and not (_number(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    if not (_number(validation_fraction) and 0 <= validation_fraction < 1):
+        raise ValueError(f"validation_fraction must be at least 0 and below 1, got {validation_fraction!r}")
+    if isinstance(border_band, bool) or not isinstance(border_band, (int, np.integer)) or border_band < 0:
+        raise ValueError(f"border_band must be a whole number of pixels (0 disables it), got {border_band!r}")
+
+
+def _resolve_classes(mode, seen, init) -> tuple:
+    """Output classes: the painted ones, ``init``'s (refusing new ones), or the instance classes."""
+    if mode == "instance":
+        return tuple(C.INSTANCE_CLASS_IDS)
+    if init is not None:
+        class_ids = tuple(init.config.class_ids)
+        unknown = sorted(set(seen) - set(class_ids))
+        if unknown:
+            raise ValueError(f"labels contain class {unknown} that the model was not trained for (its classes"
+                             f" are {list(class_ids)}): train a new model to add classes")
+        return class_ids
+    if len(seen) < 2:
+        raise ValueError(f"only one class is painted (label {seen[0]}): paint at least two, e.g. 1 "
+                         "for background and 2 for objects")
+    return tuple(seen)
+
+
+def _resolve_config(annotated: AnnotatedItems, mode, dims, depth, base_channels, class_ids, init) -> ModelConfig:
+    """``init``'s configuration, or a new network's with the images' normalization."""
+    if init is not None:
+        if init.in_channels != annotated.n_channels:
+            raise ValueError(f"the model takes {init.in_channels} channel(s) but the images have "
+                             f"{annotated.n_channels}")
+        return init.config
+    for name, v in (("depth", depth), ("base_channels", base_channels)):
+        if not _whole(v):
+            raise ValueError(f"{name} must be a positive whole number, got {v!r}")
+    low, high = compute_normalization([(img, idx) for img, _, idx in annotated.items])
+    return ModelConfig(mode=mode, dims=dims, depth=depth, base_channels=base_channels,
+                       in_channels=annotated.n_channels, class_ids=tuple(class_ids), norm_low=tuple(low),
+                       norm_high=tuple(high))
+
+
+def _resolve_patch(patch_size, dims, device, align, item_shapes) -> tuple:
+    """The asked (or default) patch, aligned, then shrunk to the largest item (rounded up to ``align``)."""
+    if patch_size is None:
+        patch = default_patch_size(dims, device)
+    else:
+        patch = (patch_size,) * dims if np.isscalar(patch_size) else tuple(patch_size)
+        if len(patch) != dims or any(int(p) < align for p in patch):
+            raise ValueError(f"patch_size must be {dims} sizes of at least {align} px, got {patch_size!r}")
+        patch = tuple(int(-(-int(p) // align) * align) for p in patch)
+    largest = np.max(np.array(item_shapes), axis=0)
+    return tuple(int(min(p, -(-int(s) // align) * align)) for p, s in zip(patch, largest))
+
+
+def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT_DEPTH,
+                     base_channels=C.DEFAULT_BASE_CHANNELS, time_budget=None, epochs=None, init=None,
+                     device="auto", seed=None, channel_axis=None, patch_size=None, batch_size=None,
+                     learning_rate=None, validation_fraction=VALIDATION_FRACTION, border_band=BORDER_BAND):
+    """Validate a training request and resolve its defaults, once.
+
+    Parameters are those of `napari_unet.train.iter_train` (``stop`` aside).
+
+    Returns
+    -------
+    (TrainSettings, AnnotatedItems)
+        The settings, and the annotated items of the images (`napari_unet.data.collect_annotated`).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Naming the parameter (or the labels) to fix.
+    """
+    _check_request(mode, dims, time_budget, epochs, init)
+    _check_optional(batch_size, learning_rate, validation_fraction, border_band)
+    if init is not None:
+        dims = init.dims
+    dev = resolve_device(device)
+    if time_budget is None and epochs is None:
+        time_budget = C.DEFAULT_TIME_BUDGET
+    annotated = collect_annotated(images, labels, dims, channel_axis, mode)
+    class_ids = _resolve_classes(mode, annotated.classes, init)
+    config = _resolve_config(annotated, mode, dims, depth, base_channels, class_ids, init)
+    patch = _resolve_patch(patch_size, dims, dev, 2 ** config.depth, annotated.item_shapes)
+    band = border_band if (mode == "semantic" and class_ids[0] == C.BACKGROUND) else 0
+    settings = TrainSettings(
+        mode=mode, dims=dims, device=dev, time_budget=None if time_budget is None else float(time_budget),
+        epochs=None if epochs is None else int(epochs), seed=seed, channel_axis=channel_axis, patch_size=patch,
+        batch_size=int(batch_size) if batch_size is not None else default_batch_size(dims, dev),
+        learning_rate=float(learning_rate) if learning_rate is not None else default_learning_rate(init is not None),
+        validation_fraction=float(validation_fraction), border_band=int(band), class_ids=class_ids,
+        config=config, init=init)
+    return settings, annotated

@@ -1,0 +1,256 @@
+"""The `Trainer`: one object owning the network, optimizer, sampler and batch size of a training run."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..conventions import IGNORE
+from ..data import AnnotatedItems, PatchSampler, prepare_items
+from ..device import amp_dtype, autocast, free_memory, is_out_of_memory, memory_format
+from ..model import Model, network_from_config
+from .settings import TrainSettings
+
+__all__ = ["Trainer", "StepResult", "learning_rate_at", "masked_cross_entropy"]
+
+
+def learning_rate_at(fraction: float, base_lr: float, warmup: float = 0.05, floor: float = 0.05) -> float:
+    """The schedule: linear warm-up from 10% over the first 5% of the run, then cosine down to 5%."""
+    if fraction < warmup:
+        return base_lr * (0.1 + 0.9 * fraction / warmup)
+    t = min(1.0, (fraction - warmup) / (1 - warmup))
+    return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor):
+    """Cross-entropy averaged over annotated pixels (IGNORE pixels carry no loss).
+
+    Returns
+    -------
+    (torch.Tensor, int)
+        The loss and the number of annotated pixels it averages.
+    """
+    n_valid = (target >= 0).sum()
+    loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum")
+    return loss / n_valid.clamp_min(1), int(n_valid)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one `Trainer.step` did: a loss, or (out of memory) the warning of what was made smaller."""
+
+    loss: float | None = None
+    warning: str = ""
+
+
+@dataclass
+class _ValidationClock:
+    """Validate about every 10% of the run, but spend at most ~5% of the time on it.
+
+    The time limit depends on the clock, so it applies to time-budget runs only: an epochs run with a
+    seed stays reproducible.
+    """
+
+    timed: bool
+    next_fraction: float = 0.1
+    seconds: float = 0.0
+    last_time: float = 0.0
+
+    def due(self, fraction: float, elapsed: float) -> bool:
+        cheap_enough = not self.timed or elapsed - self.last_time >= 20 * self.seconds
+        return fraction >= self.next_fraction and cheap_enough
+
+    def ran(self, fraction: float, elapsed: float, seconds: float) -> None:
+        self.next_fraction, self.last_time, self.seconds = fraction + 0.1, elapsed, seconds
+
+
+class Trainer:
+    """A training run's state and its parts: `step`, `validate`, best weights, schedule, `finish`.
+
+    Built from resolved settings and the annotated items; randomness is drawn in a fixed order (network
+    initialization, validation split, sampler), so a seeded run on the CPU is reproducible.
+
+    Parameters
+    ----------
+    settings : TrainSettings
+    annotated : AnnotatedItems
+        From `resolve_settings` (or `napari_unet.data.collect_annotated`).
+    start_time : float, optional
+        `time.perf_counter()` when the run began (setup counts as training time); default: now.
+
+    Attributes
+    ----------
+    network, optimizer, scaler, sampler
+        The torch parts (``scaler`` only for fp16 mixed precision) and the `PatchSampler`.
+    batch_size : int
+        Patches per step; halved after running out of memory.
+    step_count : int
+        Optimizer steps so far.
+    """
+
+    def __init__(self, settings: TrainSettings, annotated: AnnotatedItems, start_time: float | None = None):
+        self.settings = s = settings
+        self.start_time = time.perf_counter() if start_time is None else start_time
+        rng = np.random.default_rng(s.seed)
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+        self.network = network_from_config(s.config)
+        if s.init is not None:
+            self.network.load_state_dict(s.init.network.state_dict())
+        self.items = prepare_items(annotated.items, s.mode, s.class_ids, (s.config.norm_low, s.config.norm_high),
+                                   s.patch_size, s.border_band, s.validation_fraction, rng)
+        self.sampler = PatchSampler(self.items, s.patch_size, rng)
+        self.batch_size = s.batch_size
+        self.val_batches = self.sampler.validation_batches(s.batch_size, n_patches=max(s.batch_size, 8))
+        self.region_px = sum(it.target.size for it in self.items)
+        self.steps_per_epoch = max(10, math.ceil(self.region_px / (s.batch_size * float(np.prod(s.patch_size)))))
+        self.total_steps = s.epochs * self.steps_per_epoch if s.epochs is not None else None
+        self._place_on_device()
+        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=s.learning_rate, weight_decay=1e-4)
+        self.step_count, self.last_loss = 0, None
+        self.best_val_loss, self._best_state = None, None
+        self.history = list(s.init.history) if s.init is not None else []
+        self._clock = _ValidationClock(timed=s.time_budget is not None)
+        self.network.train()
+
+    def _place_on_device(self):
+        dev = self.settings.device
+        # channels_last: a CPU training step takes 0.8x the time (benchmarks/train_throughput.py)
+        self.memory_format = memory_format(self.settings.dims, dev)
+        self.network.to(dev)
+        if self.memory_format is not None:
+            self.network.to(memory_format=self.memory_format)
+        fp16 = amp_dtype(dev) == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+
+    @property
+    def summary(self) -> str:
+        """One line saying what is trained on, for the start of a run."""
+        return f"training on {len(self.items)} region(s), {self.region_px} px, device {self.settings.device}"
+
+    def elapsed(self) -> float:
+        """Seconds since the run began."""
+        return time.perf_counter() - self.start_time
+
+    def fraction(self, elapsed: float) -> float:
+        """Progress from 0 to 1: steps over total steps, or time over the budget, whichever is further."""
+        fractions = []
+        if self.total_steps is not None:
+            fractions.append(self.step_count / self.total_steps)
+        if self.settings.time_budget is not None:
+            fractions.append(elapsed / self.settings.time_budget)
+        return min(1.0, max(fractions))
+
+    def _to_device(self, x: np.ndarray, layout: bool = False) -> torch.Tensor:
+        t = torch.from_numpy(x).to(self.settings.device, non_blocking=True)
+        return t.contiguous(memory_format=self.memory_format) if layout and self.memory_format else t
+
+    def step(self, fraction: float) -> StepResult:
+        """One optimizer step at the schedule's learning rate for ``fraction``; out of memory, shrink.
+
+        Raises
+        ------
+        MemoryError
+            Out of memory even with one patch of the smallest size.
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate_at(fraction, self.settings.learning_rate)
+        try:
+            # sampled in this thread on purpose: a sampler thread competes with torch's per-operation
+            # dispatch for the GIL and made CPU steps 2.4x slower
+            loss = self._optimize(*self.sampler.sample(self.batch_size))
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            free_memory(self.settings.device)
+            return StepResult(warning=self.shrink_after_oom())
+        self.step_count += 1
+        self.last_loss = float(loss.detach())
+        return StepResult(loss=self.last_loss)
+
+    def _optimize(self, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
+        dev = self.settings.device
+        with autocast(dev):
+            logits = self.network(self._to_device(x, layout=True))
+        loss, n_valid = masked_cross_entropy(logits, self._to_device(y))
+        self.optimizer.zero_grad(set_to_none=True)
+        if n_valid:
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+        return loss
+
+    def shrink_after_oom(self) -> str:
+        """Halve the batch, then the patch; return the warning. MemoryError at one minimal patch."""
+        dev = self.settings.device
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            return f"out of memory on {dev}: continuing with batches of {self.batch_size} patches"
+        align = self.settings.align
+        patch = self.sampler.patch_size
+        smaller = tuple(max(2 * align, p // 2 // align * align) for p in patch)
+        if smaller == patch:
+            raise MemoryError(f"out of memory on {dev} even with one patch of {patch}: use device='cpu' or a "
+                              "smaller network (fewer base channels or less depth)")
+        self.sampler.patch_size = smaller
+        return f"out of memory on {dev}: continuing with patches of {smaller}"
+
+    def validate(self) -> float:
+        """Mean loss per annotated pixel of the held-out patches."""
+        net = self.network
+        net.eval()
+        total, count = 0.0, 0
+        with torch.inference_mode(), autocast(self.settings.device):
+            for x, y in self.val_batches:
+                loss, n = masked_cross_entropy(net(self._to_device(x, layout=True)), self._to_device(y))
+                total += float(loss) * n
+                count += n
+        net.train()
+        return total / max(count, 1)
+
+    def _record(self, val: float, elapsed: float, keep_weights: bool = True) -> None:
+        """Log a validation; remember the weights when they are the best so far."""
+        self.history.append(dict(step=self.step_count, elapsed=round(elapsed, 3), loss=self.last_loss,
+                                 val_loss=val))
+        if self.best_val_loss is None or val < self.best_val_loss:
+            self.best_val_loss = val
+            self._best_state = ({k: v.detach().clone() for k, v in self.network.state_dict().items()}
+                                if keep_weights else None)  # None: the current weights are the best
+
+    def maybe_validate(self, fraction: float, elapsed: float) -> float | None:
+        """Validate when due (see the throttle above) and track the best weights; the loss, or None."""
+        if not self.val_batches or not self._clock.due(fraction, elapsed):
+            return None
+        t = time.perf_counter()
+        val = self.validate()
+        self._clock.ran(fraction, elapsed, time.perf_counter() - t)
+        self._record(val, elapsed)
+        return val
+
+    def finish(self, stopped: bool = False) -> Model:
+        """The trained `Model`: the best weights seen, on the CPU, contiguous, in eval mode.
+
+        A last validation runs unless the run was stopped (Stop answers at once with the best model).
+        The configuration records the run; trained steps and seconds add to ``init``'s.
+        """
+        if self.val_batches and self.step_count > 0 and not stopped:
+            self._record(self.validate(), self.elapsed(), keep_weights=False)
+        if self._best_state is not None:
+            self.network.load_state_dict(self._best_state)
+        net = self.network.eval().cpu()
+        net.to(memory_format=torch.contiguous_format)  # the returned network in torch's default layout
+        s, config = self.settings, self.settings.config
+        config = replace(config, trained_steps=config.trained_steps + self.step_count,
+                         trained_seconds=config.trained_seconds + self.elapsed(), best_val_loss=self.best_val_loss,
+                         patch_size=tuple(s.patch_size), batch_size=int(self.batch_size),
+                         learning_rate=float(s.learning_rate), border_band=int(s.border_band))
+        return Model(network=net, config=config, history=self.history)
