@@ -86,6 +86,13 @@ def write_png_atomically(path: Path, rgb) -> None:
 
 def headless(args) -> int:
     """Train on synthetic strokes, segment, write the results and print the scores."""
+    from napari_unet.device import thread_policy
+
+    with thread_policy(threads=args.threads):
+        return _headless_run(args)
+
+
+def _headless_run(args) -> int:
     import numpy as np
     from scipy import ndimage as ndi
 
@@ -94,9 +101,6 @@ def headless(args) -> int:
     from napari_unet.metrics import foreground_iou, matching, otsu_baseline
     from napari_unet.synthetic import make_sample
 
-    import torch
-
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
