@@ -9,6 +9,8 @@ import threading
 from contextlib import ExitStack
 from pathlib import Path
 
+from . import conventions as C
+
 __all__ = ["main", "build_parser"]
 
 EXIT_BAD_INPUT = 2
@@ -75,10 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="semantic: sparse strokes (0 = not annotated, 1 = background, 2.. = classes); "
                         "instance: dense masks (0 = background, each id one object)")
     t.add_argument("--dims", type=int, choices=[2, 3], default=2)
-    t.add_argument("--depth", type=_positive_int, default=4)
-    t.add_argument("--base-channels", type=_positive_int, default=16,
-                   help="feature maps of the first level (default 16; 32 doubles capacity, ~2.4x slower)")
-    t.add_argument("--time-budget", type=_seconds, default=None, help="seconds of training (default 60)")
+    t.add_argument("--depth", type=_positive_int, default=C.DEFAULT_DEPTH)
+    t.add_argument("--base-channels", type=_positive_int, default=C.DEFAULT_BASE_CHANNELS,
+                   help=f"feature maps of the first level (default {C.DEFAULT_BASE_CHANNELS}; 32 doubles capacity, "
+                        "~2.4x slower)")
+    t.add_argument("--time-budget", type=_seconds, default=None, help=f"seconds of training (default {C.DEFAULT_TIME_BUDGET:g})")
     t.add_argument("--epochs", type=_positive_int, default=None)
     t.add_argument("--init", default=None, help="model file to continue training from (fine-tuning)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

@@ -64,8 +64,8 @@ class UNet(nn.Module):
     of ``2**depth``; `napari_unet.predict` pads for you.
     """
 
-    def __init__(self, dims: int = 2, in_channels: int = 1, num_classes: int = 2, depth: int = 4,
-                 base_channels: int = 32):
+    def __init__(self, dims: int = 2, in_channels: int = 1, num_classes: int = 2,
+                 depth: int = conventions.DEFAULT_DEPTH, base_channels: int = conventions.DEFAULT_BASE_CHANNELS):
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {dims!r}")

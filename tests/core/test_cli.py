@@ -152,3 +152,13 @@ def test_interrupted_predict_never_leaves_new_probabilities_beside_old_labels(fi
     assert (d / "labels.tif").read_bytes() == b"last week's labels"
     assert (d / "prob.tif").read_bytes() == b"last week's probabilities"
     assert not list(d.glob(".*partial*"))
+
+
+def test_python_dash_m_is_the_command(files):
+    """``python -m napari_unet`` (what torchrun launches) runs the same command line."""
+    r = subprocess.run([sys.executable, "-m", "napari_unet", "info", str(files / "model.pt")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("napari-unet model: 2D UNet"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "napari_unet", "info", str(files / "img.tif")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
