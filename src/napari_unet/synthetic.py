@@ -44,10 +44,13 @@ _CAMERA_OFFSET = 100.0  # ADU
 _READ_NOISE = 3.0  # ADU (gain 1 ADU / photo-electron)
 _NUCLEOLUS = (0.3, 0.6)  # relative intensity loss inside nucleoli
 _BORDER_DIP = 0.7  # intensity factor on pixels where two nuclei touch
+_MAX_FAILURES = 400  # consecutive rejected candidates after which the layout stops
+_MAX_STROKES = 60  # background stroke attempts per painted plane
 
 
 # --------------------------------------------------------------------------- helpers
 def _check_shape(shape) -> tuple[int, ...]:
+    """Shape as a tuple of ints; raises ValueError unless it is a valid 2D or 3D shape."""
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3):
         raise ValueError(f"shape must be 2D (Y, X) or 3D (Z, Y, X), got {shape}")
@@ -162,117 +165,8 @@ def _touching_pixels(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------- layout
-def _layout(shape, density, radius, touching, rng):
-    """Place nuclei; returns ``labels`` (int32), ``dmap`` (normalised distance) and nuclei."""
-    ndim = len(shape)
-    labels = np.zeros(shape, dtype=np.int32)
-    dmap = np.full(shape, np.inf, dtype=np.float32)
-    total = float(np.prod(shape))
-    target = density * total
-    nuclei: list[_Nucleus] = []
-    areas: list[int] = []
-    full_areas: list[int] = []
-    neighbours: list[set] = []
-    covered = 0
-    failures = 0
-    max_failures = 400
-    rmin, rmax = float(radius[0]), float(radius[1])
-    if not (0 < rmin <= rmax):
-        raise ValueError(f"radius must be (min, max) with 0 < min <= max, got {radius}")
-
-    def new_geometry(center):
-        r = rng.uniform(rmin, rmax)
-        rot = _random_rotation(rng, ndim)
-        ratio = rng.uniform(0.55, 1.0)  # minor / major axis
-        if ndim == 2:
-            axes = [r / math.sqrt(ratio), r * math.sqrt(ratio)]
-            harm = [(k, rng.normal(0, 0.035), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)]
-        else:
-            ratio2 = rng.uniform(0.7, 1.0)
-            axes = [r / math.sqrt(ratio), r * math.sqrt(ratio), r * math.sqrt(ratio2)]
-            harm = [(k, rng.normal(0, 0.03), rng.uniform(0, 2 * np.pi)) for k in (2, 3)]
-        return _Nucleus(center, rot, axes, harm)
-
-    n_touching = 0
-    while covered < target and failures < max_failures:
-        n = len(nuclei)
-        attach = n > 0 and touching > 0 and n_touching < touching * (n + 1.5)
-        parent = -1
-        if attach:
-            # mostly pairs, sometimes small clusters
-            isolated = [i for i in range(n) if not neighbours[i]]
-            if isolated and rng.random() < 0.75:
-                parent = int(isolated[rng.integers(len(isolated))])
-            else:
-                parent = int(rng.integers(n))
-            p = nuclei[parent]
-            u = rng.standard_normal(ndim)
-            if ndim == 3:
-                u[0] *= 0.5  # prefer lateral contacts (more visible)
-            u /= np.linalg.norm(u)
-            nuc = new_geometry(np.zeros(ndim))
-            dist = (p.radius_towards(u) + nuc.radius_towards(-u)) * (1.0 - rng.uniform(0.06, 0.16))
-            nuc.center = p.center + dist * u
-        elif n > 0 and rng.random() < _NEAR:
-            # cells grow in colonies: put it close to (but not touching) another nucleus
-            q = nuclei[int(rng.integers(n))]
-            u = rng.standard_normal(ndim)
-            u /= np.linalg.norm(u)
-            nuc = new_geometry(np.zeros(ndim))
-            dist = q.radius_towards(u) + nuc.radius_towards(-u) + _GAP + 0.5 + rng.uniform(0.0, 5.0)
-            nuc.center = q.center + dist * u
-        else:
-            nuc = new_geometry(rng.uniform(0, 1, ndim) * np.asarray(shape))
-
-        r = nuc.render(shape)
-        if r is None:
-            failures += 1
-            continue
-        sl, d = r
-        inside = d <= 1.0
-        area_full = int(inside.sum())
-        if area_full < 0.3 * (math.pi * rmin**2 if ndim == 2 else 4.0 / 3.0 * math.pi * rmin**3):
-            failures += 1  # mostly outside the image
-            continue
-        # gap test against every nucleus except the parent
-        g = nuc.render(shape, grow=_GAP)
-        gsl, gd = g
-        hit = labels[gsl][gd <= 1.0]
-        others = np.unique(hit[hit > 0])
-        if np.any(others != parent + 1):
-            failures += 1
-            continue
-        lab_box = labels[sl]
-        d_box = dmap[sl]
-        take = inside & ((lab_box == 0) | (d < d_box))
-        if parent >= 0:
-            stolen = int((take & (lab_box == parent + 1)).sum())
-            remaining = areas[parent] - stolen
-            contact = stolen > 0 or bool(np.any(inside & (lab_box == parent + 1)))
-            if not contact or remaining < 0.72 * full_areas[parent] or take.sum() < 0.72 * area_full:
-                failures += 1
-                continue
-            areas[parent] = remaining
-        new_id = len(nuclei) + 1
-        lab_box[take] = new_id
-        d_box[take] = d[take]
-        nuclei.append(nuc)
-        areas.append(int(take.sum()))
-        full_areas.append(area_full)
-        neighbours.append(set())
-        if parent >= 0:
-            if not neighbours[parent]:
-                n_touching += 1
-            n_touching += 1
-            neighbours[parent].add(new_id - 1)
-            neighbours[-1].add(parent)
-        covered = int(sum(areas))
-        failures = 0
-    return labels, dmap, nuclei
-
-
 def _relabel_consecutive(labels: np.ndarray) -> np.ndarray:
+    """Renumber the labels 1..N in order of their ids, keeping 0 as background."""
     ids = np.unique(labels)
     ids = ids[ids > 0]
     lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
@@ -280,7 +174,7 @@ def _relabel_consecutive(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-# --------------------------------------------------------------------------- public API
+# --------------------------------------------------------------------------- nuclei image
 def make_nuclei(
     shape=(512, 512),
     *,
@@ -332,9 +226,8 @@ def make_nuclei(
     ~2x across the field of view and ``stray`` a smooth additive background gradient.
     """
     shape = _check_shape(shape)
-    ndim = len(shape)
     if density is None:
-        density = DEFAULT_DENSITY_2D if ndim == 2 else DEFAULT_DENSITY_3D
+        density = DEFAULT_DENSITY_2D if len(shape) == 2 else DEFAULT_DENSITY_3D
     if not 0 <= density < 1:
         raise ValueError(f"density must be in [0, 1), got {density}")
     if not 0 <= touching <= 1:
@@ -342,32 +235,234 @@ def make_nuclei(
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
 
+    # The stages below draw from ``rng`` in this fixed order; reordering them would
+    # change every image generated so far.
     labels, dmap, nuclei = _layout(shape, float(density), radius, float(touching), rng)
     labels = _relabel_consecutive(labels)
-    n = int(labels.max())
-    inside = labels > 0
+    bright = _brightness(int(labels.max()), rng)
+    signal = _emission(labels, dmap, bright, rng)
+    signal *= 1.0 - ndi.gaussian_filter(_nucleoli(nuclei, shape, rng), 0.8)
+    signal += _chromocenters(nuclei, labels, bright, rng)
+    signal = _optical_blur(signal)
+    expected = _expected_photons(signal, rng)
+    return _camera(expected, dtype, rng), labels
 
-    # ---- emission -------------------------------------------------------------------
+
+# --------------------------------------------------------------------------- layout
+def _layout(shape, density, radius, touching, rng):
+    """Place nuclei; returns ``labels`` (int32), ``dmap`` (normalised distance) and nuclei."""
+    ndim = len(shape)
+    rmin, rmax = float(radius[0]), float(radius[1])
+    if not (0 < rmin <= rmax):
+        raise ValueError(f"radius must be (min, max) with 0 < min <= max, got {radius}")
+    target = density * float(np.prod(shape))
+    # a candidate mostly outside the image is rejected (less than 30 % of the smallest nucleus)
+    min_area = 0.3 * (math.pi * rmin**2 if ndim == 2 else 4.0 / 3.0 * math.pi * rmin**3)
+    pack = _Packing(shape)
+    failures = 0
+    while pack.covered < target and failures < _MAX_FAILURES:
+        nuc, parent = _propose(pack, shape, rmin, rmax, touching, rng)
+        if _try_place(pack, nuc, parent, shape, min_area):
+            failures = 0
+        else:
+            failures += 1
+    return pack.labels, pack.dmap, pack.nuclei
+
+
+class _Packing:
+    """The nuclei placed so far and the label and distance maps they cover."""
+
+    __slots__ = ("labels", "dmap", "nuclei", "areas", "full_areas", "neighbours", "n_touching", "covered")
+
+    def __init__(self, shape):
+        self.labels = np.zeros(shape, dtype=np.int32)
+        self.dmap = np.full(shape, np.inf, dtype=np.float32)  # normalised distance of the owner
+        self.nuclei: list[_Nucleus] = []
+        self.areas: list[int] = []  # pixels each nucleus owns now (touching ones share)
+        self.full_areas: list[int] = []  # pixels of each nucleus on its own
+        self.neighbours: list[set] = []  # indices of the nuclei each one touches
+        self.n_touching = 0  # number of nuclei that touch another one
+        self.covered = 0  # pixels covered by all nuclei
+
+
+def _new_geometry(center, rmin, rmax, rng) -> _Nucleus:
+    """Random size, elongation, orientation and outline wobble of a nucleus at ``center``."""
+    ndim = len(center)
+    r = rng.uniform(rmin, rmax)
+    rot = _random_rotation(rng, ndim)
+    ratio = rng.uniform(0.55, 1.0)  # minor / major axis
+    if ndim == 2:
+        axes = [r / math.sqrt(ratio), r * math.sqrt(ratio)]
+        harm = [(k, rng.normal(0, 0.035), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)]
+    else:
+        ratio2 = rng.uniform(0.7, 1.0)
+        axes = [r / math.sqrt(ratio), r * math.sqrt(ratio), r * math.sqrt(ratio2)]
+        harm = [(k, rng.normal(0, 0.03), rng.uniform(0, 2 * np.pi)) for k in (2, 3)]
+    return _Nucleus(center, rot, axes, harm)
+
+
+def _propose(pack: _Packing, shape, rmin, rmax, touching, rng):
+    """Next candidate ``(nucleus, parent)``: touching a parent, near another nucleus, or anywhere.
+
+    ``parent`` is the index of the nucleus it is meant to touch, -1 for none.
+    """
+    ndim = len(shape)
+    n = len(pack.nuclei)
+    # attach while the number of touching nuclei lags behind the requested fraction
+    if n > 0 and touching > 0 and pack.n_touching < touching * (n + 1.5):
+        return _propose_touching(pack, rmin, rmax, rng)
+    if n > 0 and rng.random() < _NEAR:
+        return _propose_near(pack.nuclei, rmin, rmax, rng), -1
+    return _new_geometry(rng.uniform(0, 1, ndim) * np.asarray(shape), rmin, rmax, rng), -1
+
+
+def _propose_touching(pack: _Packing, rmin, rmax, rng):
+    """Candidate slightly overlapping a chosen parent, so that the two share a border."""
+    parent = _pick_parent(pack.neighbours, rng)
+    p = pack.nuclei[parent]
+    ndim = len(p.center)
+    u = rng.standard_normal(ndim)
+    if ndim == 3:
+        u[0] *= 0.5  # prefer lateral contacts (more visible)
+    u /= np.linalg.norm(u)
+    nuc = _new_geometry(np.zeros(ndim), rmin, rmax, rng)
+    # centres 6-16 % closer than the sum of the radii: the overlap becomes the shared border
+    dist = (p.radius_towards(u) + nuc.radius_towards(-u)) * (1.0 - rng.uniform(0.06, 0.16))
+    nuc.center = p.center + dist * u
+    return nuc, parent
+
+
+def _pick_parent(neighbours: list[set], rng) -> int:
+    """Index of the nucleus to touch: mostly an isolated one (pairs), sometimes any (clusters)."""
+    isolated = [i for i in range(len(neighbours)) if not neighbours[i]]
+    if isolated and rng.random() < 0.75:
+        return int(isolated[rng.integers(len(isolated))])
+    return int(rng.integers(len(neighbours)))
+
+
+def _propose_near(nuclei: list[_Nucleus], rmin, rmax, rng) -> _Nucleus:
+    """Candidate close to (but not touching) a random nucleus: cells grow in colonies."""
+    q = nuclei[int(rng.integers(len(nuclei)))]
+    ndim = len(q.center)
+    u = rng.standard_normal(ndim)
+    u /= np.linalg.norm(u)
+    nuc = _new_geometry(np.zeros(ndim), rmin, rmax, rng)
+    dist = q.radius_towards(u) + nuc.radius_towards(-u) + _GAP + 0.5 + rng.uniform(0.0, 5.0)
+    nuc.center = q.center + dist * u
+    return nuc
+
+
+def _try_place(pack: _Packing, nuc: _Nucleus, parent: int, shape, min_area: float) -> bool:
+    """Add the candidate to ``pack`` if it is acceptable; returns whether it was added."""
+    r = nuc.render(shape)
+    if r is None:
+        return False
+    sl, d = r
+    inside = d <= 1.0
+    area_full = int(inside.sum())
+    if area_full < min_area:
+        return False  # mostly outside the image
+    if _violates_gap(pack.labels, nuc, parent, shape):
+        return False
+    lab_box = pack.labels[sl]
+    d_box = pack.dmap[sl]
+    # overlapping pixels go to the nucleus whose centre is (relatively) closer
+    take = inside & ((lab_box == 0) | (d < d_box))
+    if parent >= 0:
+        remaining = _parent_area_left(pack, parent, inside, take, lab_box, area_full)
+        if remaining is None:
+            return False
+        pack.areas[parent] = remaining
+    _commit(pack, nuc, parent, lab_box, d_box, take, d, area_full)
+    return True
+
+
+def _violates_gap(labels: np.ndarray, nuc: _Nucleus, parent: int, shape) -> bool:
+    """Whether the candidate comes closer than ``_GAP`` to any nucleus except its parent."""
+    gsl, gd = nuc.render(shape, grow=_GAP)
+    hit = labels[gsl][gd <= 1.0]
+    others = np.unique(hit[hit > 0])
+    return bool(np.any(others != parent + 1))
+
+
+def _parent_area_left(pack: _Packing, parent, inside, take, lab_box, area_full):
+    """Area the parent keeps after sharing with the candidate, or None if the contact is bad.
+
+    The two must really touch and each keep at least 72 % of its own area, so that
+    neither is swallowed by the other.
+    """
+    pid = parent + 1
+    stolen = int((take & (lab_box == pid)).sum())
+    remaining = pack.areas[parent] - stolen
+    contact = stolen > 0 or bool(np.any(inside & (lab_box == pid)))
+    if not contact or remaining < 0.72 * pack.full_areas[parent] or take.sum() < 0.72 * area_full:
+        return None
+    return remaining
+
+
+def _commit(pack: _Packing, nuc: _Nucleus, parent, lab_box, d_box, take, d, area_full) -> None:
+    """Write the accepted nucleus into the maps and the bookkeeping of ``pack``."""
+    new_id = len(pack.nuclei) + 1
+    lab_box[take] = new_id
+    d_box[take] = d[take]
+    pack.nuclei.append(nuc)
+    pack.areas.append(int(take.sum()))
+    pack.full_areas.append(area_full)
+    pack.neighbours.append(set())
+    if parent >= 0:
+        if not pack.neighbours[parent]:
+            pack.n_touching += 1  # the parent becomes a touching nucleus too
+        pack.n_touching += 1
+        pack.neighbours[parent].add(new_id - 1)
+        pack.neighbours[-1].add(parent)
+    pack.covered = int(sum(pack.areas))
+
+
+# --------------------------------------------------------------------------- emission
+def _brightness(n: int, rng) -> np.ndarray:
+    """Log-uniform brightness per label, index 0 (background) being 0."""
     lo, hi = _BRIGHTNESS
-    bright = np.concatenate([[0.0], np.exp(rng.uniform(math.log(lo), math.log(hi), n))])
+    return np.concatenate([[0.0], np.exp(rng.uniform(math.log(lo), math.log(hi), n))])
+
+
+def _emission(labels, dmap, bright, rng) -> np.ndarray:
+    """Unblurred nucleus emission: brightness x thickness profile x chromatin texture."""
+    inside = labels > 0
+    profile = _thickness_profile(dmap, inside)
+    tex = _chromatin_texture(labels.shape, rng)
+    signal = bright[labels].astype(np.float32) * profile * tex
+    _dim_seams(signal, labels, inside)
+    signal[~inside] = 0.0
+    return signal
+
+
+def _thickness_profile(dmap, inside) -> np.ndarray:
+    """Relative emission from the normalised distance to the nucleus centre."""
     d = np.where(inside, np.minimum(dmap, 1.0), 1.0).astype(np.float32)
-    if ndim == 2:  # projected thickness of a sphere
-        profile = 0.5 + 0.5 * np.sqrt(np.clip(1.0 - d * d, 0.0, 1.0))
-    else:  # density slightly higher in the centre
-        profile = 0.7 + 0.3 * (1.0 - d * d)
+    if d.ndim == 2:  # projected thickness of a sphere
+        return 0.5 + 0.5 * np.sqrt(np.clip(1.0 - d * d, 0.0, 1.0))
+    return 0.7 + 0.3 * (1.0 - d * d)  # density slightly higher in the centre
+
+
+def _chromatin_texture(shape, rng) -> np.ndarray:
+    """Multiplicative texture around 1: fine plus coarse smoothed noise."""
     tex_fine = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.2)
     tex_coarse = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 3.0)
     tex = 1.0 + 0.2 * tex_fine / (tex_fine.std() + 1e-8) + 0.12 * tex_coarse / (tex_coarse.std() + 1e-8)
-    tex = np.clip(tex, 0.3, None)
-    signal = bright[labels].astype(np.float32) * profile * tex
-    # slightly darker seam where two nuclei touch (nuclear envelopes, less chromatin)
+    return np.clip(tex, 0.3, None)
+
+
+def _dim_seams(signal, labels, inside) -> None:
+    """Darken, in place, the border where two nuclei touch (envelopes, less chromatin)."""
     seam = _touching_pixels(labels)
     near_seam = ndi.binary_dilation(seam) & inside & ~seam
     signal[seam] *= _BORDER_DIP
     signal[near_seam] *= 0.5 * (1.0 + _BORDER_DIP)
-    signal[~inside] = 0.0
 
-    # nucleoli: a few DAPI-poor (darker) round regions per nucleus
+
+def _nucleoli(nuclei, shape, rng) -> np.ndarray:
+    """Relative intensity loss map of 0-3 DAPI-poor round nucleoli per nucleus."""
+    ndim = len(shape)
     dark = np.zeros(shape, dtype=np.float32)
     for nuc in nuclei:
         for _ in range(int(rng.integers(0, 4))):
@@ -376,17 +471,26 @@ def make_nuclei(
             c = nuc.center + nuc.rot @ (v * nuc.axes)
             rn = rng.uniform(0.14, 0.24) * float(np.exp(np.log(nuc.axes).mean()))
             amp = rng.uniform(_NUCLEOLUS[0], _NUCLEOLUS[1])
-            lo_ = np.maximum(np.floor(c - rn - 1).astype(int), 0)
-            hi_ = np.minimum(np.ceil(c + rn + 2).astype(int), shape)
-            if np.any(hi_ <= lo_):
-                continue
-            g = np.meshgrid(*[np.arange(a, b) - cc for a, b, cc in zip(lo_, hi_, c)], indexing="ij", sparse=True)
-            disk = sum(x * x for x in g) <= rn * rn
-            box = tuple(slice(a, b) for a, b in zip(lo_, hi_))
-            dark[box] = np.maximum(dark[box], amp * disk)
-    signal *= 1.0 - ndi.gaussian_filter(dark, 0.8)
+            _max_disk(dark, c, rn, amp)
+    return dark
 
-    # chromocenters: a few bright spots per nucleus
+
+def _max_disk(out, c, rn, amp) -> None:
+    """Raise ``out`` to at least ``amp`` inside the disk (ball) of radius ``rn`` at ``c``."""
+    lo_ = np.maximum(np.floor(c - rn - 1).astype(int), 0)
+    hi_ = np.minimum(np.ceil(c + rn + 2).astype(int), out.shape)
+    if np.any(hi_ <= lo_):
+        return  # entirely outside the image
+    g = np.meshgrid(*[np.arange(a, b) - cc for a, b, cc in zip(lo_, hi_, c)], indexing="ij", sparse=True)
+    disk = sum(x * x for x in g) <= rn * rn
+    box = tuple(slice(a, b) for a, b in zip(lo_, hi_))
+    out[box] = np.maximum(out[box], amp * disk)
+
+
+def _chromocenters(nuclei, labels, bright, rng) -> np.ndarray:
+    """Emission of 0-4 small bright spots per nucleus, scaled by its brightness."""
+    shape = labels.shape
+    ndim = labels.ndim
     spots = np.zeros(shape, dtype=np.float32)
     for nuc in nuclei:
         for _ in range(int(rng.integers(0, 5))):
@@ -396,125 +500,51 @@ def make_nuclei(
             amp = rng.uniform(0.3, 0.8)
             if np.all(p >= 0) and np.all(p < shape):
                 lab = labels[tuple(p)]
-                if lab > 0:
+                if lab > 0:  # only where the spot fell inside some nucleus
                     spots[tuple(p)] += amp * bright[lab]
     spot_sigma = 1.0
-    spots = ndi.gaussian_filter(spots, spot_sigma) * (2 * np.pi * spot_sigma**2) ** (ndim / 2)
-    signal += spots
+    # the factor keeps each spot's peak at about ``amp * brightness`` after the smoothing
+    return ndi.gaussian_filter(spots, spot_sigma) * (2 * np.pi * spot_sigma**2) ** (ndim / 2)
 
-    # optical blur
+
+def _optical_blur(signal) -> np.ndarray:
+    """Gaussian PSF, elongated along Z in 3D."""
+    ndim = signal.ndim
     sigma = (_PSF_SIGMA,) * ndim if ndim == 2 else (_PSF_SIGMA * _PSF_Z_FACTOR, _PSF_SIGMA, _PSF_SIGMA)
-    signal = ndi.gaussian_filter(signal, sigma, mode="reflect")
+    return ndi.gaussian_filter(signal, sigma, mode="reflect")
 
-    # ---- illumination and background --------------------------------------------------
-    plane = shape[-2:]
+
+# --------------------------------------------------------------------------- illumination and camera
+def _expected_photons(signal, rng) -> np.ndarray:
+    """Mean photon count: uneven illumination of signal + autofluorescence, plus stray light."""
+    plane = signal.shape[-2:]
     f = 0.6 * _smooth_field(rng, plane, max(plane) / 2.5) + 0.4 * _ramp(rng, plane)
     f = (f - f.min()) / max(f.max() - f.min(), 1e-8)
     illum = (1.0 / _ILLUM_RANGE) * _ILLUM_RANGE**f  # min .. max spans _ILLUM_RANGE
     s = 0.5 * _smooth_field(rng, plane, max(plane) / 2.0) + 0.5 * _ramp(rng, plane)
     stray = _STRAY * s
-    if ndim == 3:
+    if signal.ndim == 3:  # the same field on every Z plane
         illum = illum[None]
         stray = stray[None]
-    expected = _PEAK_PHOTONS * (illum * (signal + _AUTOFLUO) + stray)
+    return _PEAK_PHOTONS * (illum * (signal + _AUTOFLUO) + stray)
 
-    # ---- camera -----------------------------------------------------------------------
+
+def _camera(expected, dtype: np.dtype, rng) -> np.ndarray:
+    """Shot noise, offset and read noise, then conversion to ``dtype``."""
     photons = rng.poisson(np.maximum(expected, 0.0)).astype(np.float32)
-    adu = photons + _CAMERA_OFFSET + rng.normal(0.0, _READ_NOISE, shape).astype(np.float32)
+    adu = photons + _CAMERA_OFFSET + rng.normal(0.0, _READ_NOISE, expected.shape).astype(np.float32)
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
         if info.max < 4096:  # small range: rescale so that typical images fit
             top = _CAMERA_OFFSET + 1.6 * _PEAK_PHOTONS
             adu = (adu - _CAMERA_OFFSET) * ((info.max - 10.0) / (top - _CAMERA_OFFSET)) + 10.0
-        image = np.clip(np.rint(adu), info.min, info.max).astype(dtype)
-    elif dtype.kind == "f":
-        image = adu.astype(dtype)
-    else:
-        raise TypeError(f"dtype must be an integer or float type, got {dtype}")
-    return image, labels
+        return np.clip(np.rint(adu), info.min, info.max).astype(dtype)
+    if dtype.kind == "f":
+        return adu.astype(dtype)
+    raise TypeError(f"dtype must be an integer or float type, got {dtype}")
 
 
-def _paint_plane(labels2d, fraction, rng, margin=4.0):
-    """Paint sparse strokes on one 2D plane; returns a uint8 array (0/1/2)."""
-    out = np.zeros(labels2d.shape, dtype=np.uint8)
-    npix = labels2d.size
-    total = fraction * npix
-    ids, areas = np.unique(labels2d[labels2d > 0], return_counts=True)
-    nuc_target = total / 3.0 if len(ids) else 0.0
-    bg_target = total - nuc_target
-
-    # ---- whole nuclei -----------------------------------------------------------------
-    painted_nuc = 0
-    if len(ids):
-        order = rng.permutation(len(ids))
-        chosen = []
-        for k in order:
-            remaining = nuc_target - painted_nuc
-            if remaining <= 0:
-                break
-            if areas[k] <= remaining + 0.5 * areas[k]:
-                chosen.append(ids[k])
-                painted_nuc += int(areas[k])
-        if chosen:
-            out[np.isin(labels2d, chosen)] = 2
-        bg_target = total - painted_nuc
-
-    # ---- background brush strokes -----------------------------------------------------
-    if np.any(labels2d > 0):
-        dist = ndi.distance_transform_edt(labels2d == 0)
-    else:
-        dist = np.full(labels2d.shape, np.inf)
-    H, W = labels2d.shape
-    painted_bg = 0
-    attempts = 0
-    while painted_bg < 0.97 * bg_target and attempts < 60:
-        attempts += 1
-        brush = float(rng.uniform(3.0, 5.0))
-        allowed = dist >= margin + brush + 0.5
-        cand = np.flatnonzero(allowed & (out == 0))
-        if cand.size == 0:
-            break
-        remaining = bg_target - painted_bg
-        max_len = remaining / (2 * brush) + 1
-        length = min(rng.uniform(80, 220), max_len)
-        start = cand[rng.integers(cand.size)]
-        pos = np.array([start // W, start % W], dtype=float)
-        heading = rng.uniform(0, 2 * np.pi)
-        curv = 0.0
-        pts = [pos.copy()]
-        travelled = 0.0
-        while travelled < length:
-            curv = float(np.clip(curv + rng.normal(0, 0.02), -0.08, 0.08))
-            ok = False
-            for turn in (0.0, 0.4, -0.4, 0.8, -0.8, 1.3, -1.3):
-                h = heading + curv + turn
-                nxt = pos + np.array([math.sin(h), math.cos(h)])
-                iy, ix = int(round(nxt[0])), int(round(nxt[1]))
-                if 0 <= iy < H and 0 <= ix < W and allowed[iy, ix]:
-                    ok = True
-                    heading = h
-                    break
-            if not ok:
-                break
-            pos = nxt
-            pts.append(pos.copy())
-            travelled += 1.0
-        if travelled < 10:
-            continue
-        pts = np.round(np.array(pts)).astype(int)
-        pad = int(math.ceil(brush)) + 1
-        y0, x0 = np.maximum(pts.min(0) - pad, 0)
-        y1, x1 = np.minimum(pts.max(0) + pad + 1, (H, W))
-        line = np.ones((y1 - y0, x1 - x0), dtype=bool)
-        line[pts[:, 0] - y0, pts[:, 1] - x0] = False
-        stroke = ndi.distance_transform_edt(line) <= brush
-        box = out[y0:y1, x0:x1]
-        stroke &= (box == 0) & (dist[y0:y1, x0:x1] >= margin)
-        box[stroke] = 1
-        painted_bg += int(stroke.sum())
-    return out
-
-
+# --------------------------------------------------------------------------- strokes
 def make_strokes(labels: np.ndarray, *, fraction: float = 0.06, seed: int | None = None) -> np.ndarray:
     """Simulate the sparse annotation a person paints in napari for semantic training.
 
@@ -558,6 +588,124 @@ def make_strokes(labels: np.ndarray, *, fraction: float = 0.06, seed: int | None
     return out
 
 
+def _paint_plane(labels2d, fraction, rng, margin=4.0):
+    """Paint sparse strokes on one 2D plane; returns a uint8 array (0/1/2)."""
+    out = np.zeros(labels2d.shape, dtype=np.uint8)
+    total = fraction * labels2d.size
+    painted_nuc = _paint_whole_nuclei(out, labels2d, total / 3.0, rng)
+    # background gets the rest of the budget, including what the nuclei did not use
+    _paint_background(out, _distance_to_nuclei(labels2d), total - painted_nuc, margin, rng)
+    return out
+
+
+def _paint_whole_nuclei(out, labels2d, target, rng) -> int:
+    """Mark random whole nuclei 2 in ``out`` up to about ``target`` pixels; returns the count."""
+    ids, areas = np.unique(labels2d[labels2d > 0], return_counts=True)
+    if not len(ids):
+        return 0
+    painted = 0
+    chosen = []
+    for k in rng.permutation(len(ids)):
+        remaining = target - painted
+        if remaining <= 0:
+            break
+        # take the nucleus unless it overshoots the budget by more than half its area
+        if areas[k] <= remaining + 0.5 * areas[k]:
+            chosen.append(ids[k])
+            painted += int(areas[k])
+    if chosen:
+        out[np.isin(labels2d, chosen)] = 2
+    return painted
+
+
+def _distance_to_nuclei(labels2d) -> np.ndarray:
+    """Euclidean distance of each pixel to the nearest nucleus pixel (inf if none)."""
+    if np.any(labels2d > 0):
+        return ndi.distance_transform_edt(labels2d == 0)
+    return np.full(labels2d.shape, np.inf)
+
+
+def _paint_background(out, dist, target, margin, rng) -> None:
+    """Mark background brush strokes 1 in ``out`` until about ``target`` pixels are painted."""
+    painted = 0
+    attempts = 0
+    while painted < 0.97 * target and attempts < _MAX_STROKES:
+        attempts += 1
+        n = _brush_stroke(out, dist, target - painted, margin, rng)
+        if n is None:
+            break  # no free pixel left far enough from the nuclei
+        painted += n
+
+
+def _brush_stroke(out, dist, remaining, margin, rng):
+    """Paint one curvy stroke of at most ~``remaining`` pixels; returns its pixel count.
+
+    Returns None when there is no place left to start a stroke.
+    """
+    brush = float(rng.uniform(3.0, 5.0))
+    # the centre line keeps the whole brush ``margin`` away from the nuclei
+    allowed = dist >= margin + brush + 0.5
+    cand = np.flatnonzero(allowed & (out == 0))
+    if cand.size == 0:
+        return None
+    length = min(rng.uniform(80, 220), remaining / (2 * brush) + 1)
+    start = cand[rng.integers(cand.size)]
+    W = out.shape[1]
+    pos = np.array([start // W, start % W], dtype=float)
+    pts, travelled = _walk_stroke(pos, rng.uniform(0, 2 * np.pi), length, allowed, rng)
+    if travelled < 10:
+        return 0  # stuck almost at once: too short to look like a stroke
+    return _stamp_stroke(out, dist, pts, brush, margin)
+
+
+def _walk_stroke(pos, heading, length, allowed, rng):
+    """Centre line: a random walk with slowly varying curvature on ``allowed`` pixels.
+
+    Returns the points visited and the distance travelled (stops early when blocked).
+    """
+    curv = 0.0
+    pts = [pos.copy()]
+    travelled = 0.0
+    while travelled < length:
+        curv = float(np.clip(curv + rng.normal(0, 0.02), -0.08, 0.08))
+        step = _next_step(pos, heading + curv, allowed)
+        if step is None:
+            break
+        pos, heading = step
+        pts.append(pos.copy())
+        travelled += 1.0
+    return pts, travelled
+
+
+def _next_step(pos, heading, allowed):
+    """One-pixel step along ``heading``, turning as little as needed; None if all are blocked."""
+    H, W = allowed.shape
+    for turn in (0.0, 0.4, -0.4, 0.8, -0.8, 1.3, -1.3):
+        h = heading + turn
+        nxt = pos + np.array([math.sin(h), math.cos(h)])
+        iy, ix = int(round(nxt[0])), int(round(nxt[1]))
+        if 0 <= iy < H and 0 <= ix < W and allowed[iy, ix]:
+            return nxt, h
+    return None
+
+
+def _stamp_stroke(out, dist, pts, brush, margin) -> int:
+    """Mark the free pixels within ``brush`` of the centre line 1; returns how many."""
+    H, W = out.shape
+    pts = np.round(np.array(pts)).astype(int)
+    pad = int(math.ceil(brush)) + 1
+    y0, x0 = np.maximum(pts.min(0) - pad, 0)
+    y1, x1 = np.minimum(pts.max(0) + pad + 1, (H, W))
+    line = np.ones((y1 - y0, x1 - x0), dtype=bool)
+    line[pts[:, 0] - y0, pts[:, 1] - x0] = False
+    stroke = ndi.distance_transform_edt(line) <= brush
+    box = out[y0:y1, x0:x1]
+    stroke &= (box == 0) & (dist[y0:y1, x0:x1] >= margin)
+    box[stroke] = 1
+    return int(stroke.sum())
+
+
+# --------------------------------------------------------------------------- sample
 def make_sample(shape=(512, 512), seed: int | None = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image, sparse strokes and ground-truth labels for demos and sample data.
 
