@@ -16,8 +16,11 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 def _start(args, cwd):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}  # stacks on SIGABRT
-    return subprocess.Popen([sys.executable, "-m", "napari_unet.cli", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it: a test run started in the background (or by a CI runner) has
+    # SIGINT ignored, which the child would inherit and then never see the KeyboardInterrupt
+    return subprocess.Popen([sys.executable, "-m", "napari_unet", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _finish(proc, timeout=120):
