@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--channel-axis", type=int, default=None, help="axis of the image holding channels")
+    t.add_argument("--max-classes", type=_positive_int, default=C.MAX_SEMANTIC_CLASSES,
+                   help=f"semantic mode: the most painted classes accepted (default {C.MAX_SEMANTIC_CLASSES}; "
+                        "more ids usually mean instance masks)")
 
     r = sub.add_parser("predict", help="segment an image with a trained model")
     r.add_argument("model", help="model file")
@@ -104,24 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args):
-    from .io import load_in_memory, read_image
-    from .modelfile import load_model, save_model
+    from .io import load_in_memory, read_image, refuse_inputs_as_outputs
+    from .modelfile import check_model_output, load_model, save_model
     from .train import iter_train
 
     if len(args.image) != len(args.labels):
         raise ValueError(f"got {len(args.image)} image(s) but {len(args.labels)} labels file(s): give one -l per -i")
-    out = Path(args.output)
-    if not out.parent.exists():
-        raise FileNotFoundError(f"the output folder {str(out.parent)!r} does not exist")
-    if out.is_dir():
-        raise ValueError(f"{str(out)!r} is a folder: give a model file name such as model.pt")
+    # before any work: the model never replaces an input, nor a file that is not a model
+    refuse_inputs_as_outputs([args.output], args.image + args.labels + ([args.init] if args.init else []))
+    out = check_model_output(args.output)
     images = [read_image(p) for p in args.image]
     labels = [load_in_memory(read_image(p), f"labels file {p!r}") for p in args.labels]
     init = load_model(args.init) if args.init else None
-    stop = threading.Event()
+    stop, abort = threading.Event(), threading.Event()
 
     def on_sigint(signum, frame):
-        if stop.is_set():  # second Ctrl-C: give up at once
+        if stop.is_set():  # second Ctrl-C: give up at once, without saving
+            abort.set()
             raise KeyboardInterrupt
         stop.set()
         print("\nstopping: finishing the current step and saving the best model so far "
@@ -133,7 +135,7 @@ def _train(args):
         for event in iter_train(images, labels, mode=args.mode, dims=args.dims, depth=args.depth,
                                 base_channels=args.base_channels, time_budget=args.time_budget,
                                 epochs=args.epochs, init=init, device=args.device, seed=args.seed,
-                                channel_axis=args.channel_axis, stop=stop):
+                                channel_axis=args.channel_axis, max_classes=args.max_classes, stop=stop):
             last = event
             if event.kind == "start":
                 print(event.message, file=sys.stderr, flush=True)
@@ -145,25 +147,28 @@ def _train(args):
                       file=sys.stderr, flush=True)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if abort.is_set():
+        raise KeyboardInterrupt  # the second Ctrl-C: nothing is saved
+    if last.step == 0:  # an untrained network never replaces a model (or appears as one)
+        print(f"error: {last.message}: nothing was saved; give a longer --time-budget or more --epochs",
+              file=sys.stderr)
+        return EXIT_FAILURE
     save_model(last.model, out)
     print(f"{last.message}; model saved to {out}", file=sys.stderr)
     return 0
 
 
 def _predict(args):
-    from .io import LABELS_ATTRS, OutputFile, check_output_path, commit_together, read_image
+    from .io import LABELS_ATTRS, OutputFile, check_output_path, commit_together, read_image, refuse_inputs_as_outputs
     from .modelfile import load_model
     from .predict import plan_prediction, run_prediction
 
-    model = load_model(args.model)
-    image = read_image(args.input)
     outputs = [Path(args.output)] + ([Path(args.probabilities)] if args.probabilities else [])
+    refuse_inputs_as_outputs(outputs, [args.input, args.model])  # under any spelling: links, case
     for o in outputs:
         check_output_path(o)
-        if o.resolve() == Path(args.input).resolve():
-            raise ValueError(f"the output {str(o)!r} is the input image: choose another output path")
-    if args.probabilities and Path(args.probabilities).resolve() == Path(args.output).resolve():
-        raise ValueError("--probabilities and -o name the same file")
+    model = load_model(args.model)
+    image = read_image(args.input)
     # one plan, checked before any file is created; the one described is the one run
     plan = plan_prediction(model, image, labels=True, probabilities=bool(args.probabilities), tile=args.tile,
                            batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis)
@@ -234,6 +239,8 @@ def main(argv=None) -> int:
 #: Core errors speak of parameters (``channel_axis=``, ``tile=``, ``device='cpu'``); the command line
 #: shows them as its flags.
 _FLAGS = [(re.compile(r"\bchannel_axis=\.\.\."), "--channel-axis N"),
+          (re.compile(r"\bmode='(\w+)'"), r"--mode \1"),
+          (re.compile(r"\bmax_classes=(\d+)"), r"--max-classes \1"),
           (re.compile(r"\bchannel_axis=(-?\d+)"), r"--channel-axis \1"),
           (re.compile(r"\btile=None\b"), "--tile none"),
           (re.compile(r"\btile="), "--tile"),

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["NOT_ANNOTATED", "BACKGROUND", "IGNORE", "INSTANCE_CLASS_IDS", "INSTANCE_CLASS_NAMES", "MODES",
-           "DEFAULT_DEPTH", "DEFAULT_BASE_CHANNELS", "DEFAULT_TIME_BUDGET", "interactive_network",
+           "DEFAULT_DEPTH", "DEFAULT_BASE_CHANNELS", "DEFAULT_TIME_BUDGET", "MAX_SEMANTIC_CLASSES", "interactive_network",
            "class_names", "written_labels", "labels_dtype_for"]
 
 #: Semantic labels: a pixel nobody painted.
@@ -33,6 +33,8 @@ MODES = ("semantic", "instance")
 #: is 2.4x cheaper, and the quality targets need the steps a 60 s budget gives (README, "Defaults").
 DEFAULT_DEPTH = 4
 DEFAULT_BASE_CHANNELS = 16
+#: Semantic mode: the most painted classes accepted unless asked for (more ids: instance masks, surely).
+MAX_SEMANTIC_CLASSES = 16
 #: Seconds of training when neither a time budget nor a number of epochs is given.
 DEFAULT_TIME_BUDGET = 60.0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FORMATS", "read_image", "load_in_memory", "allocate", "check_output_path", "OutputFile", "write_image", "available_memory",
+__all__ = ["FORMATS", "read_image", "load_in_memory", "allocate", "check_output_path", "refuse_inputs_as_outputs", "OutputFile", "write_image", "available_memory",
            "INCOMPLETE_ATTR"]
 
 FORMATS = (".tif", ".tiff", ".zarr", ".npy")
@@ -229,6 +229,29 @@ def check_output_path(path) -> Path:
         raise ValueError(f"{str(path)!r} exists and is a {'folder' if path.is_dir() else 'file'}: "
                          "choose another output path")
     return path
+
+
+def refuse_inputs_as_outputs(outputs, inputs) -> None:
+    """Raise ValueError when an output names an input or another output, under any spelling.
+
+    Existing paths are compared with `os.path.samefile` (symlinks, hard links, case-insensitive file
+    systems), others by their resolved path, so a run can never write over the data it reads.
+    """
+    outputs = [Path(o) for o in outputs]
+    inputs = [Path(i) for i in inputs]
+
+    def same(a: Path, b: Path) -> bool:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+
+    for k, out in enumerate(outputs):
+        for inp in inputs:
+            if same(out, inp):
+                raise ValueError(f"the output {str(out)!r} is the input {str(inp)!r}: choose another output path")
+        for other in outputs[k + 1:]:
+            if same(out, other):
+                raise ValueError(f"two outputs name the same file ({str(out)!r} and {str(other)!r})")
 
 
 def release_pages(view) -> None:

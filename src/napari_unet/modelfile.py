@@ -15,11 +15,13 @@ import torch
 from .io import atomic_path
 from .model import Model, ModelConfig, network_from_config
 
-__all__ = ["save_model", "load_model", "MAGIC"]
+__all__ = ["save_model", "load_model", "check_model_output", "MAGIC"]
 
 MAGIC = "napari-unet-model"
 #: The one format version: the file's layout. The configuration's own fields are `ModelConfig`'s.
 FORMAT_VERSION = 1
+#: Endings of model file names.
+MODEL_SUFFIXES = (".pt", ".pth")
 
 
 def save_model(model: Model, path) -> Path:
@@ -32,11 +34,7 @@ def save_model(model: Model, path) -> Path:
     """
     if not isinstance(model, Model):
         raise TypeError(f"save_model takes a napari_unet Model, got {type(model).__name__}")
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{str(path)!r} is a folder: give a file name such as model.pt")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"the folder {str(path.parent)!r} does not exist")
+    path = check_model_output(path)
     payload = {
         "format": MAGIC,
         "format_version": FORMAT_VERSION,
@@ -46,6 +44,34 @@ def save_model(model: Model, path) -> Path:
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+    return path
+
+
+def check_model_output(path) -> Path:
+    """Check that a model may be saved to ``path``, before any work is done for it.
+
+    A model file name ends in ``.pt`` (or ``.pth``), its folder exists, and an existing file there is
+    replaced only when it is a napari-unet model itself: nobody's labels or images are ever
+    overwritten by a model.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        Saying what to change.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder: give a file name such as model.pt")
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise ValueError(f"{str(path)!r} is not a model file name: model files end in .pt (e.g. model.pt)")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"the folder {str(path.parent)!r} does not exist")
+    if path.exists():
+        try:
+            load_model(path)
+        except ValueError:
+            raise ValueError(f"{str(path)!r} exists and is not a napari-unet model: it is never replaced by one; "
+                             "choose another file name") from None
     return path
 
 
@@ -78,6 +104,7 @@ def load_model(path) -> Model:
     try:
         config = ModelConfig.from_dict(json.loads(payload["config"]))
         history = json.loads(payload.get("history", "[]"))
+        _check_weights(config, payload["state_dict"])  # before any memory is allocated for the network
         network = network_from_config(config)
         network.load_state_dict(payload["state_dict"], strict=True)
     except Exception as exc:
@@ -85,6 +112,26 @@ def load_model(path) -> Model:
                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
     network.eval()
     return Model(network=network, config=config, history=history)
+
+
+def _check_weights(config: ModelConfig, state_dict) -> None:
+    """Refuse weights that are not exactly those of ``config``'s network, without building it.
+
+    The network is laid out on torch's "meta" device (shapes only, no memory), so a small file that
+    declares a huge network is refused at once instead of allocating gigabytes first.
+    """
+    if not isinstance(state_dict, dict):
+        raise TypeError("the weights are not a mapping of tensors")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in network_from_config(config).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    if found.keys() != expected.keys() or len(found) != len(state_dict):
+        missing, extra = sorted(expected.keys() - found.keys()), sorted(set(state_dict) - expected.keys())
+        raise ValueError(f"the weights do not match the configuration (missing {missing[:3]}, unexpected {extra[:3]})")
+    wrong = [k for k in expected if found[k] != expected[k]]
+    if wrong:
+        raise ValueError(f"the weights do not match the configuration ({wrong[0]}: {found[wrong[0]]} in the file, "
+                         f"{expected[wrong[0]]} expected)")
 
 
 def _load_failure(path: Path, exc: Exception) -> str:

@@ -102,7 +102,8 @@ def test_more_bad_inputs_leave_existing_output_untouched(files, capsys):
         (["predict", d / "model.pt", d / "nan.npy", "-o", d / "out.tif"], "no finite values"),
         (["predict", d / "trunc.pt", d / "img.tif", "-o", d / "out.tif"], "not a napari-unet model"),
         (["predict", d / "model3d.pt", d / "img.tif", "-o", d / "out.tif"], "3D model"),
-        (["train", "-i", d / "nan.npy", "-l", d / "nan.npy", "-o", d / "out.tif"], "whole numbers"),
+        (["train", "-i", d / "nan.npy", "-l", d / "nan.npy", "-o", d / "m.pt"], "whole numbers"),
+        (["train", "-i", d / "img.tif", "-l", d / "strokes.tif", "-o", d / "out.tif"], "model files end in .pt"),
         (["train", "-i", d / "corrupt.tif", "-l", d / "strokes.tif", "-o", d / "m.pt"], "cannot read"),
     ]
     for args, match in cases:

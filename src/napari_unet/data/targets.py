@@ -18,10 +18,17 @@ __all__ = ["semantic_targets", "instance_targets", "add_border_band", "TrainItem
 
 def semantic_targets(labels: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
     """Map painted ids to output channels (``class_ids[k] -> k``); 0 and unknown ids -> IGNORE."""
-    lut = np.full(int(max(max(class_ids), labels.max(initial=0))) + 1, IGNORE, dtype=np.int64)
-    for k, cid in enumerate(class_ids):
-        lut[cid] = k
-    return lut[labels]
+    largest = int(max(max(class_ids), labels.max(initial=0)))
+    if largest < 2**16:  # a lookup table: fastest
+        lut = np.full(largest + 1, IGNORE, dtype=np.int64)
+        for k, cid in enumerate(class_ids):
+            lut[cid] = k
+        return lut[labels]
+    # a huge id (a sentinel such as 2**32 - 1) must not allocate a table that size: search the classes
+    ids = np.asarray(class_ids, dtype=np.int64)
+    order = np.argsort(ids)
+    pos = np.clip(np.searchsorted(ids[order], labels), 0, ids.size - 1)
+    return np.where(ids[order][pos] == labels, order[pos], IGNORE).astype(np.int64)
 
 
 def instance_targets(labels: np.ndarray) -> np.ndarray:

@@ -221,6 +221,12 @@ def _channels_first(model: Model, image, channel_axis):
     if channel_axis is None and model.in_channels > 1:
         raise ValueError(f"this model takes {model.in_channels} channels: declare the image's channel axis "
                          "(channel_axis=...)")
+    shape = tuple(np.shape(image))
+    if channel_axis is None and len(shape) > model.dims and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
+        # a colour image read as planes 3 pixels wide: never segment that "per channel" by accident
+        raise ValueError(f"the image looks like RGB(A) (shape {shape}): this model takes {model.in_channels} "
+                         "channel(s); convert the image to one channel, or use a model trained on its colours "
+                         "(channel_axis=-1)")
     img = as_channels_first(image, channel_axis)
     if img.shape[0] != model.in_channels:
         raise ValueError(f"the model takes {model.in_channels} channel(s) but the image has {img.shape[0]}"

@@ -63,7 +63,8 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                init: Model | None = None, device="auto", seed: int | None = None,
                channel_axis: int | None = None, patch_size: int | Sequence[int] | None = None,
                batch_size: int | None = None, learning_rate: float | None = None,
-               validation_fraction: float = VALIDATION_FRACTION, border_band: int = BORDER_BAND, stop=None):
+               validation_fraction: float = VALIDATION_FRACTION, border_band: int = BORDER_BAND,
+               max_classes: int = C.MAX_SEMANTIC_CLASSES, stop=None):
     """Train a UNet on painted annotations, yielding `TrainEvent` progress reports.
 
     Parameters
@@ -99,6 +100,9 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
     border_band : int
         Semantic mode: unpainted pixels within this many px of a painted object that look like
         background are trained as background (see `napari_unet.data.add_border_band`). 0 disables.
+    max_classes : int
+        Semantic mode: the most painted classes accepted. Labels with more distinct ids are almost
+        always instance masks (one id per object), which ``mode="instance"`` is for.
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
 
@@ -112,7 +116,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         images, labels, mode=mode, dims=dims, depth=depth, base_channels=base_channels, time_budget=time_budget,
         epochs=epochs, init=init, device=device, seed=seed, channel_axis=channel_axis, patch_size=patch_size,
         batch_size=batch_size, learning_rate=learning_rate, validation_fraction=validation_fraction,
-        border_band=border_band)
+        border_band=border_band, max_classes=max_classes)
     with thread_policy(device=settings.device):
         trainer = Trainer(settings, annotated, start_time)
         yield TrainEvent("start", elapsed=trainer.elapsed(), message=trainer.summary)

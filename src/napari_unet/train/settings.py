@@ -129,10 +129,17 @@ def _check_optional(batch_size, learning_rate, validation_fraction, border_band)
         raise ValueError(f"border_band must be a whole number of pixels (0 disables it), got {border_band!r}")
 
 
-def _resolve_classes(mode, seen, init) -> tuple:
+def _resolve_classes(mode, seen, init, max_classes=C.MAX_SEMANTIC_CLASSES) -> tuple:
     """Output classes: the painted ones, ``init``'s (refusing new ones), or the instance classes."""
     if mode == "instance":
         return tuple(C.INSTANCE_CLASS_IDS)
+    if isinstance(max_classes, bool) or not isinstance(max_classes, (int, np.integer)) or max_classes < 2:
+        raise ValueError(f"max_classes must be a whole number of at least 2, got {max_classes!r}")
+    if len(seen) > max_classes:
+        shown = ", ".join(map(str, seen[:5]))
+        raise ValueError(f"the labels have {len(seen)} different ids ({shown}, ...): that looks like instance masks "
+                         f"(one id per object), which mode='instance' is for; to train {len(seen)} classes on "
+                         f"purpose, pass max_classes={len(seen)}")
     if init is not None:
         class_ids = tuple(init.config.class_ids)
         unknown = sorted(set(seen) - set(class_ids))
@@ -178,7 +185,8 @@ def _resolve_patch(patch_size, dims, device, align, item_shapes) -> tuple:
 def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT_DEPTH,
                      base_channels=C.DEFAULT_BASE_CHANNELS, time_budget=None, epochs=None, init=None,
                      device="auto", seed=None, channel_axis=None, patch_size=None, batch_size=None,
-                     learning_rate=None, validation_fraction=VALIDATION_FRACTION, border_band=BORDER_BAND):
+                     learning_rate=None, validation_fraction=VALIDATION_FRACTION, border_band=BORDER_BAND,
+                     max_classes=C.MAX_SEMANTIC_CLASSES):
     """Validate a training request and resolve its defaults, once.
 
     Parameters are those of `napari_unet.train.iter_train` (``stop`` aside).
@@ -201,7 +209,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
     if time_budget is None and epochs is None:
         time_budget = C.DEFAULT_TIME_BUDGET
     annotated = collect_annotated(images, labels, dims, channel_axis, mode)
-    class_ids = _resolve_classes(mode, annotated.classes, init)
+    class_ids = _resolve_classes(mode, annotated.classes, init, max_classes)
     config = _resolve_config(annotated, mode, dims, depth, base_channels, class_ids, init)
     patch = _resolve_patch(patch_size, dims, dev, 2 ** config.depth, annotated.item_shapes)
     band = border_band if (mode == "semantic" and class_ids[0] == C.BACKGROUND) else 0

@@ -1,0 +1,138 @@
+"""Nothing lost, nothing run, no silent garbage (issue 11, first part): each case as a user meets it."""
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import napari_unet as nu
+from napari_unet.cli import main
+from napari_unet.data import semantic_targets
+from napari_unet.train import resolve_settings
+
+from .test_predict import random_model
+
+
+@pytest.fixture
+def files(tmp_path, blobs):
+    image, strokes, _ = blobs
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", strokes)
+    nu.save_model(random_model(), tmp_path / "good.pt")
+    return tmp_path
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    _, err = capsys.readouterr()
+    return code, err
+
+
+def test_train_never_writes_its_model_over_an_input(files, capsys):
+    before = (files / "labels.tif").read_bytes()
+    code, err = run(capsys, "train", "-i", files / "img.tif", "-l", files / "labels.tif", "-o", files / "labels.tif")
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert (files / "labels.tif").read_bytes() == before
+    # the same file under another name: a hard link and a symbolic link
+    os.link(files / "labels.tif", files / "hard.pt")
+    os.symlink(files / "img.tif", files / "soft.pt")
+    for alias in ("hard.pt", "soft.pt"):
+        code, err = run(capsys, "train", "-i", files / "img.tif", "-l", files / "labels.tif", "-o", files / alias)
+        assert code == 2 and "is the input" in err
+    assert (files / "labels.tif").read_bytes() == before
+
+
+def test_a_model_goes_only_to_a_model_path(files, capsys):
+    code, err = run(capsys, "train", "-i", files / "img.tif", "-l", files / "labels.tif", "-o", files / "out.tif")
+    assert code == 2 and "model files end in .pt" in err and not (files / "out.tif").exists()
+    (files / "notes.pt").write_text("my notes")
+    code, err = run(capsys, "train", "-i", files / "img.tif", "-l", files / "labels.tif", "-o", files / "notes.pt")
+    assert code == 2 and "is not a napari-unet model" in err
+    assert (files / "notes.pt").read_text() == "my notes"
+    with pytest.raises(ValueError, match="is never replaced"):  # the API refuses the same
+        nu.save_model(random_model(), files / "notes.pt")
+    assert (files / "notes.pt").read_text() == "my notes"
+
+
+def test_a_run_that_did_no_step_never_replaces_a_model(files, capsys):
+    before = (files / "good.pt").read_bytes()
+    code, err = run(capsys, "train", "-i", files / "img.tif", "-l", files / "labels.tif", "-o", files / "good.pt",
+                    "--time-budget", "0.001", "--depth", "2", "--base-channels", "4")
+    assert code == 1 and "nothing was saved" in err and "after 0 steps" in err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    assert (files / "good.pt").read_bytes() == before
+
+
+def test_predict_never_writes_over_its_input_under_another_name(files, capsys):
+    os.symlink(files / "img.tif", files / "alias.tif")
+    before = (files / "img.tif").read_bytes()
+    for out in ("alias.tif", "img.tif"):
+        code, err = run(capsys, "predict", files / "good.pt", files / "img.tif", "-o", files / out)
+        assert code == 2 and "is the input" in err
+    code, err = run(capsys, "predict", files / "good.pt", files / "img.tif", "-o", files / "a.tif",
+                    "--probabilities", files / "a.tif")
+    assert code == 2 and "same file" in err
+    assert (files / "img.tif").read_bytes() == before and not (files / "a.tif").exists()
+
+
+def test_an_rgb_image_is_never_segmented_per_colour(files, capsys, blobs):
+    image, _, _ = blobs
+    tifffile.imwrite(files / "rgb.tif", np.stack([image] * 3, axis=-1), photometric="rgb")
+    code, err = run(capsys, "predict", files / "good.pt", files / "rgb.tif", "-o", files / "out.tif")
+    assert code == 2 and "looks like RGB" in err and "--channel-axis -1" in err
+    assert not (files / "out.tif").exists()
+    with pytest.raises(ValueError, match="looks like RGB"):
+        nu.segment(random_model(), np.stack([image] * 4, axis=-1))
+
+
+def test_instance_masks_are_not_trained_as_74_classes(blobs, capsys, tmp_path):
+    image, _, _ = blobs
+    masks = np.zeros(image.shape, np.uint16)
+    for k in range(74):  # 74 small objects, one id each
+        y, x = divmod(k, 10)
+        masks[2 + 9 * y:7 + 9 * y, 2 + 12 * x:8 + 12 * x] = k + 1
+    with pytest.raises(ValueError, match="74 different ids.*mode='instance'.*max_classes=74"):
+        resolve_settings([image], [masks], mode="semantic")
+    settings, _ = resolve_settings([image], [masks], mode="semantic", max_classes=74)  # on purpose
+    assert settings.config.num_classes == 74
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "masks.tif", masks)
+    code, err = run(capsys, "train", "-i", tmp_path / "img.tif", "-l", tmp_path / "masks.tif", "-o",
+                    tmp_path / "m.pt")
+    assert code == 2 and "--mode instance" in err and "--max-classes 74" in err
+
+
+def test_a_huge_sentinel_id_allocates_no_table_its_size():
+    labels = np.zeros((64, 64), np.uint32)
+    labels[:8] = 2**32 - 1
+    labels[8:16] = 1
+    labels[16:24] = 2
+    tracemalloc.start()
+    target = semantic_targets(labels, (1, 2, 2**32 - 1))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10 * labels.size * 8  # a 2**32-entry table would be 32 GiB
+    assert (target[:8] == 2).all() and (target[8:16] == 0).all() and (target[16:24] == 1).all()
+    assert (target[24:] == -1).all()
+
+
+def test_a_small_file_declaring_a_huge_network_is_refused_before_it_is_built(tmp_path):
+    nu.save_model(random_model(), tmp_path / "small.pt")
+    payload = torch.load(tmp_path / "small.pt", weights_only=True)
+    config = json.loads(payload["config"])
+    config.update(depth=7, base_channels=512)  # ~3.5 G parameters if it were built
+    payload["config"] = json.dumps(config)
+    torch.save(payload, tmp_path / "huge.pt")
+    code = ("import resource, sys, napari_unet as nu\n"
+            "try:\n    nu.load_model(sys.argv[1])\nexcept ValueError as e:\n    print(e)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "huge.pt")], capture_output=True, text=True,
+                       timeout=300)
+    message, peak_kib = r.stdout.strip().splitlines()
+    assert "do not match the configuration" in message
+    assert int(peak_kib) < 2 * 2**20  # well under the 14 GB the network would take
