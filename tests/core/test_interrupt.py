@@ -65,6 +65,23 @@ def test_ctrl_c_during_training_saves_the_best_model_so_far(tmp_path, blobs):
     assert nu.segment(model, image).shape == image.shape
 
 
+def test_a_second_ctrl_c_aborts_without_saving(tmp_path, blobs):
+    image, strokes, _ = blobs
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "strokes.tif", strokes)
+    # a network big enough that a step is still running when the second Ctrl-C comes
+    proc = _start(["train", "-i", "img.tif", "-l", "strokes.tif", "-o", "model.pt", "--time-budget", "600",
+                   "--depth", "3", "--base-channels", "32"], tmp_path)
+    _wait_for(proc, "training on")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _wait_for(proc, "stopping")
+    proc.send_signal(signal.SIGINT)
+    _, err = _finish(proc)
+    assert proc.returncode == 130, err
+    assert not (tmp_path / "model.pt").exists() and not list(tmp_path.glob(".*partial*"))
+
+
 @pytest.mark.parametrize("ext", [".tif", ".zarr"])
 def test_ctrl_c_during_prediction_leaves_no_finished_looking_output(tmp_path, ext):
     from .test_predict import random_model
