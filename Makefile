@@ -13,7 +13,7 @@ all: test
 sysdeps:
 	@bash scripts/install-system-deps.sh
 
-# torch is pinned here (a CPU build is provided locally); pyproject only asks for torch>=2.4 so that
+# torch is pinned here (a CPU build is provided locally); pyproject only asks for torch>=2.6 so that
 # users keep their own CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -31,7 +31,7 @@ def test_wheel_carries_manifest_entry_points_and_license(wheel):
     assert "[napari.manifest]" in entry_points and "napari_unet:napari.yaml" in entry_points
     assert "napari-unet = napari_unet.cli:main" in entry_points
     assert "Classifier: Framework :: napari" in metadata
-    assert "Requires-Dist: torch>=2.4" in metadata
+    assert "Requires-Dist: torch>=2.6" in metadata
     assert not any(line.startswith("Requires-Dist: PyQt") for line in metadata.splitlines())
     assert not any(n.startswith("tests/") for n in names)
 

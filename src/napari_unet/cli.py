@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args):
-    from .io import load_in_memory, read_image, refuse_inputs_as_outputs
+    from .io import read_image, refuse_inputs_as_outputs
+    from .memory import load_in_memory
     from .modelfile import check_model_output, load_model, save_model
     from .train import iter_train
 

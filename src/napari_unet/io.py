@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FORMATS", "read_image", "load_in_memory", "allocate", "check_output_path", "refuse_inputs_as_outputs", "OutputFile", "write_image", "available_memory",
+__all__ = ["FORMATS", "read_image", "check_output_path", "refuse_inputs_as_outputs", "check_zarr_codecs", "OutputFile", "write_image",
            "INCOMPLETE_ATTR"]
 
 FORMATS = (".tif", ".tiff", ".zarr", ".npy")
@@ -38,43 +38,6 @@ def _check_format(path, what: str) -> str:
         raise ValueError(f"unknown {what} format {ext or '(no extension)'!r} for {str(path)!r}: use .tif, .tiff, "
                          ".zarr or .npy")
     return ext
-
-
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (MemAvailable on Linux; a guess elsewhere)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
-
-
-def allocate(shape, dtype, fraction: float = 0.8) -> np.ndarray:
-    """``np.zeros`` that refuses, with advice, to take more than ``fraction`` of the available memory."""
-    nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
-    avail = available_memory()
-    if nbytes > fraction * avail:
-        raise MemoryError(
-            f"the result ({nbytes / 2**30:.1f} GiB, shape {tuple(shape)}) does not fit in the available memory "
-            f"({avail / 2**30:.1f} GiB): write it to disk instead (out= a zarr array, or an output path ending "
-            ".zarr on the command line)")
-    return np.zeros(shape, dtype)
-
-
-def load_in_memory(array, what: str = "array", fraction: float = 0.5) -> np.ndarray:
-    """``np.asarray`` that refuses, with advice, an array larger than ``fraction`` of the available memory."""
-    nbytes = int(np.prod(np.shape(array), dtype=np.float64)) * np.dtype(array.dtype).itemsize
-    avail = available_memory()
-    if nbytes > fraction * avail:
-        raise MemoryError(f"the {what} ({nbytes / 2**30:.1f} GiB) does not fit in the available memory "
-                          f"({avail / 2**30:.1f} GiB): crop it to the annotated region, or store it as zarr")
-    return np.asarray(array)
 
 
 def read_image(path, *, lazy: bool = True):
@@ -140,9 +103,50 @@ def _open_tiff(p: Path, lazy: bool):
         return zarr.open(store, mode="r")
 
 
+#: Codecs that turn stored bytes into Python objects (pickle runs code); never decoded.
+_OBJECT_CODECS = {"pickle", "json", "json2", "msgpack", "msgpack2", "vlen-array", "vlen-bytes", "vlen-utf8"}
+
+
+def _codec_names(meta: dict):
+    """Codec ids named in one array's metadata (zarr format 2 ``.zarray`` or format 3 ``zarr.json``)."""
+    entries = list(meta.get("filters") or []) + [meta.get("compressor")] + list(meta.get("codecs") or [])
+    for entry in entries:
+        if isinstance(entry, dict):
+            yield str(entry.get("id") or entry.get("name") or "").lower()
+            config = entry.get("configuration")  # format 3 sharding nests its codecs
+            if isinstance(config, dict):
+                yield from _codec_names(config)
+
+
+def check_zarr_codecs(path, max_files: int = 10_000) -> None:
+    """Refuse a zarr store whose arrays decode Python objects (pickle, object codecs, object dtypes).
+
+    The metadata files are read as JSON before zarr opens anything, so safety never depends on what
+    the installed zarr or numcodecs would do with them.
+    """
+    root = Path(path)
+    names = (".zarray", "zarr.json")
+    for k, meta_path in enumerate(m for m in root.rglob("*") if m.name in names):
+        if k >= max_files:
+            break
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue  # unreadable metadata: zarr itself refuses the array
+        if not isinstance(meta, dict):
+            continue
+        bad = sorted(set(_codec_names(meta)) & _OBJECT_CODECS)
+        dtype = str(meta.get("dtype") or meta.get("data_type") or "")
+        if bad or dtype.endswith("O") or dtype == "object":
+            what = f"the {bad[0]} codec" if bad else "Python objects"
+            raise _OwnError(f"{str(root)!r} stores {what} ({meta_path.relative_to(root).parent or '.'}): such "
+                            "arrays are never read, because decoding them could run code; store plain numbers")
+
+
 def _open_zarr(p: Path):
     import zarr
 
+    check_zarr_codecs(p)
     node = zarr.open(str(p), mode="r")
     if INCOMPLETE_ATTR in node.attrs:
         raise _OwnError(f"{str(p)!r} is an interrupted output (marked incomplete): run the prediction again")

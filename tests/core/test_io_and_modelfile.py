@@ -7,7 +7,8 @@ import tifffile
 import torch
 
 import napari_unet as nu
-from napari_unet.io import INCOMPLETE_ATTR, OutputFile, allocate, read_image, write_image
+from napari_unet.io import INCOMPLETE_ATTR, OutputFile, read_image, write_image
+from napari_unet.memory import allocate
 
 from .test_predict import random_model
 

@@ -136,3 +136,37 @@ def test_a_small_file_declaring_a_huge_network_is_refused_before_it_is_built(tmp
     message, peak_kib = r.stdout.strip().splitlines()
     assert "do not match the configuration" in message
     assert int(peak_kib) < 2 * 2**20  # well under the 14 GB the network would take
+
+
+def _pickled_zarr(root, fmt):
+    """A zarr store whose one array says it decodes with pickle: a multiscale level, written by hand."""
+    import zarr
+
+    good = zarr.open_array(str(root / "0"), mode="w", shape=(64, 64), dtype="u2", zarr_format=fmt)
+    good[:] = 7
+    bad = root / "1"
+    bad.mkdir()
+    if fmt == 2:
+        meta = {"chunks": [32, 32], "compressor": None, "dtype": "|O", "fill_value": 0, "order": "C",
+                "filters": [{"id": "pickle", "protocol": 5}], "shape": [32, 32], "zarr_format": 2}
+        (bad / ".zarray").write_text(json.dumps(meta))
+    else:
+        meta = {"zarr_format": 3, "node_type": "array", "shape": [32, 32], "data_type": "uint16",
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [32, 32]}},
+                "chunk_key_encoding": {"name": "default"}, "fill_value": 0,
+                "codecs": [{"name": "sharding_indexed", "configuration": {
+                    "chunk_shape": [16, 16], "codecs": [{"name": "pickle"}], "index_codecs": []}}]}
+        (bad / "zarr.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_zarr_stores_that_decode_python_objects_are_refused(tmp_path, capsys, fmt):
+    from napari_unet.io import read_image
+
+    store = _pickled_zarr(tmp_path / "evil.zarr", fmt)
+    with pytest.raises(ValueError, match="pickle codec.*never read"):
+        read_image(store)
+    nu.save_model(random_model(), tmp_path / "m.pt")
+    code, err = run(capsys, "predict", tmp_path / "m.pt", store, "-o", tmp_path / "out2.tif")
+    assert code == 2 and "never read" in err and not (tmp_path / "out2.tif").exists()

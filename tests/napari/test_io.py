@@ -144,3 +144,16 @@ def test_reader_refuses_interrupted_outputs_and_other_files(tmp_path):
     assert get_reader(str(tmp_path / "image.png")) is None
     assert get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
     assert get_reader(str(tmp_path / "a.TIFF")) is _reader.read_layers
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_reader_refuses_zarr_that_decodes_python_objects_in_any_level(tmp_path, fmt):
+    """An OME-Zarr pyramid one of whose levels says "pickle" never reaches zarr's decoders."""
+    from tests.core.test_safety import _pickled_zarr
+
+    store = _pickled_zarr(tmp_path / "evil.zarr", fmt)
+    g = zarr.open_group(str(store), mode="a", zarr_format=fmt)
+    g.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}, {"path": "1"}],
+                               "axes": [{"name": "y"}, {"name": "x"}]}]
+    with pytest.raises(ValueError, match="never read"):
+        read_layers(str(store))

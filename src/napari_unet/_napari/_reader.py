@@ -107,10 +107,11 @@ def _read_tiff(p: Path):
 def _read_zarr(p: Path):
     import zarr
 
-    from napari_unet.io import INCOMPLETE_ATTR, read_image
+    from napari_unet.io import INCOMPLETE_ATTR, check_zarr_codecs, read_image
 
     if not p.exists():
         raise FileNotFoundError(f"{str(p)!r} does not exist")
+    check_zarr_codecs(p)  # every array of the store, multiscale levels included, before zarr decodes any
     node = zarr.open(str(p), mode="r")
     attrs = dict(node.attrs)
     if INCOMPLETE_ATTR in attrs:

@@ -128,7 +128,7 @@ def memory_budget(device: torch.device) -> float:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free / 3
-    from ..io import available_memory
+    from ..memory import available_memory
 
     return float(min(2e9, max(256e6, available_memory() / 8)))
 

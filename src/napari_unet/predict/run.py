@@ -165,7 +165,7 @@ def _check_output(array, name: str, shape: tuple, what: str, floating: bool = Fa
 
 def _outputs(plan: PredictionPlan, labels_out, probabilities_out):
     """The outputs the plan asks for: those given (checked), the others allocated."""
-    from ..io import allocate
+    from ..memory import allocate
 
     if labels_out is not None and not plan.labels:
         raise ValueError("labels_out was given but the plan does not compute labels: plan with labels=True")
