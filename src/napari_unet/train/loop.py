@@ -101,8 +101,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         Semantic mode: unpainted pixels within this many px of a painted object that look like
         background are trained as background (see `napari_unet.data.add_border_band`). 0 disables.
     max_classes : int
-        Semantic mode: the most painted classes accepted. Labels with more distinct ids are almost
-        always instance masks (one id per object), which ``mode="instance"`` is for.
+        Semantic mode: the most classes accepted (more ids: instance masks, for ``mode="instance"``).
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
 
