@@ -78,7 +78,7 @@ def overlay_rgb(image, labels, strokes):
 def write_png_atomically(path: Path, rgb) -> None:
     import imageio.v3 as iio
 
-    from napari_unet.io import atomic_path
+    from napari_unet.outputs import atomic_path
 
     with atomic_path(path) as tmp:  # keeps the .png extension, which imageio needs
         iio.imwrite(tmp, rgb)
@@ -97,7 +97,8 @@ def _headless_run(args) -> int:
     from scipy import ndimage as ndi
 
     import napari_unet as nu
-    from napari_unet.io import LABELS_ATTRS, OutputFile
+    from napari_unet.io import LABELS_ATTRS
+    from napari_unet.outputs import OutputFile
     from napari_unet.metrics import foreground_iou, matching, otsu_baseline
     from napari_unet.synthetic import make_sample
 

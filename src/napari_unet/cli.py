@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args):
-    from .io import read_image, refuse_inputs_as_outputs
+    from .io import read_image
+    from .outputs import refuse_inputs_as_outputs
     from .memory import load_in_memory
     from .modelfile import check_model_output, load_model, save_model
     from .train import iter_train
@@ -160,7 +161,8 @@ def _train(args):
 
 
 def _predict(args):
-    from .io import LABELS_ATTRS, OutputFile, check_output_path, commit_together, read_image, refuse_inputs_as_outputs
+    from .io import LABELS_ATTRS, read_image
+    from .outputs import OutputFile, check_output_path, commit_together, refuse_inputs_as_outputs
     from .modelfile import load_model
     from .predict import plan_prediction, run_prediction
 
@@ -244,6 +246,7 @@ _FLAGS = [(re.compile(r"\bchannel_axis=\.\.\."), "--channel-axis N"),
           (re.compile(r"\bmax_classes=(\d+)"), r"--max-classes \1"),
           (re.compile(r"\bchannel_axis=(-?\d+)"), r"--channel-axis \1"),
           (re.compile(r"\btile=None\b"), "--tile none"),
+          (re.compile(r"\btile='auto'"), "--tile auto"),
           (re.compile(r"\btile="), "--tile"),
           (re.compile(r"\bbatch_size="), "--batch-size"),
           (re.compile(r"\bdevice='([\w:]+)'"), r"--device \1")]

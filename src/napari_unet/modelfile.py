@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_path
+from .outputs import atomic_path
 from .model import Model, ModelConfig, network_from_config
 
 __all__ = ["save_model", "load_model", "check_model_output", "MAGIC"]

@@ -134,7 +134,7 @@ def test_malicious_model_never_runs_code_from_the_command_line(files, capsys):
 
 
 def test_interrupted_predict_never_leaves_new_probabilities_beside_old_labels(files, capsys, monkeypatch):
-    from napari_unet.io import OutputFile
+    from napari_unet.outputs import OutputFile
 
     d = files
     (d / "labels.tif").write_bytes(b"last week's labels")

@@ -7,7 +7,8 @@ import tifffile
 import torch
 
 import napari_unet as nu
-from napari_unet.io import INCOMPLETE_ATTR, OutputFile, read_image, write_image
+from napari_unet.io import INCOMPLETE_ATTR, read_image
+from napari_unet.outputs import OutputFile, write_image
 from napari_unet.memory import allocate
 
 from .test_predict import random_model
@@ -167,7 +168,7 @@ def test_attrs_that_cannot_be_stored_are_refused_before_any_file_exists(tmp_path
 
 
 def test_commit_together_moves_nothing_until_every_file_is_finished(tmp_path, monkeypatch):
-    from napari_unet.io import commit_together
+    from napari_unet.outputs import commit_together
 
     labels_path, prob_path = tmp_path / "labels.tif", tmp_path / "prob.tif"
     labels_path.write_bytes(b"old labels")
@@ -195,7 +196,7 @@ def test_commit_together_moves_nothing_until_every_file_is_finished(tmp_path, mo
 
 
 def test_atomic_path_never_replaces_a_folder_with_a_file(tmp_path):
-    from napari_unet.io import atomic_path
+    from napari_unet.outputs import atomic_path
 
     folder = tmp_path / "results"
     folder.mkdir()

@@ -1,7 +1,6 @@
 """Property-based tests: tiling covers every pixel once and matches the whole image; label conversions
 round-trip."""
 import numpy as np
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

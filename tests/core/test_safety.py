@@ -170,3 +170,31 @@ def test_zarr_stores_that_decode_python_objects_are_refused(tmp_path, capsys, fm
     nu.save_model(random_model(), tmp_path / "m.pt")
     code, err = run(capsys, "predict", tmp_path / "m.pt", store, "-o", tmp_path / "out2.tif")
     assert code == 2 and "never read" in err and not (tmp_path / "out2.tif").exists()
+
+
+def test_a_whole_image_pass_that_cannot_fit_is_refused(files, capsys, monkeypatch):
+    import napari_unet.memory
+
+    monkeypatch.setattr(napari_unet.memory, "available_memory", lambda: 2**20)  # 1 MiB free
+    image = np.zeros((512, 512), np.float32)
+    with pytest.raises(MemoryError, match="use tiles \\(tile='auto'\\)"):
+        nu.segment(random_model(), image, tile=None)
+    code, err = run(capsys, "predict", files / "good.pt", files / "img.tif", "-o", files / "out.tif",
+                    "--tile", "none")
+    assert code == 1 and "use tiles (--tile auto)" in err and not (files / "out.tif").exists()
+
+
+def test_an_output_the_disk_cannot_hold_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import shutil as sh
+
+    from napari_unet.outputs import OutputFile
+
+    monkeypatch.setattr(sh, "disk_usage", lambda path: sh._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6))
+    for ext in (".tif", ".npy"):
+        with pytest.raises(OSError, match="needs about .* GiB but only 0.0 GiB are free"):
+            OutputFile(tmp_path / f"big{ext}", (64, 4096, 4096), np.uint16)
+    assert list(tmp_path.iterdir()) == []  # no scratch file, no partial output
+    with OutputFile(tmp_path / "small.tif", (4, 4), np.uint8) as out:  # what fits is written as before
+        out.array[:] = 1
+        out.commit()
+    assert (tmp_path / "small.tif").exists()

@@ -196,7 +196,7 @@ def test_memory_mapped_pages_are_dropped_once_a_plane_is_done(tmp_path):
 
 
 def test_dropping_pages_never_loses_data(tmp_path):
-    from napari_unet.io import release_pages as _release_pages
+    from napari_unet.outputs import release_pages as _release_pages
 
     a = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.float32, shape=(4, 64, 1024))
     a[2] = 7.0

@@ -259,3 +259,25 @@ def test_a_click_whose_image_is_removed_meanwhile_adds_nothing(plugin_viewer, qt
     assert job.ended.is_set() and not segment.runner.running()
     assert "nuclei segmentation" not in viewer.layers  # the object was not added
     assert not messages(notifications, "error")
+
+
+def test_an_unexpected_error_at_start_is_a_notification_and_changes_nothing(plugin_viewer, qtbot, notifications,
+                                                                            monkeypatch, caplog):
+    """A bug (not a bad input) while starting Segment: shown with its type, logged, the viewer unchanged."""
+    import importlib
+
+    predict_package = importlib.import_module("napari_unet.predict")  # (napari_unet.predict is also a function)
+    viewer, _, segment = plugin_viewer
+    STORE.set(random_model(), "test")
+    layers_before = [layer.name for layer in viewer.layers]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(predict_package, "plan_prediction", broken)
+    qtbot.mouseClick(segment.segment_button.native, LEFT)
+    assert any("could not start (RuntimeError: something nobody expected)" in m
+               for m in messages(notifications, "error"))
+    assert "something nobody expected" in caplog.text  # logged with its traceback, not swallowed
+    assert [layer.name for layer in viewer.layers] == layers_before and not segment.running
+    assert segment.segment_button.text == "Segment"

@@ -84,7 +84,7 @@ def test_writer_never_leaves_a_half_written_file(tmp_path, monkeypatch):
         write_labels(str(tmp_path / "f.tif"), np.zeros((4, 4), np.float32), {})
 
     # planes bigger than a block are copied in blocks of rows, and come out whole
-    monkeypatch.setattr("napari_unet.io.BLOCK_PIXELS", 100)
+    monkeypatch.setattr("napari_unet.outputs.BLOCK_PIXELS", 100)
     labels = np.random.default_rng(0).integers(0, 9, (2, 37, 30)).astype(np.uint16)
     for name in ("rows.zarr", "rows.tif"):
         write_labels(str(tmp_path / name), labels, {})

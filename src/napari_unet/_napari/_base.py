@@ -2,6 +2,7 @@
 with one long job (training or segmentation) at a time, and a bounded shutdown when the viewer closes."""
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 
@@ -77,8 +78,8 @@ class JobWidget(Container):
             return
         try:
             self.start()
-        except (ValueError, TypeError, MemoryError, OSError) as exc:  # OSError: e.g. no disk space for the output
-            show_error(f"{self.NAME}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - never a crashed viewer: every failure to start is shown
+            report_start_error(self.NAME, exc)
 
     def _start_main(self, kind: str, work, *, layers, on_update, on_finished) -> Job:
         """Start the widget's long job; ``on_update(job, update)`` and ``on_finished(job)`` are bound
@@ -112,3 +113,17 @@ class JobWidget(Container):
             return
         self._disconnect()
         self.runner.shutdown(timeout)
+
+
+#: What a user's bad input or machine raises; anything else is a bug, shown with its type and logged.
+EXPECTED_ERRORS = (ValueError, TypeError, MemoryError, OSError)
+
+
+def report_start_error(name: str, exc: Exception) -> None:
+    """Show why a job could not start as a notification (the viewer goes on); unexpected errors are
+    also logged with their traceback, so a bug is never swallowed."""
+    if isinstance(exc, EXPECTED_ERRORS):
+        show_error(f"{name}: {exc}")
+        return
+    logging.getLogger("napari_unet").error("%s could not start", name, exc_info=exc)
+    show_error(f"{name}: could not start ({type(exc).__name__}: {exc})")

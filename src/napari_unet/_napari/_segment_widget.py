@@ -10,7 +10,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ._annotations import Annotations
-from ._base import JobWidget
+from ._base import JobWidget, report_start_error
 from ._clicks import ClickToSegment
 from ._jobs import Job
 from ._layers import (find_labels_layer, fixed_label, image_array, is_lazy, make_output, remove_output_store,
@@ -318,8 +318,8 @@ class SegmentWidget(JobWidget):
     def _on_use_as_annotations(self, *_):
         try:
             self.make_annotations()
-        except (ValueError, MemoryError) as exc:
-            show_error(f"{NAME}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - shown, never a crashed viewer
+            report_start_error(NAME, exc)
 
     def make_annotations(self) -> Job:
         """Convert the chosen image's segmentation into training labels, in a new Labels layer.

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
-from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
+
+from napari_unet.conventions import interactive_network
 
 from ._base import JobWidget
-from napari_unet.conventions import interactive_network
 
 from ._jobs import Job
 from ._layers import drop_channel_axis, fixed_label, image_array, labels_array, same_layer, set_progress

@@ -11,7 +11,7 @@ def write_labels(path: str, data, meta: dict) -> list:
     """npe2 single-layer writer for Labels layers.
 
     The file is written under a temporary name and renamed into place only when complete, block by
-    block so lazy (dask/zarr) layers are never loaded whole (`napari_unet.io.write_image`).
+    block so lazy (dask/zarr) layers are never loaded whole (`napari_unet.outputs.write_image`).
     Multiscale layers are saved at full resolution. The file is tagged as labels
     (`napari_unet.io.LABELS_ATTRS`, in the TIFF description or the zarr attributes) so the plugin's
     reader opens it as a Labels layer again.
@@ -21,7 +21,8 @@ def write_labels(path: str, data, meta: dict) -> list:
     list of str
         The path written.
     """
-    from napari_unet.io import LABELS_ATTRS, write_image
+    from napari_unet.io import LABELS_ATTRS
+    from napari_unet.outputs import write_image
 
     from ._layers import level0
 

@@ -133,6 +133,21 @@ def memory_budget(device: torch.device) -> float:
     return float(min(2e9, max(256e6, available_memory() / 8)))
 
 
+def _check_whole_pass_fits(model: Model, device: torch.device, tile: Tile, batch: int) -> None:
+    """``tile=None``: refuse, with advice, a whole-image pass whose activations cannot fit in memory."""
+    pixels = float(np.prod([s.stop - s.start for s in tile.input], dtype=np.float64)) * batch
+    needed = pixels * _bytes_per_pixel(model, device)
+    if device.type == "cuda":
+        available = float(torch.cuda.mem_get_info(device)[0])
+    else:
+        from ..memory import available_memory
+
+        available = 0.8 * available_memory()
+    if needed > available:
+        raise MemoryError(f"one pass over the whole image needs about {needed / 2**30:.1f} GiB on {device} but "
+                          f"{available / 2**30:.1f} GiB are available: use tiles (tile='auto')")
+
+
 def auto_tile_size(model: Model, device: torch.device, batch_size: int = 1, workers: int = 1) -> tuple:
     """The largest tile side per spatial axis that keeps activations within the memory budget.
 
@@ -312,6 +327,8 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
     item_shape = spatial[len(spatial) - model.dims:]
     tile_sizes, halo = _tiles(model, dev, item_shape, tile, halo, batch_size, n_workers)
     tiles: tuple[Tile, ...] = tuple(plan_tiles(item_shape, tile_sizes, halo, 2**model.depth))
+    if tile is None:
+        _check_whole_pass_fits(model, dev, tiles[0], min(batch_size, len(items)))
     batches = -(-len(tiles) * len(items) // batch_size)
     n_workers = max(1, min(n_workers, batches))
     threads = max(1, torch.get_num_threads() // n_workers) if dev.type == "cpu" else torch.get_num_threads()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..conventions import written_labels
-from ..io import release_pages
+from ..outputs import release_pages
 from ..postprocess import instance_labels
 
 __all__ = ["Sink", "ProbabilitiesSink", "SemanticLabelsSink", "InstanceLabelsSink", "Tee"]

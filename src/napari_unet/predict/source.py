@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..io import release_pages
+from ..outputs import release_pages
 from ..model import Model
 from ..tiling import read_padded
 
