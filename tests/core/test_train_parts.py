@@ -133,3 +133,25 @@ def test_start_event_is_frozen(blobs):
         start.message = "changed"
     events.close()
     assert isinstance(start, TrainEvent)
+
+
+def test_out_of_memory_during_validation_validates_in_smaller_batches(blobs):
+    """Validation (and the final one) out of memory: the same held-out patches, in halves, the same loss."""
+    reference = _trainer(blobs, batch_size=4)
+    expected = reference.validate()
+    trainer = _trainer(blobs, batch_size=4)
+    sizes_before = [len(x) for x, _ in trainer.val_batches]
+    assert max(sizes_before) > 1
+    calls = _out_of_memory_once(trainer)
+    assert trainer.validate() == pytest.approx(expected, rel=1e-5)
+    assert max(len(x) for x, _ in trainer.val_batches) < max(sizes_before)
+    assert sum(len(x) for x, _ in trainer.val_batches) == sum(sizes_before)  # no patch lost
+    assert trainer.network.training and len(calls) > 1  # back in training mode for the next step
+
+    def always_out_of_memory(x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    stuck = _trainer(blobs, batch_size=2)
+    stuck.network.forward = always_out_of_memory
+    with pytest.raises(MemoryError, match="even for one validation patch"):
+        stuck.validate()

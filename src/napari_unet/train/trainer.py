@@ -205,16 +205,29 @@ class Trainer:
         return f"out of memory on {dev}: continuing with patches of {smaller}"
 
     def validate(self) -> float:
-        """Mean loss per annotated pixel of the held-out patches."""
+        """Mean loss per annotated pixel of the held-out patches; out of memory, in smaller batches."""
+        while True:
+            try:
+                return self._validation_loss()
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+            # outside the except block, so the failed attempt's tensors (held by the traceback) are freed
+            free_memory(self.settings.device)
+            self.val_batches = _halve_batches(self.val_batches, self.settings.device)
+
+    def _validation_loss(self) -> float:
         net = self.network
         net.eval()
         total, count = 0.0, 0
-        with torch.inference_mode(), autocast(self.settings.device):
-            for x, y in self.val_batches:
-                loss, n = masked_cross_entropy(net(self._to_device(x, layout=True)), self._to_device(y))
-                total += float(loss) * n
-                count += n
-        net.train()
+        try:
+            with torch.inference_mode(), autocast(self.settings.device):
+                for x, y in self.val_batches:
+                    loss, n = masked_cross_entropy(net(self._to_device(x, layout=True)), self._to_device(y))
+                    total += float(loss) * n
+                    count += n
+        finally:
+            net.train()
         return total / max(count, 1)
 
     def _record(self, val: float, elapsed: float, keep_weights: bool = True) -> None:
@@ -254,3 +267,17 @@ class Trainer:
                          patch_size=tuple(s.patch_size), batch_size=int(self.batch_size),
                          learning_rate=float(s.learning_rate), border_band=int(s.border_band))
         return Model(network=net, config=config, history=self.history)
+
+
+def _halve_batches(batches, device) -> list:
+    """The validation batches in halves (the same patches, so the same loss); MemoryError at one patch."""
+    if all(len(x) <= 1 for x, _ in batches):
+        raise MemoryError(f"out of memory on {device} even for one validation patch: use device='cpu' or a "
+                          "smaller network (fewer base channels or less depth)")
+    halves = []
+    for x, y in batches:
+        h = max(1, len(x) // 2)
+        halves.append((x[:h], y[:h]))
+        if len(x) > h:
+            halves.append((x[h:], y[h:]))
+    return halves
