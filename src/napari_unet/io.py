@@ -112,29 +112,42 @@ def _codec_names(meta: dict):
                 yield from _codec_names(config)
 
 
-def check_zarr_codecs(path, max_files: int = 10_000) -> None:
+def _array_metadata(folder: Path):
+    """The array metadata of a zarr folder (format 2 ``.zarray`` or format 3 ``zarr.json``), else None."""
+    for name in (".zarray", "zarr.json"):
+        try:
+            meta = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue  # missing or unreadable: zarr itself refuses a broken array
+        if isinstance(meta, dict) and (name == ".zarray" or meta.get("node_type") == "array"):
+            return meta
+    return None
+
+
+def check_zarr_codecs(path) -> None:
     """Refuse a zarr store whose arrays decode Python objects (pickle, object codecs, object dtypes).
 
     The metadata files are read as JSON before zarr opens anything, so safety never depends on what
-    the installed zarr or numcodecs would do with them.
+    the installed zarr or numcodecs would do with them. Only the group tree is walked: an array's
+    folder (its chunks, possibly millions of files) is never listed.
     """
     root = Path(path)
-    names = (".zarray", "zarr.json")
-    for k, meta_path in enumerate(m for m in root.rglob("*") if m.name in names):
-        if k >= max_files:
-            break
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            continue  # unreadable metadata: zarr itself refuses the array
-        if not isinstance(meta, dict):
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        meta = _array_metadata(folder)
+        if meta is None:  # a group (or not zarr at all): look at its sub-folders
+            try:
+                folders.extend(e for e in folder.iterdir() if e.is_dir() and not e.name.startswith("."))
+            except OSError:
+                pass
             continue
         bad = sorted(set(_codec_names(meta)) & _OBJECT_CODECS)
         dtype = str(meta.get("dtype") or meta.get("data_type") or "")
         if bad or dtype.endswith("O") or dtype == "object":
             what = f"the {bad[0]} codec" if bad else "Python objects"
-            raise _OwnError(f"{str(root)!r} stores {what} ({meta_path.relative_to(root).parent or '.'}): such "
-                            "arrays are never read, because decoding them could run code; store plain numbers")
+            raise _OwnError(f"{str(root)!r} stores {what} ({folder.relative_to(root) or '.'}): such arrays are "
+                            "never read, because decoding them could run code; store plain numbers")
 
 
 def _open_zarr(p: Path):

@@ -48,12 +48,18 @@ def _wait_for(proc, text, timeout=120):
     raise AssertionError(f"never saw {text!r}; got:\n{''.join(seen)}")
 
 
-def test_ctrl_c_during_training_saves_the_best_model_so_far(tmp_path, blobs):
+def _start_training(tmp_path, blobs, depth, base_channels):
+    """``napari-unet train`` on the blobs for ten minutes (to be interrupted), writing model.pt."""
     image, strokes, _ = blobs
     tifffile.imwrite(tmp_path / "img.tif", image)
     tifffile.imwrite(tmp_path / "strokes.tif", strokes)
-    proc = _start(["train", "-i", "img.tif", "-l", "strokes.tif", "-o", "model.pt", "--time-budget", "600",
-                   "--depth", "2", "--base-channels", "8"], tmp_path)
+    return _start(["train", "-i", "img.tif", "-l", "strokes.tif", "-o", "model.pt", "--time-budget", "600",
+                   "--depth", str(depth), "--base-channels", str(base_channels)], tmp_path)
+
+
+def test_ctrl_c_during_training_saves_the_best_model_so_far(tmp_path, blobs):
+    image = blobs[0]
+    proc = _start_training(tmp_path, blobs, depth=2, base_channels=8)
     _wait_for(proc, "step ")
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -66,12 +72,8 @@ def test_ctrl_c_during_training_saves_the_best_model_so_far(tmp_path, blobs):
 
 
 def test_a_second_ctrl_c_aborts_without_saving(tmp_path, blobs):
-    image, strokes, _ = blobs
-    tifffile.imwrite(tmp_path / "img.tif", image)
-    tifffile.imwrite(tmp_path / "strokes.tif", strokes)
     # a network big enough that a step is still running when the second Ctrl-C comes
-    proc = _start(["train", "-i", "img.tif", "-l", "strokes.tif", "-o", "model.pt", "--time-budget", "600",
-                   "--depth", "3", "--base-channels", "32"], tmp_path)
+    proc = _start_training(tmp_path, blobs, depth=3, base_channels=32)
     _wait_for(proc, "training on")
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)

@@ -198,3 +198,30 @@ def test_an_output_the_disk_cannot_hold_is_refused_before_anything_is_written(tm
         out.array[:] = 1
         out.commit()
     assert (tmp_path / "small.tif").exists()
+
+
+def test_the_codec_check_never_lists_an_arrays_chunks(tmp_path, monkeypatch):
+    """Opening a big zarr must not walk its (possibly millions of) chunk files first."""
+    import zarr
+    from pathlib import Path
+
+    from napari_unet.io import read_image
+
+    z = zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=(64, 64, 64), chunks=(1, 8, 8), dtype="u2",
+                        zarr_format=2)
+    z[:] = 1
+    listed = []
+    scandir, listdir = os.scandir, os.listdir
+
+    def spy_scandir(path="."):
+        listed.append(Path(path).name)
+        return scandir(path)
+
+    def spy_listdir(path="."):
+        listed.append(Path(path).name)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "scandir", spy_scandir)
+    monkeypatch.setattr(os, "listdir", spy_listdir)
+    assert read_image(tmp_path / "big.zarr").shape == (64, 64, 64)
+    assert "big.zarr" not in listed  # an array's folder is read for its metadata only
