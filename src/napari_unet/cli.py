@@ -6,6 +6,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -19,6 +20,14 @@ EXIT_FAILURE = 1
 
 class _UsageError(Exception):
     pass
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``): handled like Ctrl-C, so nothing is left half-done."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,7 +140,8 @@ def _train(args):
         print("\nstopping: finishing the current step and saving the best model so far "
               "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (a cluster's time limit) also stops and saves: the first one like a first Ctrl-C
+    previous = signal.signal(signal.SIGINT, on_sigint), signal.signal(signal.SIGTERM, on_sigint)
     try:
         last = None
         for event in iter_train(images, labels, mode=args.mode, dims=args.dims, depth=args.depth,
@@ -148,7 +158,8 @@ def _train(args):
                 print(f"step {event.step:5d}  {event.elapsed:6.1f} s  loss {event.loss:.4f}",
                       file=sys.stderr, flush=True)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
     if abort.is_set():
         raise KeyboardInterrupt  # the second Ctrl-C: nothing is saved
     if last.step == 0:  # an untrained network never replaces a model (or appears as one)
@@ -210,6 +221,24 @@ def _info(args):
 def main(argv=None) -> int:
     """Entry point of the ``napari-unet`` command; returns the exit code."""
     parser = build_parser()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if on_main_thread else None
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return _run(parser, argv)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def _run(parser, argv) -> int:
+    from .publish import InterruptedAfterCommit
+
     try:
         args = parser.parse_args(argv)
         if args.version:
@@ -231,9 +260,13 @@ def main(argv=None) -> int:
     except MemoryError as exc:
         print(f"error: {_one_line(exc) or 'out of memory'}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("error: interrupted; no output was written", file=sys.stderr)
+    except InterruptedAfterCommit as exc:  # the signal came while the finished outputs were moved into place
+        print(f"interrupted, but the output was complete and is written: {', '.join(map(str, exc.paths))}",
+              file=sys.stderr)
         return 130
+    except KeyboardInterrupt as exc:
+        print("error: interrupted; no output was written", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
     except Exception as exc:  # anything unexpected: still one line, but say it is a failure, not bad input
         print(f"error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE

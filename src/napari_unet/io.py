@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FORMATS", "read_image", "check_zarr_codecs", "INCOMPLETE_ATTR", "LABELS_ATTR", "LABELS_ATTRS"]
+__all__ = ["FORMATS", "read_image", "check_zarr_codecs", "INCOMPLETE_ATTR", "LABELS_ATTR", "LABELS_ATTRS",
+           "WRITER_ATTR"]
 
 FORMATS = (".tif", ".tiff", ".zarr", ".npy")
 INCOMPLETE_ATTR = "napari_unet_incomplete"
@@ -16,6 +17,9 @@ EAGER_TIFF_BYTES = 256 * 2**20
 #: Labels layer; written by the CLI's ``predict``, the plugin's writer and `write_image` on request.
 LABELS_ATTR = "napari_unet_layer_type"
 LABELS_ATTRS = {LABELS_ATTR: "labels"}
+#: Metadata of every array file napari-unet writes (its version): an existing output is replaced only
+#: when it carries this (or one of the tags above), never a user's own file or folder of that name.
+WRITER_ATTR = "napari_unet_output"
 
 
 def _suffix(path) -> str:

@@ -5,89 +5,63 @@ import json
 import mmap
 import os
 import shutil
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from .io import INCOMPLETE_ATTR, _check_format, _suffix
+from . import __version__
+from .io import INCOMPLETE_ATTR, LABELS_ATTR, WRITER_ATTR, _check_format, _suffix
+from .publish import _remove, atomic_path, clean_stale, publish, resolve_link, temporary_name, uninterruptible
 
-__all__ = ["atomic_path", "check_output_path", "refuse_inputs_as_outputs", "release_pages", "OutputFile",
+__all__ = ["atomic_path", "check_output_path", "written_by_napari_unet", "refuse_inputs_as_outputs", "release_pages", "OutputFile",
            "commit_together", "write_image", "BLOCK_PIXELS"]
-
-
-def _tmp_name(path: Path, tag: str = "partial") -> Path:
-    """A hidden sibling name that keeps the extension (so an interrupted zarr is still recognised)."""
-    ext = _suffix(path)
-    stem = path.name[: len(path.name) - len(ext)] if ext else path.name
-    return path.with_name(f".{stem}.{tag}-{uuid.uuid4().hex[:8]}{ext}")
-
-
-def _replace(tmp: Path, dest: Path):
-    """Move ``tmp`` onto ``dest``; an existing directory (zarr) is swapped out, then removed.
-
-    If the second move fails the original directory is moved back, so ``dest`` is never lost.
-    """
-    if dest.is_dir() and not dest.is_symlink():
-        if not tmp.is_dir():
-            raise ValueError(f"{str(dest)!r} is a folder: choose a file name for the output")
-        old = _tmp_name(dest, "old")
-        os.replace(dest, old)
-        try:
-            os.replace(tmp, dest)
-        except BaseException:
-            os.replace(old, dest)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
-
-
-@contextmanager
-def atomic_path(path):
-    """A temporary sibling path to write; moved onto ``path`` only if the block ends without an error.
-
-    Readers never see a half-written file and an existing file is kept until the new one is complete;
-    on an error or an interruption (KeyboardInterrupt included) the temporary file or folder is removed.
-
-    Examples
-    --------
-    >>> with atomic_path("model.pt") as tmp:  # doctest: +SKIP
-    ...     torch.save(payload, tmp)
-    """
-    path = Path(path)
-    if path.is_dir() and _suffix(path) != ".zarr":
-        raise ValueError(f"{str(path)!r} is a folder: choose a file name for the output")
-    tmp = _tmp_name(path)
-    try:
-        yield tmp
-        _replace(tmp, path)
-    finally:
-        if tmp.exists() or tmp.is_symlink():
-            _remove(tmp)
-
-
-def _remove(path: Path):
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def check_output_path(path) -> Path:
     """Raise a clear error for an output path that cannot be written (format, folder, file/folder clash)."""
-    path = Path(path)
     ext = _check_format(path, "output")
+    path = resolve_link(path)  # a symlinked output is written where it points; the link stays
     if not path.parent.exists():
         raise FileNotFoundError(f"the output folder {str(path.parent)!r} does not exist")
     if path.exists() and path.is_dir() != (ext == ".zarr"):
         raise ValueError(f"{str(path)!r} exists and is a {'folder' if path.is_dir() else 'file'}: "
                          "choose another output path")
+    if path.exists() and not written_by_napari_unet(path):
+        why = ("a .npy file cannot record who wrote it" if ext == ".npy" else "it was not written by napari-unet")
+        raise ValueError(f"{str(path)!r} already exists and {why}, so it is never replaced: choose another "
+                         "output path, or delete it first")
     return path
+
+
+def _stored_attrs(path: Path, ext: str) -> dict:
+    """The metadata of an existing output, read without decoding any array data."""
+    if ext == ".zarr":
+        for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
+            try:
+                meta = json.loads((path / name).read_text())
+            except (OSError, ValueError):
+                continue
+            meta = meta.get(key) if key else meta
+            if isinstance(meta, dict):
+                return meta
+        return {}
+    if ext in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                described = tif.shaped_metadata or ({},)
+            return described[0] if isinstance(described[0], dict) else {}
+        except Exception:  # noqa: BLE001 - an unreadable file is simply not ours
+            return {}
+    return {}
+
+
+def written_by_napari_unet(path) -> bool:
+    """True when an existing image output carries napari-unet's tags (so it may be replaced)."""
+    path = Path(path)
+    attrs = _stored_attrs(path, _suffix(path))
+    return any(tag in attrs for tag in (WRITER_ATTR, LABELS_ATTR, INCOMPLETE_ATTR))
 
 
 def refuse_inputs_as_outputs(outputs, inputs) -> None:
@@ -164,15 +138,16 @@ class OutputFile:
     """
 
     def __init__(self, path, shape, dtype, chunks=None, attrs=None):
+        clean_stale(resolve_link(path))  # leftovers of a killed run: removed, restored or reported
         self.path = check_output_path(path)
-        self.attrs = dict(attrs or {})
+        self.attrs = {WRITER_ATTR: __version__, **(attrs or {})}
         try:
             json.dumps(self.attrs)
         except (TypeError, ValueError) as e:
             raise TypeError(f"output attrs must be JSON-able (numbers, strings, lists, dicts): {e}") from None
         self.ext = _suffix(self.path)
         self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
-        self.tmp = _tmp_name(self.path)
+        self.tmp = temporary_name(self.path)
         self._scratch = None
         self._finished = self._committed = False
         try:
@@ -212,7 +187,7 @@ class OutputFile:
         """Finish the file and move it into place (replacing an existing one only now)."""
         self.finish()
         if not self._committed:
-            _replace(self.tmp, self.path)
+            publish(self.tmp, self.path)
             self._committed = True
 
     def finish(self):
@@ -279,8 +254,9 @@ def commit_together(*outputs):
     """
     for output in outputs:
         output.finish()
-    for output in outputs:
-        output.commit()
+    with uninterruptible([o.path for o in outputs]):  # Ctrl-C comes before or after all the renames
+        for output in outputs:
+            output.commit()
 
 
 #: Pixels `write_image` copies at a time.

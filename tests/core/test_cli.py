@@ -27,6 +27,15 @@ def run(capsys, *args):
     return code, out, err
 
 
+def previous_result(path, value=1):
+    """An earlier napari-unet output at ``path`` (which a new run may replace); returns its bytes."""
+    from napari_unet.io import LABELS_ATTRS
+    from napari_unet.outputs import write_image
+
+    write_image(path, np.full((4, 4), value, np.uint8), attrs=LABELS_ATTRS)
+    return path.read_bytes()
+
+
 def test_train_predict_info_roundtrip(files, capsys):
     d = files
     code, _, err = run(capsys, "train", "-i", d / "img.tif", "-l", d / "strokes.tif", "-o", d / "new.pt",
@@ -63,7 +72,7 @@ def test_bad_input_exit_2_one_line_and_no_output(files, capsys, args, match):
     np.save(d / "zeros.npy", np.zeros((96, 128), np.uint8))
     np.save(d / "small.npy", np.ones((10, 10), np.uint8))
     np.save(d / "float.npy", np.full((96, 128), 0.5, np.float32))
-    (d / "out.tif").write_bytes(b"precious")
+    precious = previous_result(d / "out.tif")
     before = sorted(p.name for p in d.iterdir())
     code, out, err = run(capsys, *[a.format(d=d) for a in args])
     assert code == 2
@@ -71,7 +80,7 @@ def test_bad_input_exit_2_one_line_and_no_output(files, capsys, args, match):
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
     assert "Traceback" not in err
     assert sorted(p.name for p in d.iterdir()) == before
-    assert (d / "out.tif").read_bytes() == b"precious"
+    assert (d / "out.tif").read_bytes() == precious
 
 
 def test_model_that_does_not_fit_the_image(files, capsys):
@@ -96,7 +105,7 @@ def test_more_bad_inputs_leave_existing_output_untouched(files, capsys):
     data = (d / "model.pt").read_bytes()
     (d / "trunc.pt").write_bytes(data[: len(data) // 3])
     nu.save_model(random_model(dims=3), d / "model3d.pt")
-    (d / "out.tif").write_bytes(b"precious")
+    precious = previous_result(d / "out.tif")
     cases = [
         (["predict", d / "model.pt", d / "corrupt.tif", "-o", d / "out.tif"], "cannot read"),
         (["predict", d / "model.pt", d / "nan.npy", "-o", d / "out.tif"], "no finite values"),
@@ -109,7 +118,7 @@ def test_more_bad_inputs_leave_existing_output_untouched(files, capsys):
     for args, match in cases:
         code, _, err = run(capsys, *args)
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and match in err, (args, err)
-        assert (d / "out.tif").read_bytes() == b"precious"
+        assert (d / "out.tif").read_bytes() == precious
     assert not list(d.glob(".*partial*"))
 
 
@@ -137,8 +146,7 @@ def test_interrupted_predict_never_leaves_new_probabilities_beside_old_labels(fi
     from napari_unet.outputs import OutputFile
 
     d = files
-    (d / "labels.tif").write_bytes(b"last week's labels")
-    (d / "prob.tif").write_bytes(b"last week's probabilities")
+    old_labels, old_prob = previous_result(d / "labels.tif"), previous_result(d / "prob.tif", 2)
     finish = OutputFile.finish
 
     def interrupted_on_labels(self):  # Ctrl-C while the (slow, big) labels TIFF is being written
@@ -150,8 +158,8 @@ def test_interrupted_predict_never_leaves_new_probabilities_beside_old_labels(fi
     code, _, err = run(capsys, "predict", d / "model.pt", d / "img.tif", "-o", d / "labels.tif",
                        "--probabilities", d / "prob.tif", "--tile", 64)
     assert code == 130 and "no output was written" in err
-    assert (d / "labels.tif").read_bytes() == b"last week's labels"
-    assert (d / "prob.tif").read_bytes() == b"last week's probabilities"
+    assert (d / "labels.tif").read_bytes() == old_labels
+    assert (d / "prob.tif").read_bytes() == old_prob
     assert not list(d.glob(".*partial*"))
 
 

@@ -10,6 +10,8 @@ import pytest
 import tifffile
 
 import napari_unet as nu
+from napari_unet.io import LABELS_ATTRS, read_image
+from napari_unet.outputs import write_image
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -91,9 +93,7 @@ def test_ctrl_c_during_prediction_leaves_no_finished_looking_output(tmp_path, ex
     nu.save_model(random_model(depth=2, base=8), tmp_path / "model.pt")
     np.save(tmp_path / "stack.npy", np.random.default_rng(0).random((400, 256, 256)).astype(np.float32))
     out = tmp_path / f"labels{ext}"
-    if ext == ".tif":
-        tifffile.imwrite(out, np.ones((4, 4), np.uint8))
-        before = out.read_bytes()
+    write_image(out, np.full((4, 4), 7, np.uint8), attrs=LABELS_ATTRS)  # last week's result, to be kept
     proc = _start(["predict", "model.pt", "stack.npy", "-o", out.name, "--tile", "64"], tmp_path)
     _wait_for(proc, "%")
     time.sleep(0.5)
@@ -101,9 +101,41 @@ def test_ctrl_c_during_prediction_leaves_no_finished_looking_output(tmp_path, ex
     _, err = _finish(proc)
     assert proc.returncode == 130, err
     assert "interrupted" in err
-    if ext == ".tif":
-        assert out.read_bytes() == before  # the previous result is still there, untouched
-    else:
-        assert not out.exists()
+    assert (np.asarray(read_image(out)) == 7).all()  # the previous result is still there, untouched
     leftovers = [p.name for p in tmp_path.iterdir() if "partial" in p.name]
     assert leftovers == []
+
+
+_SLOW_FORWARD = """
+import sys, time
+from napari_unet.predict import runner
+from napari_unet.cli import main
+
+def slow(self, *args, **kwargs):  # a forward pass that takes a minute (a huge tile on a CPU)
+    print("forward pass started", file=sys.stderr, flush=True)
+    time.sleep(60)
+    raise AssertionError("the forward pass was waited for")
+
+runner.DeviceRunner.to_host = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupting_a_long_forward_pass_stops_within_seconds(tmp_path, sig, code):
+    from .test_predict import random_model
+
+    nu.save_model(random_model(depth=2, base=4), tmp_path / "model.pt")
+    np.save(tmp_path / "img.npy", np.random.default_rng(0).random((64, 64)).astype(np.float32))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_FORWARD, "predict", "model.pt", "img.npy", "-o",
+                             "labels.zarr", "--probabilities", "prob.tif"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for(proc, "forward pass started")
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    _, err = _finish(proc, timeout=40)
+    assert time.monotonic() - sent < 10, err
+    assert proc.returncode == code and "interrupted; no output was written" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.npy", "model.pt"]  # nothing else, no temporaries

@@ -38,7 +38,7 @@ def test_big_tiff_is_opened_lazily(tmp_path, monkeypatch):
 
 def test_interrupted_output_leaves_existing_file_byte_for_byte(tmp_path):
     path = tmp_path / "out.tif"
-    tifffile.imwrite(path, np.ones((5, 5), np.uint8))
+    write_image(path, np.ones((5, 5), np.uint8))  # an earlier napari-unet output
     before = path.read_bytes()
     with pytest.raises(KeyboardInterrupt):
         with OutputFile(path, (5, 5), np.uint8) as out:
@@ -145,7 +145,7 @@ def test_saving_over_an_existing_model_is_atomic(tmp_path, monkeypatch):
 def test_a_failed_commit_leaves_no_temporary_files(tmp_path, monkeypatch, error):
     # TIFF pages are written at commit, the slow part where a full disk or Ctrl-C really happens
     path = tmp_path / "out.tif"
-    tifffile.imwrite(path, np.ones((5, 5), np.uint8))
+    write_image(path, np.ones((5, 5), np.uint8))  # an earlier napari-unet output
     before = path.read_bytes()
 
     class BrokenWriter(tifffile.TiffWriter):
@@ -171,8 +171,9 @@ def test_commit_together_moves_nothing_until_every_file_is_finished(tmp_path, mo
     from napari_unet.outputs import commit_together
 
     labels_path, prob_path = tmp_path / "labels.tif", tmp_path / "prob.tif"
-    labels_path.write_bytes(b"old labels")
-    prob_path.write_bytes(b"old probabilities")
+    write_image(labels_path, np.full((4, 4), 1, np.uint16))  # earlier napari-unet outputs
+    write_image(prob_path, np.full((2, 4, 4), 0.5, np.float32))
+    old_labels, old_prob = labels_path.read_bytes(), prob_path.read_bytes()
     finish = OutputFile.finish
 
     def disk_full_on_probabilities(self):
@@ -184,7 +185,7 @@ def test_commit_together_moves_nothing_until_every_file_is_finished(tmp_path, mo
     with pytest.raises(OSError):
         with OutputFile(labels_path, (4, 4), np.uint16) as labels, OutputFile(prob_path, (2, 4, 4), np.float32) as prob:
             commit_together(labels, prob)
-    assert labels_path.read_bytes() == b"old labels" and prob_path.read_bytes() == b"old probabilities"
+    assert labels_path.read_bytes() == old_labels and prob_path.read_bytes() == old_prob
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "prob.tif"]
 
     monkeypatch.setattr(OutputFile, "finish", finish)

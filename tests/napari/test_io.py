@@ -66,7 +66,7 @@ def test_writer_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     from napari_unet._napari._writer import write_labels
 
     path = tmp_path / "out.tif"
-    tifffile.imwrite(path, np.ones((4, 4), np.uint8))
+    write_labels(str(path), np.ones((4, 4), np.uint8), {})  # saved earlier with this writer
 
     class Exploding:
         shape, dtype, ndim = (3, 8, 8), np.dtype(np.uint8), 3

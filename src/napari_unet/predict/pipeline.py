@@ -7,7 +7,8 @@
 
 It knows nothing of tiles or arrays: what flows through it is whatever ``read`` returns. The generator
 only relays the writer's events, so a consumer can stop between any two of them: closing the generator
-(or an exception, Ctrl-C included) stops every thread and joins it before the generator returns. At
+(or an exception) stops every thread and joins it before the generator returns; on Ctrl-C a forward
+pass in progress is not waited for (the reader and the writer are). At
 most ``workers + prefetch + 1`` items are in flight, and an item's slot is released only once the last
 of its events has been handed to the consumer, so memory stays bounded whatever the number of items,
 and a consumer that stops pulling events stops the work. An error in any stage stops every thread and
@@ -86,13 +87,27 @@ class _Pipeline:
             self.threads.append(t)
             t.start()
 
-    def shutdown(self):
-        """Stop every thread and wait for it (a compute step in progress is finished first)."""
+    def shutdown(self, wait_for_compute: bool = True):
+        """Stop every thread and wait for it.
+
+        The reader and the writer are always waited for, through any further Ctrl-C too (held back and
+        raised afterwards): once this returns nothing writes into the outputs, which the caller may now
+        delete. A compute step in progress (a forward pass can take minutes on a CPU) is waited for only
+        when ``wait_for_compute``; otherwise its thread finishes on its own and its result is dropped.
+        """
         self.stop.set()
+        held_back = None
         for t in self.threads:
-            if t is not threading.current_thread():
-                t.join()
+            if t is threading.current_thread() or (not wait_for_compute and "-compute-" in t.name):
+                continue
+            while t.is_alive():
+                try:
+                    t.join()
+                except KeyboardInterrupt as exc:
+                    held_back = exc
         self.threads = []
+        if held_back is not None:
+            raise held_back
 
     # -- stages
     def _read(self):
@@ -182,8 +197,12 @@ def run_pipeline(items, read, compute, write, *, workers: int = 1, prefetch: int
     pipeline = _Pipeline(iter(items), read, compute, write, workers, prefetch, worker_context, name)
     if on_start is not None:
         on_start(pipeline.notify)
+    interrupted = False
     try:
         pipeline.start()
         yield from pipeline.relay()
-    finally:  # also on close() and Ctrl-C: no thread outlives the generator
-        pipeline.shutdown()
+    except KeyboardInterrupt:
+        interrupted = True  # stop within seconds: a long forward pass is not waited for
+        raise
+    finally:  # also on close(): no thread that reads or writes outlives the generator
+        pipeline.shutdown(wait_for_compute=not interrupted)
