@@ -135,7 +135,7 @@ def test_train_segment_click_correct_retrain(plugin_viewer, qtbot, notifications
     assert tuned.config.depth == 2 and plot.runs  # the plot marks where fine-tuning started
 
     # --- Re-run Segment: same layer, and Ctrl+Z on it brings back the previous result
-    seg.data[:8, :8] = 99  # a hand correction no model output contains: the new result must differ
+    seg.data[:8, :8] = 99  # a change no model output contains (not a brush edit: that would keep the layer)
     previous = seg.data.copy()
     qtbot.mouseClick(segment.segment_button.native, LEFT)
     wait_until(qtbot, lambda: not segment.running, timeout=60)

@@ -37,6 +37,9 @@ class Annotations:
         image = widget.image.value
         if image is None:
             raise ValueError("choose the image whose segmentation you corrected")
+        if widget.running:  # it would read a layer the run is writing, or one about to be replaced
+            raise ValueError("a segmentation is running: wait for it to finish (or cancel it), then use the "
+                             "result as annotations")
         seg = SegmentationLayer.find(widget.viewer, image)
         if seg is None:
             raise ValueError(f"there is no '{segmentation_name(image.name)}' layer yet: segment the image first")

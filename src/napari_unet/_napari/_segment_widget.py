@@ -13,13 +13,13 @@ from ._annotations import Annotations
 from ._base import JobWidget, report_start_error
 from ._clicks import ClickToSegment
 from ._jobs import Job
-from ._layers import (find_labels_layer, fixed_label, image_array, is_lazy, make_output, remove_output_store,
+from ._layers import (fixed_label, image_array, is_lazy, make_output, remove_output_store,
                       region_on_screen, segmentation_name, set_progress)
 from ._lifecycle import weak_method
 from ._pickers import LayerComboBox, auto_choices, channel_axis_choices, device_choices, layer_choices, parse_channel_axis
 from ._names import ImageNames
 from ._probabilities import ProbabilityLayers
-from ._segmentation import SegmentationRun
+from ._segmentation import SegmentationLayer, SegmentationRun
 from ._store import STORE
 
 __all__ = ["SegmentWidget"]
@@ -147,16 +147,17 @@ class SegmentWidget(JobWidget):
         viewer = self.viewer
         if image is None or viewer is None:
             return None
-        return find_labels_layer(viewer, segmentation_name(image.name))
+        seg = SegmentationLayer.find(viewer, image)
+        return None if seg is None else seg.layer
 
     # ------------------------------------------------------------------------------------- helpers
     def _rename_segmentation(self, image, old: str) -> None:
         viewer = self.viewer
         if viewer is None or self.closing:
             return
-        segmentation = find_labels_layer(viewer, segmentation_name(old))
-        if segmentation is not None and segmentation_name(image.name) not in viewer.layers:
-            segmentation.name = segmentation_name(image.name)
+        seg = SegmentationLayer.find(viewer, image)
+        if seg is not None and seg.layer.name == segmentation_name(old) and segmentation_name(image.name) not in viewer.layers:
+            seg.layer.name = segmentation_name(image.name)
         self._probabilities.renamed(old, image.name)
 
     def _channel_choices(self, widget=None):
@@ -208,6 +209,8 @@ class SegmentWidget(JobWidget):
             raise ValueError("choose an image layer to segment")
         if model is None:
             raise ValueError("there is no model yet: train one with Train UNet, or load a model file")
+        if self.runner.running("annotations"):  # it reads the layer this run would update
+            raise ValueError("the segmentation is being turned into annotations: segment again when that is done")
         data, axis = image_array(image, parse_channel_axis(self.channel_axis.value))
         # planned once, validating everything before a layer or a file is created; the worker runs this plan
         plan = plan_prediction(model, data, labels=True, probabilities=bool(self.show_probabilities.value),
@@ -223,6 +226,9 @@ class SegmentWidget(JobWidget):
                 remove_output_store(labels_out)
                 raise
         run = SegmentationRun.prepare(viewer, image, model, labels_out, axis)
+        if run.kept is not None:
+            show_info(f"{NAME}: '{run.kept.layer.name}' was edited by hand, so it is kept as it is; "
+                      f"the new result goes to '{run.seg.layer.name}'")
         if prob_out is not None:
             run.prob_layers = self._probabilities.show(viewer, image, model, prob_out, axis)
         self._run = run
@@ -258,7 +264,11 @@ class SegmentWidget(JobWidget):
         if update.kind == "warning":
             show_warning(f"{NAME}: {update.message}")
         elif update.kind == "done":
-            run.finish()
+            kept = run.kept
+            run.finish(self.viewer)
+            if run.kept is not kept:
+                show_info(f"{NAME}: '{run.kept.layer.name}' was edited during the run, so it is kept as it is; "
+                          f"the new result is in '{run.seg.layer.name}'")
             self.status.value = f"{update.message}; result in '{run.seg.layer.name}'"
         elif not run.undoable:  # (an undoable run is applied at the end, as one edit)
             run.state.cover(update.regions, np.shape(run.labels_out))
@@ -276,20 +286,19 @@ class SegmentWidget(JobWidget):
             return
         if run.done:
             self.progress.value = 100
-        elif run.reason:
-            kept = "the layer is unchanged" if run.undoable else f"'{run.seg.layer.name}' holds the part done so far"
-            show_info(f"{NAME}: segmentation stopped because {run.reason}; {kept}")
+            return
+        viewer = self.viewer
+        shown = run.abandon(viewer) if viewer is not None else ""
+        if run.reason:
+            show_info(f"{NAME}: segmentation stopped because {run.reason}; {shown}")
             self.status.value = f"stopped: {run.reason}"
-            viewer = self.viewer
-            if not run.undoable and viewer is not None and run.seg.layer in viewer.layers:
-                run.seg.layer.refresh()  # show the last tiles written
 
     def _on_layer_removed(self, event):
         if self.closing:
             return
         removed = event.value
-        job = self._main
-        if job is not None and job.uses(removed):
+        job, run = self._main, self._run
+        if job is not None and job.uses(removed) and not (run is not None and run.done):
             self.cancel(f"the layer '{removed.name}' was removed")
         for click in self.runner.using(removed):
             if click.kind == "click":

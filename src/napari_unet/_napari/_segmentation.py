@@ -7,13 +7,14 @@ writes results into it (a whole result as one undoable edit, a clicked object, a
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from napari_unet.interactive import region_box
 
-from ._layers import find_labels_layer, forget_edits, level0, remove_output_store, segmentation_name, spatial_geometry
+from ._layers import forget_edits, level0, remove_output_store, segmentation_name, spatial_geometry
 
 __all__ = ["META_KEY", "SegmentationState", "SegmentationLayer", "SegmentationRun", "UNDO_LIMIT"]
 
@@ -26,6 +27,7 @@ UNDO_LIMIT = 2**22
 SCAN_LIMIT = 2**26
 
 _painting_followed = weakref.WeakSet()  # layers whose painted ids are tracked
+_plugin_writing = weakref.WeakSet()  # layers the plugin is writing into right now (not a hand edit)
 
 
 @dataclass
@@ -47,6 +49,12 @@ class SegmentationState:
         the next one.
     click_classes : dict
         Id of each object added by a click on a semantic model -> its class id.
+    image_id : hashable
+        The ``unique_id`` of the image layer this is the segmentation of: the plugin finds its layers
+        by this, never by their name (a user's own layer of that name is never taken over).
+    edited : bool
+        The user edited the layer by hand (paint, fill, erase) since the model's result was put in it:
+        a new whole-image result then goes to a new layer and the corrections are kept.
     """
 
     mode: str
@@ -54,11 +62,14 @@ class SegmentationState:
     covered: list | None = field(default_factory=list)
     max_label: int = 0
     click_classes: dict = field(default_factory=dict)
+    image_id: object = None
+    edited: bool = False
 
     @classmethod
-    def for_model(cls, model) -> "SegmentationState":
-        """The state of a layer about to receive ``model``'s output (nothing covered yet)."""
-        return cls(mode=model.mode, class_ids=tuple(int(c) for c in model.config.class_ids))
+    def for_model(cls, model, image=None) -> "SegmentationState":
+        """The state of a layer about to receive ``model``'s output for ``image`` (nothing covered yet)."""
+        return cls(mode=model.mode, class_ids=tuple(int(c) for c in model.config.class_ids),
+                   image_id=None if image is None else image.unique_id)
 
     def cover(self, regions, shape) -> None:
         """Record regions (slices over the layer's axes) as segmented by the model."""
@@ -79,18 +90,43 @@ class SegmentationLayer:
 
     @classmethod
     def find(cls, viewer, image, shape=None) -> "SegmentationLayer | None":
-        """The segmentation layer of ``image`` in ``viewer`` (with that shape, when given), or None."""
-        layer = find_labels_layer(viewer, segmentation_name(image.name), shape)
-        return None if layer is None else cls(layer)
+        """The plugin's segmentation layer of ``image`` (with that shape, when given), or None.
+
+        Recognised by its metadata (`SegmentationState.image_id`), never by its name; the newest one
+        when there are several.
+        """
+        from napari.layers import Labels
+
+        for layer in reversed(list(viewer.layers)):
+            state = layer.metadata.get(META_KEY) if isinstance(layer, Labels) else None
+            if isinstance(state, SegmentationState) and state.image_id == image.unique_id and (
+                    shape is None or tuple(np.shape(level0(layer.data))) == tuple(shape)):
+                return cls(layer)
+        return None
 
     @classmethod
-    def add(cls, viewer, image, data, channel_axis, state: SegmentationState | None) -> "SegmentationLayer":
+    def add(cls, viewer, image, data, channel_axis, state: SegmentationState) -> "SegmentationLayer":
         """Add a new segmentation layer for ``image`` over ``data``, drawn on top of the image."""
         layer = viewer.add_labels(data, name=segmentation_name(image.name), **spatial_geometry(image, channel_axis))
         seg = cls(layer)
-        if state is not None:
-            seg.state = state
+        state.image_id = image.unique_id
+        seg.state = state
         return seg
+
+    @contextmanager
+    def writing(self):
+        """The plugin writes into the layer: its paint events are not the user's edits."""
+        _plugin_writing.add(self.layer)
+        try:
+            yield
+        finally:
+            _plugin_writing.discard(self.layer)
+
+    @property
+    def edited(self) -> bool:
+        """Whether the user edited the layer by hand since the model's result was put in it."""
+        state = self.state
+        return state is not None and state.edited
 
     @property
     def data(self):
@@ -139,7 +175,8 @@ class SegmentationLayer:
             return
         changed = np.nonzero(old != new)
         if changed[0].size:
-            layer.data_setitem(changed, new[changed].astype(old.dtype, copy=False))
+            with self.writing():
+                layer.data_setitem(changed, new[changed].astype(old.dtype, copy=False))
         layer.refresh()
 
     def next_label(self) -> int:
@@ -173,7 +210,8 @@ class SegmentationLayer:
         count = local[0].size
         index = tuple(np.full(count, i) for i in hit.origin[:n_lead])
         index += tuple(ix + a for ix, a in zip(local, hit.origin[n_lead:]))
-        self.layer.data_setitem(index, new_id)
+        with self.writing():  # a clicked object is the model's, not a hand edit
+            self.layer.data_setitem(index, new_id)
         state.max_label = new_id
         state.cover([key], np.shape(data))  # the model has looked at this window
         if state.mode == "semantic":
@@ -192,18 +230,31 @@ class SegmentationLayer:
 
 @dataclass
 class SegmentationRun:
-    """A whole-image segmentation on its way into a layer.
+    """A whole-image segmentation on its way into a layer; the previous result is never lost.
+
+    - No segmentation layer yet: a new one shows the result as it is written (locked meanwhile).
+    - One the user edited by hand: it is kept as it is; the result goes to a new layer.
+    - One small enough: it keeps showing the previous result, and the new one is applied at the end as
+      one undoable edit (if the user paints into it meanwhile, the painting stays and the result goes
+      to a new layer instead).
+    - A bigger or lazy one: it keeps showing the previous result while a new, locked layer shows the
+      new one being written; at the end the new result takes the previous one's place.
+    A run that fails or is cancelled leaves the previous result as it was.
 
     Attributes
     ----------
     seg : SegmentationLayer
+        The layer the run writes into (or updates at the end, when ``undoable``).
     state : SegmentationState
         The layer's state once the run is applied.
     labels_out : array-like
         Where the run writes.
     undoable : bool
-        The run writes into ``labels_out`` and is applied to the layer as one edit at the end (else
-        the layer shows ``labels_out`` as it is written).
+        ``labels_out`` is applied to ``seg`` as one edit at the end.
+    previous : SegmentationLayer or None
+        The earlier result that the new one replaces once complete.
+    kept : SegmentationLayer or None
+        An earlier result with hand edits, left as it is.
     prob_layers : list
         Image layers showing its probabilities.
     reason : str
@@ -214,39 +265,72 @@ class SegmentationRun:
     state: SegmentationState
     labels_out: object
     undoable: bool
+    image: object = None
+    channel_axis: int | None = None
+    previous: SegmentationLayer | None = None
+    kept: SegmentationLayer | None = None
     prob_layers: list = field(default_factory=list)
     reason: str = ""
     done: bool = False
 
     @classmethod
     def prepare(cls, viewer, image, model, labels_out, channel_axis) -> "SegmentationRun":
-        """The run's output layer: new, written in place (not undoable), or updated at the end (undoable)."""
-        state = SegmentationState.for_model(model)
+        """Choose the run's output layer (see the class); adds a new layer when one is needed."""
+        state = SegmentationState.for_model(model, image)
         seg = SegmentationLayer.find(viewer, image, np.shape(labels_out))
+        kept = previous = None
+        if seg is not None and seg.edited:
+            kept, seg = seg, None
         undoable = seg is not None and seg.can_undo_into(labels_out)
+        if seg is not None and not undoable:
+            previous, seg = seg, None
         if seg is None:
             seg = SegmentationLayer.add(viewer, image, labels_out, channel_axis, state)
-        elif not undoable:  # the layer shows the new result as it is written
-            seg.replace_data(labels_out)
-            seg.state = state
-        return cls(seg, state, labels_out, undoable)
+            seg.layer.editable = False  # painting into what the run is writing would be lost
+        return cls(seg, state, labels_out, undoable, image, channel_axis, previous, kept)
 
-    def finish(self) -> None:
+    def finish(self, viewer) -> None:
         """The run is complete: the whole layer is covered; apply or show the result."""
         self.done = True
         self.state.covered = None
-        if self.undoable:
+        if self.undoable and self.seg.edited:  # painted during the run: the painting stays
+            self.kept = self.seg
+            self.seg = SegmentationLayer.add(viewer, self.image, self.labels_out, self.channel_axis, self.state)
+        elif self.undoable:
             self.seg.apply_result(self.labels_out)
             self.seg.state = self.state
         else:
-            self.seg.layer.refresh()
+            self.seg.layer.editable = True
+            if self.previous is not None and self.previous.layer in viewer.layers:
+                running, self.seg = self.seg, self.previous  # the new result takes the old one's place
+                self.seg.replace_data(self.labels_out)
+                self.seg.state = self.state
+                viewer.layers.remove(running.layer)
+            else:
+                self.seg.layer.refresh()
         for p in self.prob_layers:
             p.refresh()
 
+    def abandon(self, viewer) -> str:
+        """The run stopped before its end (cancelled, failed); says what the user now sees."""
+        if self.undoable:
+            return f"'{self.seg.layer.name}' is unchanged"
+        self.seg.layer.editable = True
+        if self.previous is not None and self.previous.layer in viewer.layers:
+            if self.seg.layer in viewer.layers:
+                viewer.layers.remove(self.seg.layer)
+            remove_output_store(self.labels_out)
+            return f"'{self.previous.layer.name}' is unchanged"
+        if self.seg.layer in viewer.layers:
+            self.seg.layer.refresh()  # show the last tiles written
+        return f"'{self.seg.layer.name}' holds the part done so far"
+
 
 def _note_painted_label(event) -> None:
-    """A Labels layer's paint event: its brush/fill label counts toward the largest id in use."""
+    """A Labels layer's paint event: its brush/fill label counts toward the largest id in use, and
+    unless the plugin itself is writing, the layer now holds the user's corrections."""
     layer = event.source
     state = layer.metadata.get(META_KEY)
-    if isinstance(state, SegmentationState):
+    if isinstance(state, SegmentationState) and layer not in _plugin_writing:
         state.max_label = max(state.max_label, int(layer.selected_label))
+        state.edited = True
