@@ -161,8 +161,9 @@ def uninterruptible(paths=()):
     """Hold back Ctrl-C and SIGTERM for a few renames (their handlers run in the main thread).
 
     A signal that arrives meanwhile is handled at the end, as it would have been: when the block
-    completed, a Ctrl-C comes as `InterruptedAfterCommit` naming ``paths``, so the caller never reports
-    "nothing was written". Elsewhere than in the main thread signals never interrupt anyway.
+    completed and ``paths`` are given, a Ctrl-C comes as `InterruptedAfterCommit` naming them, so the
+    caller never reports "nothing was written". Elsewhere than in the main thread signals never
+    interrupt anyway. (Training also holds Ctrl-C back for each optimizer update.)
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -181,7 +182,7 @@ def uninterruptible(paths=()):
                 try:
                     _handle(signum, previous[signum])
                 except KeyboardInterrupt as exc:
-                    if isinstance(exc, InterruptedAfterCommit):
+                    if not paths or isinstance(exc, InterruptedAfterCommit):
                         raise
                     raise InterruptedAfterCommit(paths) from None
 

@@ -139,3 +139,29 @@ def test_interrupting_a_long_forward_pass_stops_within_seconds(tmp_path, sig, co
     assert time.monotonic() - sent < 10, err
     assert proc.returncode == code and "interrupted; no output was written" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.npy", "model.pt"]  # nothing else, no temporaries
+
+
+def test_ctrl_c_in_the_middle_of_an_optimizer_step_waits_for_the_step(blobs, monkeypatch):
+    """The API's model is never one caught half-way through updating its weights."""
+    import torch
+
+    image, strokes, _ = blobs
+    calls = {"n": 0, "completed_after_signal": False}
+    Adam = torch.optim.AdamW  # the optimizer training uses
+    real_step = Adam.step
+
+    def step_interrupted_half_way(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives as the update starts
+            time.sleep(0.05)  # without holding it back, KeyboardInterrupt would be raised here
+            result = real_step(self, *args, **kwargs)
+            calls["completed_after_signal"] = True
+            return result
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Adam, "step", step_interrupted_half_way)
+    events = list(nu.iter_train([image], [strokes], depth=2, base_channels=4, epochs=50, seed=0))
+    done = events[-1]
+    assert calls["completed_after_signal"] and done.stopped and done.step == 3
+    assert all(torch.isfinite(p).all() for p in done.model.network.parameters())

@@ -13,6 +13,7 @@ from ..conventions import IGNORE
 from ..data import AnnotatedItems, PatchSampler, prepare_items
 from ..device import amp_dtype, autocast, free_memory, is_out_of_memory, memory_format
 from ..model import Model, network_from_config
+from ..publish import uninterruptible
 from .settings import TrainSettings
 
 __all__ = ["Trainer", "StepResult", "learning_rate_at", "masked_cross_entropy"]
@@ -162,32 +163,32 @@ class Trainer:
         try:
             # sampled in this thread on purpose: a sampler thread competes with torch's per-operation
             # dispatch for the GIL and made CPU steps 2.4x slower
-            loss = self._optimize(*self.sampler.sample(self.batch_size))
+            self._optimize(*self.sampler.sample(self.batch_size))
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
             self.optimizer.zero_grad(set_to_none=True)
             free_memory(self.settings.device)
             return StepResult(warning=self.shrink_after_oom())
-        self.step_count += 1
-        self.last_loss = float(loss.detach())
         return StepResult(loss=self.last_loss)
 
-    def _optimize(self, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
+    def _optimize(self, x: np.ndarray, y: np.ndarray) -> None:
         dev = self.settings.device
         with autocast(dev):
             logits = self.network(self._to_device(x, layout=True))
         loss, n_valid = masked_cross_entropy(logits, self._to_device(y))
         self.optimizer.zero_grad(set_to_none=True)
         if n_valid:
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        # Ctrl-C waits for the update and its count: weights are never half-updated, steps never miscounted
+        with uninterruptible():
+            if n_valid and self.scaler is not None:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-            else:
-                loss.backward()
+            elif n_valid:
                 self.optimizer.step()
-        return loss
+            self.step_count += 1
+            self.last_loss = float(loss.detach())
 
     def shrink_after_oom(self) -> str:
         """Halve the batch, then the patch; return the warning. MemoryError at one minimal patch."""
