@@ -67,10 +67,10 @@ def readme_text(model: Model) -> str:
         f"# {default_name(model)}", "", default_description(model), "",
         "Exported by napari-unet as a bioimage.io model package (format 0.5).", "",
         "## Inputs", "",
-        f"- `raw`: batch, {c.in_channels} channel(s), {' x '.join('zyx'[3 - c.dims:])}; any intensities.",
+        f"- `raw`: axes batch, channel ({c.in_channels}), {', '.join('zyx'[3 - c.dims:])}; any intensities.",
         f"- Valid sizes: at least {low} pixels per spatial axis, in steps of {step}.",
         "- Preprocessing: fixed linear scaling per channel, mapping the intensities "
-        f"{list(np.round(c.norm_low, 4))} to 0 and {list(np.round(c.norm_high, 4))} to 1 "
+        f"{[round(float(v), 4) for v in c.norm_low]} to 0 and {[round(float(v), 4) for v in c.norm_high]} to 1 "
         "(the percentiles napari-unet stored at training time).", "",
         "## Outputs", "",
         f"- `probabilities`: one channel per class ({', '.join(c.class_names)}), softmax included in the network.",
@@ -88,7 +88,7 @@ def readme_text(model: Model) -> str:
         (f"Trained for {c.trained_steps} steps ({c.trained_seconds:.0f} s, patch {c.patch_size}, batch "
          f"{c.batch_size}); best loss on held-out annotated blocks: {c.best_val_loss}." if c.trained_steps else
          "This model was not trained."),
-        "The held-out blocks come from the same images as the training strokes, so this is no independent "
+        "", "The held-out blocks come from the same images as the training strokes, so this is no independent "
         "validation: check the segmentation of new images before relying on it.",
     ]
     return "\n".join(lines) + "\n"

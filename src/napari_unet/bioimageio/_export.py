@@ -111,11 +111,11 @@ def export_package(model, path, *, name: str | None = None, description: str | N
         For a bad model, output path or description field (one line saying what to change).
     """
     v0_5 = _require_spec()
+    path = check_package_output(path)
     if not isinstance(model, Model):
         from ..modelfile import load_model
 
         model = load_model(model)
-    path = check_package_output(path)
     raw = _test_input(model, test_image)
     with tempfile.TemporaryDirectory(prefix="napari-unet-export-") as tmp:
         files = _write_files(model, raw, Path(tmp))
@@ -138,21 +138,19 @@ def _test_input(model: Model, image) -> np.ndarray:
         side = low + -(-max(0, (256 if model.dims == 2 else 64) - low) // step) * step
         img, _ = make_nuclei((side,) * model.dims, seed=0)
         return np.repeat(img[None].astype(np.float32), model.in_channels, axis=0)
-    arr = np.asarray(image)
-    if arr.ndim == model.dims and model.in_channels == 1:
-        arr = arr[None]
-    if arr.ndim != model.dims + 1 or arr.shape[0] != model.in_channels:
+    shape = tuple(np.shape(image))
+    if len(shape) == model.dims and model.in_channels == 1:
+        image, shape = image[None], (1,) + shape
+    if len(shape) != model.dims + 1 or shape[0] != model.in_channels:
         raise ValueError(f"the test image must be (channels={model.in_channels}, {model.dims} spatial axes), "
-                         f"got shape {arr.shape}")
+                         f"got shape {shape}")
     cap = 512 if model.dims == 2 else 96
-    sizes = []
-    for s in arr.shape[1:]:
-        if s < low:
-            raise ValueError(f"the test image is too small ({arr.shape[1:]}): the package's inputs are at least "
-                             f"{low} pixels on each side")
-        sizes.append(low + (min(s, max(cap, low)) - low) // step * step)
-    crop = tuple(slice((s - n) // 2, (s - n) // 2 + n) for s, n in zip(arr.shape[1:], sizes))
-    return np.ascontiguousarray(arr[(slice(None),) + crop], dtype=np.float32)
+    if min(shape[1:]) < low:
+        raise ValueError(f"the test image is too small ({shape[1:]}): the package's inputs are at least {low} "
+                         "pixels on each side")
+    sizes = [low + (min(s, max(cap, low)) - low) // step * step for s in shape[1:]]
+    crop = tuple(slice((s - n) // 2, (s - n) // 2 + n) for s, n in zip(shape[1:], sizes))
+    return np.ascontiguousarray(np.asarray(image[(slice(None),) + crop]), dtype=np.float32)  # lazy arrays: the crop only
 
 
 def scale_linear(model: Model) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ def describe(v0_5, model: Model, files, *, name=None, description=None, authors=
             description=description or default_description(model),
             authors=[v0_5.Author(name=a) for a in (authors or [_login()])],
             cite=[_cite(v0_5, text, link) for text, link in (cite or DEFAULT_CITE)],
-            license=v0_5.LicenseId(license or DEFAULT_LICENSE),
+            license=_license(v0_5, license or DEFAULT_LICENSE),
             documentation=v0_5.FileDescr(source=files.readme),
             covers=[v0_5.FileDescr(source=files.cover)],
             tags=["napari-unet", "unet", "segmentation", f"{model.dims}d", "pytorch", model.mode],
@@ -45,7 +45,17 @@ def describe(v0_5, model: Model, files, *, name=None, description=None, authors=
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise ValueError(f"the package description is not valid: {where}: {first.get('msg')}") from None
+        raise ValueError(f"the package description is not valid: {where}: {str(first.get('msg'))[:200]}") from None
+
+
+def _license(v0_5, text: str):
+    from pydantic import ValidationError
+
+    try:
+        return v0_5.LicenseId(text)
+    except ValidationError:
+        raise ValueError(f"unknown license {text!r}: give an SPDX license id such as CC-BY-4.0, MIT or BSD-3-Clause "
+                         "(https://spdx.org/licenses)") from None
 
 
 def _login() -> str:
