@@ -213,6 +213,7 @@ def _add_export_parser(sub):
     e.add_argument("--cite", nargs=2, action="append", default=None, metavar=("TEXT", "DOI_OR_URL"),
                    help="a citation; repeat for more (default: the U-Net paper)")
     e.add_argument("--test-image", default=None, help="test input and cover image (default: synthetic nuclei)")
+    e.add_argument("--onnx", action="store_true", help="also write ONNX weights (needs: pip install onnx onnxruntime)")
 
 
 def _export(args):
@@ -224,7 +225,8 @@ def _export(args):
     try:
         written = export_package(args.model, args.output, name=args.name, description=args.description,
                                  authors=args.author, license=args.license, cite=args.cite,
-                                 test_image=read_image(args.test_image) if args.test_image else None)
+                                 test_image=read_image(args.test_image) if args.test_image else None,
+                                 onnx=args.onnx)
     except ImportError as exc:  # the extra is missing: say how to get it
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE

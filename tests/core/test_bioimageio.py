@@ -215,6 +215,13 @@ def test_export_without_the_extra_says_how_to_get_it(tmp_path, capsys, monkeypat
     assert not (tmp_path / "m.zip").exists()
 
 
+def test_onnx_without_onnx_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    nu.save_model(random_model(), tmp_path / "m.pt")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    code, _, err = run(capsys, "export", tmp_path / "m.pt", "-o", tmp_path / "m.zip", "--onnx")
+    assert code == 1 and "pip install onnx onnxruntime" in err and not (tmp_path / "m.zip").exists()
+
+
 def test_3d_instance_model_exports_and_loads(tmp_path):
     model = random_model(dims=3, mode="instance", seed=2)
     path = export_package(model, tmp_path / "m3.zip")
@@ -223,3 +230,14 @@ def test_3d_instance_model_exports_and_loads(tmp_path):
     assert rdf["outputs"][0]["axes"][1]["channel_names"] == ["background", "interior", "boundary"]
     loaded = nu.load_model(path)
     assert loaded.config == model.config
+
+
+def test_onnx_weights_pass_bioimageio_cores_model_test(tmp_path):
+    import bioimageio.core
+
+    path = export_package(random_model(seed=8), tmp_path / "m.zip", onnx=True)
+    assert read_rdf(path)["weights"]["onnx"]["parent"] == "pytorch_state_dict"
+    summary = bioimageio.core.test_model(path, weight_format="onnx")
+    failed = [(d.name, [e.msg[:200] for e in d.errors]) for d in summary.details if d.status != "passed"]
+    assert summary.status == "passed", failed
+    assert any("onnx" in d.name for d in summary.details)

@@ -117,8 +117,13 @@ def _weights(v0_5, model: Model, files):
         source=files.architecture, callable=v0_5.Identifier("UNetProbabilities"),
         kwargs={"dims": c.dims, "in_channels": c.in_channels, "num_classes": c.num_classes, "depth": c.depth,
                 "base_channels": c.base_channels})
+    from ._export import ONNX_OPSET
+
+    onnx = (None if files.onnx is None else
+            v0_5.OnnxWeightsDescr(source=files.onnx, opset_version=ONNX_OPSET, parent="pytorch_state_dict"))
     return v0_5.WeightsDescr(
         pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(source=files.weights, architecture=arch,
                                                              pytorch_version=version),
         torchscript=v0_5.TorchscriptWeightsDescr(source=files.torchscript, pytorch_version=version,
-                                                 parent="pytorch_state_dict"))
+                                                 parent="pytorch_state_dict"),
+        onnx=onnx)
