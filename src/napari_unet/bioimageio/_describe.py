@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 
+from ..conventions import BACKGROUND
 from ..model import Model
 
 __all__ = ["declared_halo", "valid_sizes", "default_name", "default_description", "identifier", "readme_text",
@@ -103,7 +104,9 @@ def cover_image(path, raw: np.ndarray, prob: np.ndarray, model: Model) -> None:
     lo, hi = np.percentile(img, (1, 99.8))
     gray = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
-    background = list(model.config.class_ids).index(1) if model.mode == "semantic" and 1 in model.config.class_ids else 0
+    ids = list(model.config.class_ids)
+    # the channel left uncoloured: instance channel 0, or the semantic background class (if painted)
+    background = 0 if model.mode == "instance" else ids.index(BACKGROUND) if BACKGROUND in ids else -1
     palette = np.array([[1.0, 0.2, 0.2], [0.2, 1.0, 0.3], [0.3, 0.5, 1.0], [1.0, 0.9, 0.2], [0.9, 0.3, 1.0]])
     overlay = rgb.copy()
     for k in range(prob.shape[0]):

@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
 from ..model import Model
 from ..outputs import atomic_path
 from ..unet import UNetProbabilities
 from ._describe import cover_image, readme_text, valid_sizes
 from ._rdf import describe
-from ._read import CONFIG_KEY, PACKAGE_FORMAT_VERSION, PACKAGE_SUFFIX, load_package, read_rdf
+from ._read import PACKAGE_SUFFIX, load_package
 
 __all__ = ["export_package", "check_package_output", "EXTRA_HINT", "ONNX_HINT", "DEFAULT_LICENSE", "DEFAULT_CITE"]
 
@@ -161,7 +160,8 @@ def _test_input(model: Model, image) -> np.ndarray:
                          "pixels on each side")
     sizes = [low + (min(s, max(cap, low)) - low) // step * step for s in shape[1:]]
     crop = tuple(slice((s - n) // 2, (s - n) // 2 + n) for s, n in zip(shape[1:], sizes))
-    return np.ascontiguousarray(np.asarray(image[(slice(None),) + crop]), dtype=np.float32)  # lazy arrays: the crop only
+    # only the crop of a lazy (dask, zarr, memory-mapped) image is read
+    return np.ascontiguousarray(np.asarray(image[(slice(None),) + crop]), dtype=np.float32)
 
 
 def scale_linear(model: Model) -> tuple[np.ndarray, np.ndarray]:
