@@ -22,18 +22,13 @@ from ..model import Model
 from ..outputs import atomic_path
 from ..unet import UNetProbabilities
 from ._describe import cover_image, readme_text, valid_sizes
-from ._rdf import describe
+from ._rdf import DEFAULT_CITE, DEFAULT_LICENSE, ONNX_OPSET, check_options, describe, scale_linear
 from ._read import PACKAGE_SUFFIX, load_package
 
 __all__ = ["export_package", "check_package_output", "EXTRA_HINT", "ONNX_HINT", "DEFAULT_LICENSE", "DEFAULT_CITE"]
 
 EXTRA_HINT = 'exporting a bioimage.io package needs the bioimageio extra: pip install "napari-unet[bioimageio]"'
 ONNX_HINT = "ONNX weights need the onnx package (and onnxruntime to run them): pip install onnx onnxruntime"
-#: Opset of the ONNX weights (every operator of the UNet has had it for years).
-ONNX_OPSET = 17
-DEFAULT_LICENSE = "CC-BY-4.0"
-DEFAULT_CITE = (("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
-                 "MICCAI 2015", "10.1007/978-3-319-24574-4_28"),)
 
 
 def _require_spec():
@@ -121,6 +116,7 @@ def export_package(model, path, *, name: str | None = None, description: str | N
             import onnx as _onnx  # noqa: F401
         except ImportError:
             raise ImportError(ONNX_HINT) from None
+    check_options(v0_5, name=name, license=license, cite=cite)
     path = check_package_output(path)
     if not isinstance(model, Model):
         from ..modelfile import load_model
@@ -162,14 +158,6 @@ def _test_input(model: Model, image) -> np.ndarray:
     crop = tuple(slice((s - n) // 2, (s - n) // 2 + n) for s, n in zip(shape[1:], sizes))
     # only the crop of a lazy (dask, zarr, memory-mapped) image is read
     return np.ascontiguousarray(np.asarray(image[(slice(None),) + crop]), dtype=np.float32)
-
-
-def scale_linear(model: Model) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (gain, offset) with ``x * gain + offset == Model.preprocess(x)`` (`napari_unet.model.normalize`)."""
-    low = np.asarray(model.config.norm_low, dtype=np.float64)
-    high = np.asarray(model.config.norm_high, dtype=np.float64)
-    gain = 1.0 / np.maximum(high - low, 1e-6)
-    return gain, -low * gain
 
 
 def _package_network(model: Model) -> UNetProbabilities:

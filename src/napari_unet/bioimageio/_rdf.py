@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import getpass
+import re
 
 import numpy as np
 import torch
@@ -12,7 +13,13 @@ from ..modelfile import MAGIC
 from ._describe import declared_halo, default_description, default_name, identifier, valid_sizes
 from ._read import CONFIG_KEY, PACKAGE_FORMAT_VERSION
 
-__all__ = ["describe"]
+__all__ = ["describe", "check_options", "scale_linear", "DEFAULT_LICENSE", "DEFAULT_CITE", "ONNX_OPSET"]
+
+#: Opset of the ONNX weights (every operator of the UNet has had it for years).
+ONNX_OPSET = 17
+DEFAULT_LICENSE = "CC-BY-4.0"
+DEFAULT_CITE = (("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+                 "MICCAI 2015", "10.1007/978-3-319-24574-4_28"),)
 
 _SPACE = {2: ("y", "x"), 3: ("z", "y", "x")}
 
@@ -20,8 +27,6 @@ _SPACE = {2: ("y", "x"), 3: ("z", "y", "x")}
 def describe(v0_5, model: Model, files, *, name=None, description=None, authors=None, license=None, cite=None):
     """The `ModelDescr` of a package whose files are ``files`` (`_export._Files`); ValueError if invalid."""
     from pydantic import ValidationError
-
-    from ._export import DEFAULT_CITE, DEFAULT_LICENSE, scale_linear
 
     try:
         return v0_5.ModelDescr(
@@ -56,6 +61,24 @@ def _license(v0_5, text: str):
     except ValidationError:
         raise ValueError(f"unknown license {text!r}: give an SPDX license id such as CC-BY-4.0, MIT or BSD-3-Clause "
                          "(https://spdx.org/licenses)") from None
+
+
+def scale_linear(model: Model) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (gain, offset) with ``x * gain + offset == Model.preprocess(x)`` (`napari_unet.model.normalize`)."""
+    low = np.asarray(model.config.norm_low, dtype=np.float64)
+    high = np.asarray(model.config.norm_high, dtype=np.float64)
+    gain = 1.0 / np.maximum(high - low, 1e-6)
+    return gain, -low * gain
+
+
+def check_options(v0_5, *, name=None, license=None, cite=None) -> None:
+    """Refuse a bad name, license or citation before any work is done for the package (ValueError)."""
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9_+\- ()]{5,128}", name):
+        raise ValueError(f"the name {name!r} is not valid: 5 to 128 letters, digits, spaces or _+-() (the zoo's rule)")
+    if license is not None:
+        _license(v0_5, license)
+    for text, link in cite or ():
+        _cite(v0_5, text, link)
 
 
 def _login() -> str:
@@ -117,8 +140,6 @@ def _weights(v0_5, model: Model, files):
         source=files.architecture, callable=v0_5.Identifier("UNetProbabilities"),
         kwargs={"dims": c.dims, "in_channels": c.in_channels, "num_classes": c.num_classes, "depth": c.depth,
                 "base_channels": c.base_channels})
-    from ._export import ONNX_OPSET
-
     onnx = (None if files.onnx is None else
             v0_5.OnnxWeightsDescr(source=files.onnx, opset_version=ONNX_OPSET, parent="pytorch_state_dict"))
     return v0_5.WeightsDescr(
