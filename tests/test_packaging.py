@@ -62,7 +62,7 @@ def test_installed_wheel_validates_with_npe2(wheel, tmp_path):
 
 def test_core_import_pulls_in_no_gui():
     code = ("import sys, napari_unet, napari_unet.cli, napari_unet.synthetic;"
-            "heavy = {'qtpy', 'PyQt5', 'PyQt6', 'PySide6', 'napari', 'magicgui', 'vispy'};"
+            "heavy = {'qtpy', 'PyQt5', 'PyQt6', 'PySide6', 'napari', 'magicgui', 'vispy', 'bioimageio'};"
             "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,4 @@
-"""The ``napari-unet`` command: train, predict, info. Needs no display."""
+"""The ``napari-unet`` command: train, predict, export, info. Needs no display."""
 from __future__ import annotations
 
 import argparse
@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     r.add_argument("--channel-axis", type=int, default=None)
 
+    _add_export_parser(sub)
+
     n = sub.add_parser("info", help="describe a model file")
     n.add_argument("model")
     return p
@@ -211,6 +213,38 @@ def _drain_predict(events):
             print(f"  {pct:3d}%  {event.elapsed:6.1f} s", file=sys.stderr, flush=True)
 
 
+def _add_export_parser(sub):
+    e = sub.add_parser("export", help="write a model as a bioimage.io model package (.zip)")
+    e.add_argument("model", help="model file (.pt)")
+    e.add_argument("-o", "--output", required=True, help="package to write (e.g. model.zip)")
+    e.add_argument("--name", default=None, help="model name (default: made from the model)")
+    e.add_argument("--description", default=None, help="one-paragraph description (default: made from the model)")
+    e.add_argument("--author", action="append", default=None, help="author name; repeat for more (default: login name)")
+    e.add_argument("--license", default=None, help="SPDX license id (default CC-BY-4.0)")
+    e.add_argument("--cite", nargs=2, action="append", default=None, metavar=("TEXT", "DOI_OR_URL"),
+                   help="a citation; repeat for more (default: the U-Net paper)")
+    e.add_argument("--test-image", default=None, help="test input and cover image (default: synthetic nuclei)")
+    e.add_argument("--onnx", action="store_true", help="also write ONNX weights (needs: pip install onnx onnxruntime)")
+
+
+def _export(args):
+    from .bioimageio import export_package
+    from .io import read_image
+    from .outputs import refuse_inputs_as_outputs
+
+    refuse_inputs_as_outputs([args.output], [args.model] + ([args.test_image] if args.test_image else []))
+    try:
+        written = export_package(args.model, args.output, name=args.name, description=args.description,
+                                 authors=args.author, license=args.license, cite=args.cite,
+                                 test_image=read_image(args.test_image) if args.test_image else None,
+                                 onnx=args.onnx)
+    except ImportError as exc:  # the extra is missing: say how to get it
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"bioimage.io package written to {written}", file=sys.stderr)
+    return 0
+
+
 def _info(args):
     from .modelfile import load_model
 
@@ -249,7 +283,7 @@ def _run(parser, argv) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_BAD_INPUT
-        return {"train": _train, "predict": _predict, "info": _info}[args.command](args)
+        return {"train": _train, "predict": _predict, "export": _export, "info": _info}[args.command](args)
     except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

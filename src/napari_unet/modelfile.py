@@ -78,6 +78,9 @@ def check_model_output(path) -> Path:
 def load_model(path) -> Model:
     """Load a model file safely (no code from the file is executed).
 
+    ``path`` is a ``.pt`` file or a bioimage.io package (``.zip``) exported by napari-unet
+    (`napari_unet.bioimageio.load_package`; other packages are refused).
+
     Raises
     ------
     FileNotFoundError
@@ -90,6 +93,10 @@ def load_model(path) -> Model:
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     if path.is_dir():
         raise ValueError(f"{str(path)!r} is a folder, not a model file")
+    if path.suffix.lower() == ".zip":  # a bioimage.io package: only napari-unet's own, and nothing of it runs
+        from .bioimageio import load_package
+
+        return load_package(path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
             warnings.simplefilter("ignore")

@@ -89,7 +89,7 @@ class SegmentWidget(JobWidget):
                                      tooltip="Axis of the image that holds channels (RGB is automatic)")
         self.model_source = ComboBox(label="Model", choices=[("current model (trained or loaded)", "current"),
                                                              ("model file", "file")], value="current")
-        self.model_file = FileEdit(label="Model file", mode="r", filter="*.pt", visible=False)
+        self.model_file = FileEdit(label="Model file", mode="r", filter="*.pt *.zip", visible=False)
         self.model_info = fixed_label(Label(label="", value=""))
         self.tile_size = ComboBox(label="Tile size", choices=auto_choices(TILE_SIZES), value=0,
                                   tooltip="Pixels per tile side; auto fits the device memory")

@@ -15,7 +15,7 @@ from ._base import JobWidget
 from ._jobs import Job
 from ._layers import drop_channel_axis, fixed_label, image_array, labels_array, same_layer, set_progress
 from ._lifecycle import weak_method
-from ._model_files import load_model_file, save_current_model
+from ._model_files import export_current_model, load_model_file, save_current_model
 from ._pickers import PairRow, auto_choices, channel_axis_choices, device_choices, has_gpu, parse_channel_axis
 from ._plot import LossPlot
 from ._store import STORE
@@ -121,11 +121,12 @@ class TrainWidget(JobWidget):
         self.plot_box.native.layout().addWidget(self.loss_plot)
         self.save_button = PushButton(text="Save model…")
         self.load_button = PushButton(text="Load model…")
+        self.export_button = PushButton(text="Export for bioimage.io…")
         self.model_info = fixed_label(Label(label="Model", value=STORE.describe()))
         self.extend([self.pairs, self.add_pair_button, self.mode, self.time_budget, self.continue_training,
                      self.advanced_toggle, self.advanced, self.train_button, self.progress, self.status,
-                     self.plot_box, Container(widgets=[self.save_button, self.load_button], layout="horizontal",
-                                              labels=False), self.model_info])
+                     self.plot_box, Container(widgets=[self.save_button, self.load_button, self.export_button],
+                                              layout="horizontal", labels=False), self.model_info])
         self.add_pair()
 
         self.add_pair_button.changed.connect(self.add_pair)
@@ -133,6 +134,7 @@ class TrainWidget(JobWidget):
         self.train_button.changed.connect(self._on_run_clicked)
         self.save_button.changed.connect(self.save_model)
         self.load_button.changed.connect(self.load_model)
+        self.export_button.changed.connect(self.export_model)
         STORE.changed.connect(self._on_model_changed)
         STORE.annotations_ready.connect(self._on_annotations_ready)
         self._on_model_changed(STORE.model)
@@ -332,6 +334,10 @@ class TrainWidget(JobWidget):
         if model is not None:
             self.mode.value = model.mode
         return model
+
+    def export_model(self, *_, path: str | None = None):
+        """Export the current model as a bioimage.io package, as a background job (see `export_current_model`)."""
+        return export_current_model(NAME, self.runner, self.native, path)
 
     # ------------------------------------------------------------------------------------- closing
     def _disconnect(self) -> None:

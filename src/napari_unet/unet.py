@@ -1,0 +1,121 @@
+"""The network: the classic UNet (2D or 3D), in a file that needs nothing but torch.
+
+This file is shipped as it is inside the bioimage.io packages that ``napari-unet export`` writes (their
+``pytorch_state_dict`` weights name `UNetProbabilities` from it), so it imports nothing from napari-unet
+but its defaults, and those only when it is part of the package.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+try:
+    from .conventions import DEFAULT_BASE_CHANNELS, DEFAULT_DEPTH
+except ImportError:  # this file alone, as a bioimage.io package ships it: its rdf passes every argument
+    DEFAULT_DEPTH, DEFAULT_BASE_CHANNELS = 4, 16
+
+__all__ = ["UNet", "UNetProbabilities"]
+
+
+def _conv(dims: int):
+    return nn.Conv2d if dims == 2 else nn.Conv3d
+
+
+class _DoubleConv(nn.Sequential):
+    """Two 3x3 convolutions, each followed by BatchNorm and ReLU ("same" padding)."""
+
+    def __init__(self, dims: int, c_in: int, c_out: int):
+        Conv = _conv(dims)
+        Norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
+        super().__init__(
+            Conv(c_in, c_out, 3, padding=1, bias=False), Norm(c_out), nn.ReLU(inplace=True),
+            Conv(c_out, c_out, 3, padding=1, bias=False), Norm(c_out), nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """The classic UNet: contraction blocks, a bottleneck and expansion blocks with skip connections.
+
+    Parameters
+    ----------
+    dims : {2, 3}
+        Spatial dimensionality.
+    in_channels : int
+        Number of input channels.
+    num_classes : int
+        Number of output channels (logits).
+    depth : int
+        Number of contraction (and expansion) blocks, i.e. of 2x2 poolings.
+    base_channels : int
+        Feature maps of the first block; they double at each level.
+
+    Notes
+    -----
+    BatchNorm is used (in eval mode at inference) because its statistics do not depend on the extent of
+    the input: tiled inference then matches whole-image inference exactly. Input sizes must be multiples
+    of ``2**depth``; `napari_unet.predict` pads for you.
+    """
+
+    def __init__(self, dims: int = 2, in_channels: int = 1, num_classes: int = 2,
+                 depth: int = DEFAULT_DEPTH, base_channels: int = DEFAULT_BASE_CHANNELS):
+        super().__init__()
+        if dims not in (2, 3):
+            raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth!r}")
+        self.dims, self.depth = dims, depth
+        Conv = _conv(dims)
+        Pool = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
+        UpConv = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.down = nn.ModuleList()
+        c = in_channels
+        for w in widths[:-1]:
+            self.down.append(_DoubleConv(dims, c, w))
+            c = w
+        self.pool = Pool(2)
+        self.bottleneck = _DoubleConv(dims, widths[-2], widths[-1])
+        self.up = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
+        for level in reversed(range(depth)):
+            self.up.append(UpConv(widths[level + 1], widths[level], 2, stride=2))
+            self.up_blocks.append(_DoubleConv(dims, 2 * widths[level], widths[level]))
+        self.head = Conv(widths[0], num_classes, 1)
+        self._init_weights()
+
+    def _init_weights(self):
+        # He initialization suits the ReLU stacks; torch's default (a=sqrt(5)) starts so small that some
+        # seeds sit on a plateau for the first hundred steps, too long for a 60 s budget.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, *spatial) normalized input -> (N, K, *spatial) class logits (TorchScript-able)."""
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for upconv, block in zip(self.up, self.up_blocks):
+            x = torch.cat([skips.pop(), upconv(x)], dim=1)
+            x = block(x)
+        return self.head(x)
+
+
+class UNetProbabilities(UNet):
+    """The UNet followed by a softmax over its classes: (N, C, *spatial) -> (N, K, *spatial) probabilities.
+
+    What a bioimage.io package runs, so that every consumer (deepImageJ, ilastik, bioimageio.core) gets
+    the class probabilities `napari_unet.predict` returns without a postprocessing step of its own. Same
+    parameters and weights as `UNet`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=1)
