@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from .io import INCOMPLETE_ATTR, check_zarr_codecs
-from .outputs import _replace, atomic_path
+from .outputs import _replace, atomic_path, copy_blocks
 from .provenance import PROVENANCE_KEY
 
 __all__ = ["OWNER_KEY", "OmeImage", "LabelTarget", "LabelImageOutput", "read_ome_image", "label_target",
-           "declared_channel_axis", "label_name", "COLORS"]
+           "declared_channel_axis", "label_name", "write_label_image", "COLORS"]
 
 #: Attribute of a label image written by napari-unet (its provenance); others are never replaced.
 OWNER_KEY = PROVENANCE_KEY
@@ -405,6 +405,22 @@ class LabelImageOutput:
         else:
             self.abort()
         return False
+
+
+def write_label_image(image, name, labels, *, attrs=None, classes=None, channel_axis=None) -> Path:
+    """Write ``labels`` (numpy, dask, zarr: never loaded whole) into an OME-Zarr image as label ``name``.
+
+    The same checks and atomic write as ``napari-unet predict IMAGE -o IMAGE/labels/NAME``; ``attrs``,
+    ``classes`` and ``channel_axis`` as in `LabelImageOutput`. Returns the label image's path.
+    """
+    target = label_target(Path(image) / LABELS_DIR / name)
+    if target is None:
+        raise ValueError(f"{str(image)!r} is not an OME-Zarr image (a .zarr group with multiscales metadata)")
+    dtype = np.dtype(labels.dtype)
+    dtype = np.dtype(np.uint8) if dtype.kind == "b" else dtype
+    with target.output(np.shape(labels), dtype, channel_axis=channel_axis, attrs=attrs, classes=classes) as out:
+        copy_blocks(labels, out.array, dtype)
+    return target.path
 
 
 def _add_to_list(labels_dir: Path, fmt: int, name: str) -> None:

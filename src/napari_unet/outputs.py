@@ -14,7 +14,7 @@ import numpy as np
 from .io import INCOMPLETE_ATTR, _check_format, _suffix
 
 __all__ = ["atomic_path", "check_output_path", "refuse_inputs_as_outputs", "release_pages", "OutputFile",
-           "commit_together", "write_image", "BLOCK_PIXELS"]
+           "commit_together", "write_image", "copy_blocks", "BLOCK_PIXELS"]
 
 
 def _tmp_name(path: Path, tag: str = "partial") -> Path:
@@ -298,9 +298,15 @@ def write_image(path, array, attrs=None, dtype=None):
     dtype = np.dtype(dtype if dtype is not None else array.dtype)
     if len(shape) < 2:
         raise ValueError(f"an image needs at least two axes, got shape {shape}")
-    rows = max(1, BLOCK_PIXELS // max(1, shape[-1]))
     with OutputFile(path, shape, dtype, attrs=attrs) as out:
-        for index in np.ndindex(*shape[:-2]):
-            for y in range(0, shape[-2], rows):
-                block = index + (slice(y, min(y + rows, shape[-2])),)
-                out.array[block] = np.asarray(array[block], dtype=dtype)
+        copy_blocks(array, out.array, dtype)
+
+
+def copy_blocks(array, dest, dtype) -> None:
+    """Copy ``array`` into ``dest`` (same shape) in blocks of whole rows of one plane (`BLOCK_PIXELS`)."""
+    shape = tuple(np.shape(array))
+    rows = max(1, BLOCK_PIXELS // max(1, shape[-1]))
+    for index in np.ndindex(*shape[:-2]):
+        for y in range(0, shape[-2], rows):
+            block = index + (slice(y, min(y + rows, shape[-2])),)
+            dest[block] = np.asarray(array[block], dtype=dtype)
