@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from .io import INCOMPLETE_ATTR, check_zarr_codecs
 from .outputs import _replace, atomic_path, copy_blocks
 from .provenance import PROVENANCE_KEY
 
-__all__ = ["OWNER_KEY", "OmeImage", "LabelTarget", "LabelImageOutput", "read_ome_image", "label_target",
+__all__ = ["OWNER_KEY", "OmeImage", "LabelTarget", "LabelImageOutput", "read_ome_image", "read_ome_labels", "label_target",
            "declared_channel_axis", "label_name", "write_label_image", "COLORS"]
 
 #: Attribute of a label image written by napari-unet (its provenance); others are never replaced.
@@ -77,6 +77,10 @@ class OmeImage:
         Shape and chunks of each level.
     labels : tuple of str
         The names in ``labels/``'s list.
+    attrs : dict
+        All of the group's attributes (a label's provenance is there).
+    image_label : dict or None
+        The ``image-label`` metadata of a label image; None for an image.
     """
 
     path: Path
@@ -86,6 +90,8 @@ class OmeImage:
     shapes: tuple
     chunks: tuple
     labels: tuple = ()
+    attrs: dict = field(default_factory=dict)
+    image_label: dict | None = None
 
     @property
     def axes(self) -> list:
@@ -140,14 +146,28 @@ def read_ome_image(path) -> OmeImage | None:
     ValueError
         For stores that decode Python objects, and for NGFF versions other than 0.4 and 0.5.
     """
-    path = Path(path)
+    found = _read_multiscale(Path(path))
+    return None if found is None or found.image_label is not None else found
+
+
+def read_ome_labels(image: OmeImage) -> dict:
+    """Name -> `OmeImage` (with ``image_label`` set) of each label image the image's list names and holds."""
+    labels = {}
+    for name in image.labels:
+        found = _read_multiscale(image.path / LABELS_DIR / name) if name == label_name(name) else None
+        if found is not None and found.image_label is not None:
+            labels[name] = found
+    return labels
+
+
+def _read_multiscale(path: Path) -> OmeImage | None:
     found = _group_attrs(path)
     if found is None:
         return None
     fmt, attrs = found
     ome = _ome(fmt, attrs)
     multiscales = ome.get("multiscales")
-    if not multiscales or "image-label" in ome:
+    if not multiscales:
         return None
     version = str(ome.get("version") or multiscales[0].get("version") or "")
     if (fmt, version) not in ((2, "0.4"), (3, "0.5")):
@@ -162,8 +182,10 @@ def read_ome_image(path) -> OmeImage | None:
     found = _group_attrs(path / LABELS_DIR)
     if found is not None:
         labels = tuple(str(n) for n in _ome(*found).get("labels", []))
+    label = ome.get("image-label")
     return OmeImage(path, fmt, version, dict(multiscales[0]), tuple(tuple(a.shape) for a in levels),
-                    tuple(tuple(a.chunks) for a in levels), labels)
+                    tuple(tuple(a.chunks) for a in levels), labels, dict(attrs),
+                    dict(label) if isinstance(label, dict) else None)
 
 
 def declared_channel_axis(path) -> int | None:

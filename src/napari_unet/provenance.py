@@ -6,6 +6,7 @@ The same dictionary goes into a Labels layer's ``metadata`` and into the files n
 from __future__ import annotations
 
 import hashlib
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,18 +20,28 @@ __all__ = ["PROVENANCE_KEY", "provenance", "weights_sha256", "label_classes"]
 PROVENANCE_KEY = "napari_unet_provenance"
 
 
+_hashes = weakref.WeakKeyDictionary()  # network -> (tensor versions, hash): weights hashed once per change
+
+
 def weights_sha256(model) -> str:
     """SHA-256 of the network's weights (names, shapes, dtypes and values, in order).
 
     The same weights give the same hash whether the model was just trained, loaded from a ``.pt`` file
-    or from a package, so a result can be traced to its model even when that was never saved.
+    or from a package, so a result can be traced to its model even when that was never saved. Cached
+    per network until its tensors change (torch counts in-place changes in ``Tensor._version``).
     """
+    state = model.network.state_dict()
+    versions = tuple(getattr(t, "_version", None) for t in state.values())
+    cached = _hashes.get(model.network)
+    if cached is not None and cached[0] == versions and None not in versions:
+        return cached[1]
     digest = hashlib.sha256()
-    for name, tensor in model.network.state_dict().items():
+    for name, tensor in state.items():
         arr = tensor.detach().cpu().contiguous().numpy()
         digest.update(f"{name}:{arr.dtype}:{arr.shape};".encode())
         digest.update(arr.tobytes())
-    return digest.hexdigest()
+    _hashes[model.network] = (versions, digest.hexdigest())
+    return _hashes[model.network][1]
 
 
 def _file_sha256(path) -> str:

@@ -19,6 +19,7 @@ from ._lifecycle import weak_method
 from ._pickers import LayerComboBox, auto_choices, channel_axis_choices, device_choices, layer_choices, parse_channel_axis
 from ._names import ImageNames
 from ._probabilities import ProbabilityLayers
+from ._provenance import mark_output
 from ._segmentation import SegmentationRun
 from ._store import STORE
 
@@ -223,6 +224,7 @@ class SegmentWidget(JobWidget):
                 remove_output_store(labels_out)
                 raise
         run = SegmentationRun.prepare(viewer, image, model, labels_out, axis)
+        mark_output(run.seg.layer, model, image, plan=plan, channel_axis=axis)
         if prob_out is not None:
             run.prob_layers = self._probabilities.show(viewer, image, model, prob_out, axis)
         self._run = run
