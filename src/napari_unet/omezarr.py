@@ -1,4 +1,4 @@
-"""OME-Zarr (NGFF 0.4 / 0.5) images and the label images napari-unet writes into them.
+"""OME-Zarr (NGFF 0.4 / 0.5) images, as far as their label images need them; where a label image goes.
 
 A segmentation of an OME-Zarr image is written into it as an NGFF label image,
 ``IMAGE.ome.zarr/labels/NAME``: a pyramid with the image's levels (labels downsampled by nearest
@@ -7,38 +7,31 @@ neighbour), the image's axes, units and coordinate transformations (without its 
 the ``labels`` group's list. The image's own arrays and metadata are never touched. The label is
 written under a hidden temporary name inside ``labels/`` and renamed into place when complete; only
 then is NAME added to the list, so the list never names a missing or half-written label. An existing
-label is replaced only when napari-unet wrote it (its attributes carry `OWNER_KEY`).
+label is replaced only when napari-unet wrote it (its attributes carry `OWNER_KEY`). The writing
+itself is `napari_unet.omezarr_labels`.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .io import INCOMPLETE_ATTR, check_zarr_codecs
-from .outputs import _replace, atomic_path, copy_blocks
+from .io import check_zarr_codecs
 from .provenance import PROVENANCE_KEY
 
-__all__ = ["OWNER_KEY", "OmeImage", "LabelTarget", "LabelImageOutput", "read_ome_image", "read_ome_labels", "label_target",
-           "declared_channel_axis", "label_name", "write_label_image", "COLORS"]
+__all__ = ["OWNER_KEY", "LABELS_DIR", "OmeImage", "LabelTarget", "read_ome_image", "read_ome_labels", "label_target",
+           "declared_channel_axis", "label_name", "group_attrs", "ome_attrs", "drop_axis", "check_replaceable"]
 
 #: Attribute of a label image written by napari-unet (its provenance); others are never replaced.
 OWNER_KEY = PROVENANCE_KEY
 LABELS_DIR = "labels"
-#: RGBA colours of the first semantic classes (label values 2, 3, ...); background (0) is transparent.
-COLORS = ((255, 64, 64, 255), (64, 160, 255, 255), (255, 200, 0, 255), (0, 200, 120, 255), (200, 80, 255, 255),
-          (255, 128, 0, 255), (0, 220, 220, 255), (255, 100, 180, 255))
-#: Pixels of a pyramid level computed at a time.
-_BLOCK = 1024
 
 
-def _group_attrs(folder: Path) -> tuple[int, dict] | None:
+def group_attrs(folder: Path) -> tuple[int, dict] | None:
     """(zarr format, attributes) of a zarr group folder, read as JSON; None if it is not a group."""
     try:
         meta = json.loads((folder / "zarr.json").read_text())
@@ -56,7 +49,7 @@ def _group_attrs(folder: Path) -> tuple[int, dict] | None:
     return None
 
 
-def _ome(fmt: int, attrs: dict) -> dict:
+def ome_attrs(fmt: int, attrs: dict) -> dict:
     """The NGFF part of a group's attributes (under "ome" in 0.5)."""
     return dict(attrs.get("ome") or {}) if fmt == 3 else attrs
 
@@ -113,13 +106,13 @@ class OmeImage:
 
     def transforms(self, level: int, drop: int | None = None) -> list:
         """The coordinate transformations of a level (scale, translation), without axis ``drop``."""
-        return [_drop_axis(t, drop) for t in self.multiscale["datasets"][level].get("coordinateTransformations", [])]
+        return [drop_axis(t, drop) for t in self.multiscale["datasets"][level].get("coordinateTransformations", [])]
 
     def geometry(self, drop: int | None = None) -> dict:
         """napari ``scale``/``translate``/``axis_labels``/``units`` of level 0 (without axis ``drop``)."""
         n = len(self.shapes[0]) - (drop is not None)
         scale, translate = np.ones(n), np.zeros(n)
-        for t in self.transforms(0, drop) + [_drop_axis(t, drop) for t in
+        for t in self.transforms(0, drop) + [drop_axis(t, drop) for t in
                                              self.multiscale.get("coordinateTransformations", [])]:
             if t.get("type") == "scale" and len(t.get("scale", ())) == n:
                 scale, translate = scale * t["scale"], translate * t["scale"]
@@ -130,7 +123,7 @@ class OmeImage:
                 "axis_labels": [a.get("name", "") for a in axes], "units": [a.get("unit") or "pixel" for a in axes]}
 
 
-def _drop_axis(transform: dict, axis: int | None) -> dict:
+def drop_axis(transform: dict, axis: int | None) -> dict:
     out = dict(transform)
     for key in ("scale", "translation"):
         if axis is not None and isinstance(out.get(key), list):
@@ -161,11 +154,11 @@ def read_ome_labels(image: OmeImage) -> dict:
 
 
 def _read_multiscale(path: Path) -> OmeImage | None:
-    found = _group_attrs(path)
+    found = group_attrs(path)
     if found is None:
         return None
     fmt, attrs = found
-    ome = _ome(fmt, attrs)
+    ome = ome_attrs(fmt, attrs)
     multiscales = ome.get("multiscales")
     if not multiscales:
         return None
@@ -179,9 +172,9 @@ def _read_multiscale(path: Path) -> OmeImage | None:
     group = zarr.open_group(str(path), mode="r")
     levels = [group[str(d["path"])] for d in multiscales[0]["datasets"]]
     labels = ()
-    found = _group_attrs(path / LABELS_DIR)
+    found = group_attrs(path / LABELS_DIR)
     if found is not None:
-        labels = tuple(str(n) for n in _ome(*found).get("labels", []))
+        labels = tuple(str(n) for n in ome_attrs(*found).get("labels", []))
     label = ome.get("image-label")
     return OmeImage(path, fmt, version, dict(multiscales[0]), tuple(tuple(a.shape) for a in levels),
                     tuple(tuple(a.chunks) for a in levels), labels, dict(attrs),
@@ -205,7 +198,7 @@ def label_name(name: str) -> str:
 
 def _owned(folder: Path) -> bool:
     """Whether a label folder was written by napari-unet."""
-    found = _group_attrs(folder)
+    found = group_attrs(folder)
     return found is not None and OWNER_KEY in found[1]
 
 
@@ -220,8 +213,10 @@ class LabelTarget:
     def path(self) -> Path:
         return self.image.path / LABELS_DIR / self.name
 
-    def output(self, shape, dtype, *, channel_axis=None, attrs=None, classes=None) -> "LabelImageOutput":
-        """A `LabelImageOutput` for a segmentation of ``shape`` (see there)."""
+    def output(self, shape, dtype, *, channel_axis=None, attrs=None, classes=None):
+        """A `napari_unet.omezarr_labels.LabelImageOutput` for a segmentation of ``shape`` (see there)."""
+        from .omezarr_labels import LabelImageOutput
+
         return LabelImageOutput(self, shape, dtype, channel_axis=channel_axis, attrs=attrs, classes=classes)
 
 
@@ -258,7 +253,7 @@ def label_target(path, image=None) -> LabelTarget | None:
             raise ValueError(f"labels are written into the image they segment: the input is {str(image)!r}, "
                              f"not {str(ome.path)!r}")
     target = LabelTarget(ome, name)
-    _check_replaceable(target.path)
+    check_replaceable(target.path)
     return target
 
 
@@ -269,210 +264,9 @@ def _same(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def _check_replaceable(dest: Path) -> None:
+def check_replaceable(dest: Path) -> None:
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise ValueError(f"{str(dest)!r} exists and is not a label image: choose another label name")
     if dest.exists() and not _owned(dest):
         raise ValueError(f"{str(dest)!r} is a label image napari-unet did not write: it is never replaced; "
                          "choose another label name")
-
-
-class LabelImageOutput:
-    """An NGFF label image written under a temporary name inside ``labels/``; like `outputs.OutputFile`.
-
-    Write the full-resolution labels into ``array``; `finish` computes the pyramid and writes the
-    metadata, `commit` renames the label into place and then adds its name to the ``labels`` list
-    (a new ``labels`` group appears whole, with its list). Leaving the ``with`` block with an error
-    removes everything written: the image is as it was.
-
-    Parameters
-    ----------
-    target : LabelTarget
-    shape, dtype :
-        Of the segmentation: the image's level-0 shape, without ``channel_axis``.
-    channel_axis : int, optional
-        The image's axis the segmentation does not have (default: the declared channel axis, when the
-        shape lacks one axis).
-    attrs : dict, optional
-        JSON-able attributes of the label group, e.g. the provenance (stored under `OWNER_KEY`).
-    classes : dict, optional
-        Label value -> class name (semantic models): written as ``image-label`` colors and properties.
-    """
-
-    def __init__(self, target: LabelTarget, shape, dtype, *, channel_axis=None, attrs=None, classes=None):
-        self.target, self.image = target, target.image
-        self.dtype = np.dtype(dtype)
-        if self.dtype.kind not in "iub":
-            raise ValueError(f"label images hold integers, got {self.dtype}")
-        self.drop = self._dropped_axis(tuple(int(s) for s in shape), channel_axis)
-        self.shape = tuple(int(s) for s in shape)
-        self.attrs = {OWNER_KEY: {}, **dict(attrs or {})}
-        json.dumps(self.attrs)  # TypeError now, not after the prediction
-        self.classes = {int(k): str(v) for k, v in (classes or {}).items()}
-        labels_dir = self.image.path / LABELS_DIR
-        self._fresh = _group_attrs(labels_dir) is None
-        if self._fresh and labels_dir.exists():
-            raise ValueError(f"{str(labels_dir)!r} exists but is not a zarr group: move it away first")
-        tag = uuid.uuid4().hex[:8]
-        # a new labels group is made whole beside the image's arrays, then renamed: never half there
-        self._staging = self.image.path / f".{LABELS_DIR}.partial-{tag}" if self._fresh else None
-        self.tmp = (self._staging or labels_dir) / (f"{target.name}" if self._fresh else f".{target.name}.partial-{tag}")
-        self._finished = self._committed = False
-        try:
-            self._create()
-        except BaseException:
-            self.abort()
-            raise
-
-    def _dropped_axis(self, shape, channel_axis):
-        full = self.image.shapes[0]
-        if len(shape) == len(full) and channel_axis is None:
-            drop = None
-        else:
-            drop = channel_axis if channel_axis is not None else self.image.channel_axis
-            drop = None if drop is None else drop % len(full)
-        expected = tuple(s for k, s in enumerate(full) if k != drop)
-        if tuple(shape) != expected:
-            raise ValueError(f"the segmentation's shape {tuple(shape)} does not match the image "
-                             f"{str(self.image.path)!r} (shape {tuple(full)}): a label image has the image's shape"
-                             + (" without its channel axis" if drop is not None else ""))
-        return drop
-
-    def _level_shapes(self):
-        return [tuple(s for k, s in enumerate(shape) if k != self.drop) for shape in self.image.shapes]
-
-    def _create(self):
-        import zarr
-
-        fmt = self.image.zarr_format
-        if self._fresh:
-            staging = zarr.open_group(str(self._staging), mode="w", zarr_format=fmt)
-            staging.attrs.update({"labels": [self.target.name]} if fmt == 2 else
-                                 {"ome": {"version": self.image.version, "labels": [self.target.name]}})
-        group = zarr.open_group(str(self.tmp), mode="w", zarr_format=fmt)
-        group.attrs.update({INCOMPLETE_ATTR: True})
-        self._group = group
-        self.levels = [self._create_level(group, path, shape)
-                       for path, shape in zip(self.image.paths, self._level_shapes())]
-        self.array = self.levels[0]
-
-    def _create_level(self, group, path, shape):
-        chunks = tuple([1] * (len(shape) - 2) + [min(s, 1024) for s in shape[-2:]])
-        extra = ({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if self.image.zarr_format == 2 else
-                 {"dimension_names": [a.get("name") for k, a in enumerate(self.image.axes) if k != self.drop]})
-        return group.create_array(path, shape=shape, chunks=chunks, dtype=self.dtype, fill_value=0, **extra)
-
-    def _metadata(self) -> dict:
-        axes = [a for k, a in enumerate(self.image.axes) if k != self.drop]
-        datasets = [{"path": p, "coordinateTransformations": self.image.transforms(i, self.drop)}
-                    for i, p in enumerate(self.image.paths)]
-        multiscale = {"name": self.target.name, "axes": axes, "datasets": datasets}
-        top = self.image.multiscale.get("coordinateTransformations")
-        if top:
-            multiscale["coordinateTransformations"] = [_drop_axis(t, self.drop) for t in top]
-        label = {"source": {"image": "../../"}}
-        if self.classes:
-            others = [v for v in sorted(self.classes) if v != 0]
-            label["colors"] = [{"label-value": 0, "rgba": [0, 0, 0, 0]}] + [
-                {"label-value": v, "rgba": list(COLORS[k % len(COLORS)])} for k, v in enumerate(others)]
-            label["properties"] = [{"label-value": v, "class": n} for v, n in sorted(self.classes.items())]
-        if self.image.zarr_format == 2:
-            return {"multiscales": [{"version": "0.4", **multiscale}], "image-label": {"version": "0.4", **label},
-                    **self.attrs}
-        return {"ome": {"version": self.image.version, "multiscales": [multiscale], "image-label": label},
-                **self.attrs}
-
-    def finish(self):
-        """Compute the lower levels from the full-resolution labels and write the metadata."""
-        if self._finished:
-            return
-        for source, level in zip(self.levels, self.levels[1:]):
-            _downsample_nearest(source, level)
-        self._group.attrs.put(self._metadata())
-        self._finished = True
-
-    def commit(self):
-        """Rename the finished label into place, then name it in the ``labels`` list."""
-        self.finish()
-        if self._committed:
-            return
-        labels_dir = self.image.path / LABELS_DIR
-        if self._fresh:
-            os.rename(self._staging, labels_dir)  # fails, changing nothing, if labels/ appeared meanwhile
-        else:
-            dest = labels_dir / self.target.name
-            _check_replaceable(dest)
-            _replace(self.tmp, dest)
-            _add_to_list(labels_dir, self.image.zarr_format, self.target.name)
-        self._committed = True
-
-    def abort(self):
-        """Remove what was written; the image is left as it was (or as committed)."""
-        self.array = self.levels = self._group = None
-        if not self._committed:
-            for folder in (self._staging, self.tmp):
-                if folder is not None and folder.exists():
-                    shutil.rmtree(folder, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException:
-                self.abort()
-                raise
-        else:
-            self.abort()
-        return False
-
-
-def write_label_image(image, name, labels, *, attrs=None, classes=None, channel_axis=None) -> Path:
-    """Write ``labels`` (numpy, dask, zarr: never loaded whole) into an OME-Zarr image as label ``name``.
-
-    The same checks and atomic write as ``napari-unet predict IMAGE -o IMAGE/labels/NAME``; ``attrs``,
-    ``classes`` and ``channel_axis`` as in `LabelImageOutput`. Returns the label image's path.
-    """
-    target = label_target(Path(image) / LABELS_DIR / name)
-    if target is None:
-        raise ValueError(f"{str(image)!r} is not an OME-Zarr image (a .zarr group with multiscales metadata)")
-    dtype = np.dtype(labels.dtype)
-    dtype = np.dtype(np.uint8) if dtype.kind == "b" else dtype
-    with target.output(np.shape(labels), dtype, channel_axis=channel_axis, attrs=attrs, classes=classes) as out:
-        copy_blocks(labels, out.array, dtype)
-    return target.path
-
-
-def _add_to_list(labels_dir: Path, fmt: int, name: str) -> None:
-    """Add ``name`` to the labels group's list, rewriting its metadata file atomically."""
-    file = labels_dir / ("zarr.json" if fmt == 3 else ".zattrs")
-    try:
-        meta = json.loads(file.read_text())
-    except FileNotFoundError:
-        meta = {}
-    attrs = meta.setdefault("attributes", {}) if fmt == 3 else meta
-    ome = attrs.setdefault("ome", {}) if fmt == 3 else attrs
-    names = list(ome.get("labels") or [])
-    if name in names:
-        return
-    ome["labels"] = names + [name]
-    with atomic_path(file) as tmp:
-        Path(tmp).write_text(json.dumps(meta, indent=2))
-
-
-def _downsample_nearest(source, dest) -> None:
-    """Fill ``dest`` with ``source`` sampled at the centres of ``dest``'s pixels (labels stay labels).
-
-    Works block by block (about `_BLOCK` pixels a side), for any ratio of shapes.
-    """
-    src_shape, shape = tuple(source.shape), tuple(dest.shape)
-    index = [np.minimum(((np.arange(n) + 0.5) * (m / n)).astype(np.int64), m - 1) for m, n in zip(src_shape, shape)]
-    steps = [1] * (len(shape) - 2) + [_BLOCK, _BLOCK]
-    for corner in np.ndindex(*[-(-n // s) for n, s in zip(shape, steps)]):
-        out = tuple(slice(c * s, min((c + 1) * s, n)) for c, s, n in zip(corner, steps, shape))
-        picks = [ix[o] for ix, o in zip(index, out)]
-        box = tuple(slice(int(p[0]), int(p[-1]) + 1) for p in picks)
-        block = np.asarray(source[box])
-        dest[out] = block[np.ix_(*[p - p[0] for p in picks])]

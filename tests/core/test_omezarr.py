@@ -8,7 +8,7 @@ import tifffile
 import zarr
 
 import napari_unet as nu
-from napari_unet import omezarr
+from napari_unet import omezarr, omezarr_labels
 from napari_unet.cli import main
 from napari_unet.provenance import PROVENANCE_KEY, label_classes, provenance, weights_sha256
 
@@ -169,7 +169,7 @@ def test_interrupted_write_leaves_the_store_as_it_was(tmp_path, capsys, monkeypa
     def interrupted(source, dest):  # Ctrl-C while the pyramid is computed
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(omezarr, "_downsample_nearest", interrupted)
+    monkeypatch.setattr(omezarr_labels, "_downsample_nearest", interrupted)
     code, err = run(capsys, "predict", tmp_path / "model.pt", image, "-o", image / "labels" / "cells")
     assert code == 130
     assert tree_digest(image) == before
@@ -196,13 +196,13 @@ def test_write_label_image_from_an_array_and_shape_checks(tmp_path):
     make_image(image, "0.5")
     labels = np.zeros((2, 64, 96), np.uint16)
     labels[:, 10:20, 30:50] = 7
-    written = omezarr.write_label_image(image, "painted", labels, classes={7: "nucleus"})
+    written = omezarr_labels.write_label_image(image, "painted", labels, classes={7: "nucleus"})
     assert written == image / "labels" / "painted"
     node = read_with_ome_zarr(image)["painted"]
     np.testing.assert_array_equal(np.asarray(node.data[0]), labels)
     assert node.metadata["properties"] == {7: {"class": "nucleus"}}
     with pytest.raises(ValueError, match="does not match the image"):
-        omezarr.write_label_image(image, "wrong", labels[:, :32])
+        omezarr_labels.write_label_image(image, "wrong", labels[:, :32])
     assert omezarr.read_ome_image(image).labels == ("theirs", "painted")
 
 

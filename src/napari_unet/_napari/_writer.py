@@ -20,7 +20,7 @@ def write_labels(path: str, data, meta: dict) -> list:
     reader opens it as a Labels layer again, and keeps the layer's provenance (made by napari-unet).
 
     Saved to an OME-Zarr image (``IMAGE.ome.zarr``, or ``IMAGE.ome.zarr/labels/NAME``), the layer is
-    written into it as a label image (`napari_unet.omezarr.write_label_image`): named as when it was
+    written into it as a label image (`napari_unet.omezarr_labels.write_label_image`): named as when it was
     read from that image, else after the layer; with the layer's class names and provenance.
 
     Returns
@@ -44,7 +44,7 @@ def write_labels(path: str, data, meta: dict) -> list:
     made = {PROVENANCE_KEY: metadata[PROVENANCE_KEY]} if PROVENANCE_KEY in metadata else {}
     into = _ome_label_path(Path(path), meta)
     if into is not None:
-        from napari_unet.omezarr import write_label_image
+        from napari_unet.omezarr_labels import write_label_image
 
         from ._provenance import classes_of
 
