@@ -78,6 +78,10 @@ def test_segmentation_of_an_ome_zarr_image_is_saved_back_into_it(make_napari_vie
     np.testing.assert_array_equal(np.asarray(node.data[0]), np.asarray(seg.data))
     assert node.metadata["properties"][2] == {"class": "class 2"}
     assert zarr.open_group(str(image / "labels" / "img_segmentation"), mode="r").attrs[PROVENANCE_KEY] == record
+    seg.save(str(tmp_path / "seg.tif"), plugin="napari-unet")  # a plain file keeps the provenance too
+    back, = viewer.open(str(tmp_path / "seg.tif"), plugin="napari-unet")
+    assert isinstance(back, Labels) and back.metadata[PROVENANCE_KEY] == record
+
     before = tree_digest(image)
     with pytest.warns(UserWarning, match="not a valid writer"):  # napari turns the writer's refusal into this
         theirs.save(str(image), plugin="napari-unet")  # it came from labels/theirs: never replaced
