@@ -224,5 +224,14 @@ def _downsample_nearest(source, dest) -> None:
         out = tuple(slice(c * s, min((c + 1) * s, n)) for c, s, n in zip(corner, steps, shape))
         picks = [ix[o] for ix, o in zip(index, out)]
         box = tuple(slice(int(p[0]), int(p[-1]) + 1) for p in picks)
-        block = np.asarray(source[box])
-        dest[out] = block[np.ix_(*[p - p[0] for p in picks])]
+        local = [p - p[0] for p in picks]
+        slices = [_as_slice(p) for p in local]
+        dest[out] = np.asarray(source[box])[tuple(slices) if None not in slices else np.ix_(*local)]
+
+
+def _as_slice(picks):
+    """A slice picking the same indices, when they are evenly spaced (far faster than fancy indexing)."""
+    step = int(picks[1] - picks[0]) if len(picks) > 1 else 1
+    if step > 0 and np.array_equal(picks, np.arange(len(picks)) * step + picks[0]):
+        return slice(int(picks[0]), int(picks[-1]) + 1, step)
+    return None

@@ -24,10 +24,10 @@ SCALE = {"z": 2.0, "y": 0.5, "x": 0.25}
 UNITS = {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
 
 
-def make_image(path, fmt="0.4", channels=None, foreign_label=True):
+def make_image(path, fmt="0.4", channels=None, foreign_label=True, plane=(64, 96)):
     """An OME-Zarr image written by ome-zarr itself (3 levels), optionally with a label of its own."""
     rng = np.random.default_rng(1)
-    shape = (2, 64, 96) if channels is None else (channels, 64, 96)
+    shape = (2, *plane) if channels is None else (channels, *plane)
     data = (100 + 400 * rng.random(shape)).astype(np.uint16)
     f = FORMATS[fmt]()
     group = zarr.open_group(str(path), mode="w", zarr_format=f.zarr_format)
@@ -102,6 +102,18 @@ def test_lower_levels_are_nearest_samples_of_the_labels(store, capsys):
     np.testing.assert_array_equal(group[paths[1]][:], full[:, 1::2, 1::2])  # pixel centres of 2x2 blocks
     np.testing.assert_array_equal(group[paths[2]][:], full[:, 3::4, 3::4])
     assert group[paths[0]].dtype == np.uint8
+
+
+def test_odd_sized_levels_match_the_image_and_sample_pixel_centres(tmp_path):
+    image = tmp_path / "odd.ome.zarr"
+    make_image(image, "0.5", foreign_label=False, plane=(65, 97))
+    labels = np.random.default_rng(0).integers(0, 5, (2, 65, 97)).astype(np.uint8)
+    omezarr_labels.write_label_image(image, "random", labels)
+    ome = omezarr.read_ome_image(image)
+    group = zarr.open_group(str(image / "labels" / "random"), mode="r")
+    assert [group[p].shape for p in ome.paths] == list(ome.shapes)  # ome-zarr's own rounding of odd sizes
+    centres = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(int), m - 1) for m, n in zip(labels.shape, ome.shapes[1])]
+    np.testing.assert_array_equal(group[ome.paths[1]][:], labels[np.ix_(*centres)])
 
 
 def test_provenance_is_in_the_label_image_and_in_tiff_and_zarr_outputs(store, capsys):

@@ -70,6 +70,7 @@ def test_segmentation_of_an_ome_zarr_image_is_saved_back_into_it(make_napari_vie
     assert record["model"]["weights_sha256"] == weights_sha256(model) and record["settings"]["device"] == "cpu"
     assert seg.metadata["ome_zarr"]["image"] == str(image)
     np.testing.assert_allclose(seg.scale, img.scale)
+    assert seg.units == img.units and tuple(seg.axis_labels) == ("z", "y", "x")
 
     before = tree_digest(image, skip=image / "labels")
     seg.save(str(image), plugin="napari-unet")  # saving to the image writes a label image into it
