@@ -133,6 +133,18 @@ def test_provenance_is_in_the_label_image_and_in_tiff_and_zarr_outputs(store, ca
         assert PROVENANCE_KEY in zarr.open(str(d / "p.zarr"), mode="r").attrs
 
 
+def test_instance_labels_and_probabilities_in_one_run(tmp_path, capsys):
+    nu.save_model(random_model(mode="instance"), tmp_path / "inst.pt")
+    image = tmp_path / "img.ome.zarr"
+    make_image(image, "0.5")
+    code, err = run(capsys, "predict", tmp_path / "inst.pt", image, "-o", image / "labels" / "objects",
+                    "--probabilities", tmp_path / "prob.zarr")
+    assert code == 0, err
+    node = read_with_ome_zarr(image)["objects"]
+    assert "properties" not in node.metadata  # one id per object: no class table
+    assert (tmp_path / "prob.zarr").is_dir()  # both outputs appear together
+
+
 def test_the_labels_group_is_created_whole_when_missing(tmp_path, capsys):
     nu.save_model(random_model(), tmp_path / "model.pt")
     image = tmp_path / "img.ome.zarr"
