@@ -52,7 +52,7 @@ class LabelImageOutput:
     def __init__(self, target: LabelTarget, shape, dtype, *, channel_axis=None, attrs=None, classes=None):
         self.target, self.image = target, target.image
         self.dtype = np.dtype(dtype)
-        if self.dtype.kind not in "iub":
+        if self.dtype.kind not in "iu":
             raise ValueError(f"label images hold integers, got {self.dtype}")
         self.drop = self._dropped_axis(tuple(int(s) for s in shape), channel_axis)
         self.shape = tuple(int(s) for s in shape)

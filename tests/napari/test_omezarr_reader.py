@@ -9,6 +9,7 @@ from qtpy.QtCore import Qt
 
 import napari_unet as nu
 from napari_unet.cli import main
+from napari_unet.omezarr import read_ome_image
 from napari_unet.provenance import PROVENANCE_KEY, weights_sha256
 
 from tests.core.test_predict import random_model
@@ -26,9 +27,8 @@ def test_cli_label_image_opens_in_napari_ome_zarr_and_in_ours(make_napari_viewer
     make_image(image, fmt)
     nu.save_model(random_model(classes=(1, 2, 3)), tmp_path / "m.pt")
     assert main(["predict", str(tmp_path / "m.pt"), str(image), "-o", str(image / "labels" / "cells")]) == 0
-    expected = np.asarray(zarr.open_group(str(image / "labels" / "cells"), mode="r")[
-        zarr.open_group(str(image), mode="r").attrs.asdict().get("ome", {}).get("multiscales", [{}])[0]
-        .get("datasets", [{"path": "s0"}])[0]["path"] if fmt == "0.5" else "s0"][:])
+    level0 = read_ome_image(image).paths[0]
+    expected = zarr.open_group(str(image / "labels" / "cells"), mode="r")[level0][:]
     viewer = make_napari_viewer()
     theirs = viewer.open(str(image), plugin="napari-ome-zarr")
     labels = [layer for layer in theirs if isinstance(layer, Labels) and layer.name.endswith("cells")]
