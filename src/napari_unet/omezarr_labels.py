@@ -66,7 +66,8 @@ class LabelImageOutput:
         tag = uuid.uuid4().hex[:8]
         # a new labels group is made whole beside the image's arrays, then renamed: never half there
         self._staging = self.image.path / f".{LABELS_DIR}.partial-{tag}" if self._fresh else None
-        self.tmp = (self._staging or labels_dir) / (f"{target.name}" if self._fresh else f".{target.name}.partial-{tag}")
+        name = target.name if self._fresh else f".{target.name}.partial-{tag}"
+        self.tmp = (self._staging or labels_dir) / name
         self._finished = self._committed = False
         try:
             self._create()

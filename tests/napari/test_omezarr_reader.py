@@ -88,3 +88,26 @@ def test_segmentation_of_an_ome_zarr_image_is_saved_back_into_it(make_napari_vie
         theirs.save(str(image), plugin="napari-unet")  # it came from labels/theirs: never replaced
     assert tree_digest(image) == before
     assert any("did not write" in m for s, m in notifications if "error" in s)  # the reason is shown
+
+
+def test_a_clicked_object_starts_a_layer_with_provenance_and_source(make_napari_viewer, qtbot, tmp_path):
+    import torch
+
+    from napari_unet._napari._store import STORE
+
+    image = tmp_path / "img.ome.zarr"
+    make_image(image, "0.4", foreign_label=False)
+    viewer = make_napari_viewer()
+    img, = viewer.open(str(image), plugin="napari-unet")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment with UNet")
+    model = random_model(classes=(1, 2, 3))
+    with torch.no_grad():  # class 2 everywhere: the click always finds an object
+        model.network.head.bias.copy_(torch.tensor([-20.0, 20.0, -20.0]))
+    STORE.set(model, "test")
+    segment.image.value = img
+    segment.segment_at(img.data_to_world((1, 32, 48)))
+    wait_until(qtbot, lambda: "img segmentation" in viewer.layers, timeout=30)
+    seg = viewer.layers["img segmentation"]
+    assert "class" not in seg.features  # a clicked object's id is its own, not its class id
+    assert seg.metadata[PROVENANCE_KEY]["model"]["weights_sha256"] == weights_sha256(model)
+    assert seg.metadata["ome_zarr"] == {"image": str(image), "label": "img_segmentation"}

@@ -186,7 +186,7 @@ class ClickToSegment:
             out = make_output(click.shape, np.int32, is_lazy(data))
             seg = SegmentationLayer.add(viewer, click.image, out, click.channel_axis,
                                         SegmentationState.for_model(click.model))
-            mark_output(seg.layer, click.model, click.image, channel_axis=click.channel_axis)
+            mark_output(seg.layer, click.model, click.image, features=False, channel_axis=click.channel_axis)
         under = int(np.asarray(seg.data[click.point]))
         if under:
             widget.status.value = f"already segmented (label {under})"

@@ -13,12 +13,13 @@ __all__ = ["OME_KEY", "mark_output", "classes_of", "PROVENANCE_KEY"]
 OME_KEY = "ome_zarr"
 
 
-def mark_output(layer, model, image=None, **settings) -> None:
+def mark_output(layer, model, image=None, *, features: bool = True, **settings) -> None:
     """Give a Labels layer made by ``model`` its class names, provenance and (from ``image``) OME-Zarr source.
 
     ``settings`` are recorded in the provenance (``plan=`` records tiles, halo, batch and device).
+    ``features=False`` for layers whose ids are not class ids (clicked objects get ids of their own).
     """
-    classes = label_classes(model)
+    classes = label_classes(model) if features else {}
     if classes:  # semantic: one row per written label value (napari shows the class under the cursor)
         layer.features = {"index": list(classes), "class": list(classes.values())}
     layer.metadata[PROVENANCE_KEY] = provenance(model, **settings)

@@ -3,8 +3,9 @@
 Small TIFFs (up to `napari_unet.io.EAGER_TIFF_BYTES`) are read into memory, which is fastest; bigger
 ones become dask arrays over a memory map or tifffile's zarr view, read plane by plane as napari shows
 them. TIFF pyramids and OME-Zarr multiscale groups open as multiscale layers; other zarr arrays as one
-dask array; OME-Zarr images open with their label images (`_ome_reader`). Files tagged as labels (`napari_unet.io.LABELS_ATTRS`: written by this plugin's writer
-from a Labels layer, or by ``napari-unet predict``) come back as Labels.
+dask array; OME-Zarr images open with their label images (`_ome_reader`). Files tagged as labels
+(`napari_unet.io.LABELS_ATTRS`: written by this plugin's writer from a Labels layer, or by
+``napari-unet predict``) come back as Labels, with their provenance in the layer's metadata.
 """
 from __future__ import annotations
 
