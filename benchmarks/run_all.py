@@ -27,6 +27,7 @@ BENCHMARKS = {
     "correction_loop": ([], ["--seeds", "0", "--budget", "15", "--finetune", "10"]),
     "one_pass": ([], ["--size", "512", "--reps", "1"]),
     "omp_wait_policy": ([], ["--steps", "3", "--reps", "1"]),
+    "omezarr_labels": ([], ["--shape", "2", "1024", "1024", "--reps", "1"]),
 }
 
 

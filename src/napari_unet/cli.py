@@ -174,26 +174,42 @@ def _train(args):
 
 
 def _predict(args):
-    from .io import LABELS_ATTRS, read_image
+    from .io import LABELS_ATTRS, declared_channel_axis, read_image
     from .outputs import OutputFile, check_output_path, commit_together, refuse_inputs_as_outputs
     from .modelfile import load_model
     from .predict import plan_prediction, run_prediction
 
+    from .omezarr import label_target
+    from .provenance import PROVENANCE_KEY, label_classes, provenance
+
     outputs = [Path(args.output)] + ([Path(args.probabilities)] if args.probabilities else [])
     refuse_inputs_as_outputs(outputs, [args.input, args.model])  # under any spelling: links, case
-    for o in outputs:
+    target = label_target(args.output, image=args.input)  # IMAGE.ome.zarr/labels/NAME, else None
+    for o in outputs[1 if target else 0:]:
         check_output_path(o)
     model = load_model(args.model)
     image = read_image(args.input)
+    declared = declared_channel_axis(args.input) if args.channel_axis is None else None
+    channel_axis = args.channel_axis if args.channel_axis is not None else declared
     # one plan, checked before any file is created; the one described is the one run
-    plan = plan_prediction(model, image, labels=True, probabilities=bool(args.probabilities), tile=args.tile,
-                           batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis)
+    try:
+        plan = plan_prediction(model, image, labels=True, probabilities=bool(args.probabilities), tile=args.tile,
+                               batch_size=args.batch_size, device=args.device, channel_axis=channel_axis)
+    except ValueError as exc:
+        if declared is None:
+            raise
+        raise ValueError(f"{exc} (the file declares axis {declared} as its channels; --channel-axis overrides "
+                         "that)") from None
+    made = {PROVENANCE_KEY: provenance(model, model_file=args.model, plan=plan, channel_axis=channel_axis)}
     with ExitStack() as outputs:
-        labels_out = outputs.enter_context(OutputFile(args.output, plan.shape, plan.labels_dtype,
-                                                      attrs=LABELS_ATTRS))
+        labels_out = outputs.enter_context(
+            target.output(plan.shape, plan.labels_dtype, channel_axis=channel_axis, attrs=made,
+                          classes=label_classes(model)) if target else
+            OutputFile(args.output, plan.shape, plan.labels_dtype, attrs={**LABELS_ATTRS, **made}))
         prob_out = None
         if args.probabilities:  # written from the same forward passes as the labels
-            prob_out = outputs.enter_context(OutputFile(args.probabilities, plan.probabilities_shape, "float32"))
+            prob_out = outputs.enter_context(OutputFile(args.probabilities, plan.probabilities_shape, "float32",
+                                                        attrs=made))
         print(plan.describe(), file=sys.stderr, flush=True)
         _drain_predict(run_prediction(plan, labels_out=labels_out.array,
                                       probabilities_out=prob_out.array if prob_out else None))

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FORMATS", "read_image", "check_zarr_codecs", "INCOMPLETE_ATTR", "LABELS_ATTR", "LABELS_ATTRS",
-           "WRITER_ATTR"]
+__all__ = ["FORMATS", "read_image", "declared_channel_axis", "check_zarr_codecs", "INCOMPLETE_ATTR", "LABELS_ATTR",
+           "LABELS_ATTRS", "WRITER_ATTR"]
 
 FORMATS = (".tif", ".tiff", ".zarr", ".npy")
 INCOMPLETE_ATTR = "napari_unet_incomplete"
@@ -75,6 +76,30 @@ def read_image(path, *, lazy: bool = True):
     return arr
 
 
+def declared_channel_axis(path) -> int | None:
+    """The channel axis a file's own metadata declares, else None.
+
+    A TIFF's ``C`` axis (channels: ImageJ hyperstacks, OME-TIFF) or an OME-Zarr image's ``channel``
+    axis, as an index into the array `read_image` returns. (RGB samples are not taken as channels
+    silently: a one-channel model refuses them with its own advice.)
+    """
+    ext = _suffix(path)
+    if ext == ".zarr":
+        from .omezarr import declared_channel_axis as ome_channel_axis
+
+        return ome_channel_axis(path)
+    if ext not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes = tif.series[0].axes
+    except Exception:  # noqa: BLE001 - unreadable: read_image says why
+        return None
+    return axes.index("C") if "C" in axes else None
+
+
 class _OwnError(ValueError):
     """A ValueError whose message is already written for the user (not wrapped again)."""
 
@@ -89,7 +114,7 @@ def _open_tiff(p: Path, lazy: bool):
 
     with tifffile.TiffFile(p) as tif:
         series = tif.series[0]
-        nbytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
+        nbytes = math.prod(int(s) for s in series.shape) * np.dtype(series.dtype).itemsize  # never overflows
     if not lazy or nbytes <= EAGER_TIFF_BYTES:
         return tifffile.imread(p)
     try:

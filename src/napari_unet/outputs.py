@@ -13,8 +13,8 @@ from . import __version__
 from .io import INCOMPLETE_ATTR, LABELS_ATTR, WRITER_ATTR, _check_format, _suffix
 from .publish import _remove, atomic_path, clean_stale, publish, resolve_link, temporary_name, uninterruptible
 
-__all__ = ["atomic_path", "check_output_path", "written_by_napari_unet", "refuse_inputs_as_outputs", "release_pages", "OutputFile",
-           "commit_together", "write_image", "BLOCK_PIXELS"]
+__all__ = ["atomic_path", "check_output_path", "written_by_napari_unet", "refuse_inputs_as_outputs",
+           "release_pages", "OutputFile", "commit_together", "write_image", "copy_blocks", "BLOCK_PIXELS"]
 
 
 def check_output_path(path) -> Path:
@@ -274,9 +274,15 @@ def write_image(path, array, attrs=None, dtype=None):
     dtype = np.dtype(dtype if dtype is not None else array.dtype)
     if len(shape) < 2:
         raise ValueError(f"an image needs at least two axes, got shape {shape}")
-    rows = max(1, BLOCK_PIXELS // max(1, shape[-1]))
     with OutputFile(path, shape, dtype, attrs=attrs) as out:
-        for index in np.ndindex(*shape[:-2]):
-            for y in range(0, shape[-2], rows):
-                block = index + (slice(y, min(y + rows, shape[-2])),)
-                out.array[block] = np.asarray(array[block], dtype=dtype)
+        copy_blocks(array, out.array, dtype)
+
+
+def copy_blocks(array, dest, dtype) -> None:
+    """Copy ``array`` into ``dest`` (same shape) in blocks of whole rows of one plane (`BLOCK_PIXELS`)."""
+    shape = tuple(np.shape(array))
+    rows = max(1, BLOCK_PIXELS // max(1, shape[-1]))
+    for index in np.ndindex(*shape[:-2]):
+        for y in range(0, shape[-2], rows):
+            block = index + (slice(y, min(y + rows, shape[-2])),)
+            dest[block] = np.asarray(array[block], dtype=dtype)

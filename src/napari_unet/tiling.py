@@ -9,6 +9,7 @@ that has at least ``halo`` pixels of real context on every side that is not the 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import product
 from typing import Sequence
@@ -215,7 +216,7 @@ def choose_tile_size(shape: Sequence[int], halo: int, align: int, max_pixels: fl
         pixels = float(np.prod(tile))
         if pixels > max_pixels and best is not None:
             break  # tiles only grow with the side from here on
-        n = int(np.prod([len(_grid_1d(s, p, t, halo)) for s, p, t in zip(shape, padded, tile)]))
+        n = math.prod(len(_grid_1d(s, p, t, halo)) for s, p, t in zip(shape, padded, tile))
         per_pixel = 1.0
         if cache_pixels is not None and pixels > cache_pixels:
             per_pixel += slowdown * float(np.log2(pixels / cache_pixels))
@@ -227,5 +228,5 @@ def choose_tile_size(shape: Sequence[int], halo: int, align: int, max_pixels: fl
 
 def tiling_cost(tiles: list[Tile], shape: Sequence[int]) -> float:
     """Pixels computed divided by pixels of the image (1.0 = no overlap overhead)."""
-    computed = sum(int(np.prod([s.stop - s.start for s in t.input])) for t in tiles)
-    return computed / float(np.prod(shape))
+    computed = sum(math.prod(s.stop - s.start for s in t.input) for t in tiles)
+    return computed / float(math.prod(shape))

@@ -225,3 +225,19 @@ def test_the_codec_check_never_lists_an_arrays_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "listdir", spy_listdir)
     assert read_image(tmp_path / "big.zarr").shape == (64, 64, 64)
     assert "big.zarr" not in listed  # an array's folder is read for its metadata only
+
+
+def test_a_channel_stack_is_never_segmented_as_planes(files, capsys, blobs):
+    image, _, _ = blobs
+    channels = np.stack([image, image // 2, image // 3])
+    tifffile.imwrite(files / "cyx.tif", channels, imagej=True, metadata={"axes": "CYX"})
+    code, err = run(capsys, "predict", files / "good.pt", files / "cyx.tif", "-o", files / "out.tif")
+    assert code == 2 and "1 channel(s) but the image has 3" in err and "declares axis 0 as its channels" in err
+    assert not (files / "out.tif").exists()
+    nu.save_model(random_model(in_channels=3), files / "rgb3.pt")  # a three-channel model takes it as it is
+    code, err = run(capsys, "predict", files / "rgb3.pt", files / "cyx.tif", "-o", files / "out.tif")
+    assert code == 0, err
+    assert tifffile.imread(files / "out.tif").shape == image.shape
+    tifffile.imwrite(files / "zyx.tif", channels)  # no axes declared: three planes of a stack
+    code, err = run(capsys, "predict", files / "good.pt", files / "zyx.tif", "-o", files / "planes.tif")
+    assert code == 0 and tifffile.imread(files / "planes.tif").shape == channels.shape

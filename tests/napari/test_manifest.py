@@ -45,3 +45,24 @@ def test_sample_contribution_gives_image_and_strokes():
     assert image_kind == "image" and image_meta["name"] == "nuclei" and image.shape == SAMPLE_SHAPE
     assert strokes_kind == "labels" and strokes_meta["name"] == "nuclei annotations"
     assert set(map(int, set(strokes.ravel().tolist()))) == {0, 1, 2}
+
+
+def test_widgets_are_in_the_layers_segment_menu_and_open_from_it(make_napari_viewer):
+    from npe2 import PluginManifest
+
+    from napari._app_model import get_app_model
+
+    menus = PluginManifest.from_distribution("napari-unet").contributions.menus
+    assert [m.command for m in menus["napari/layers/segment"]] == ["napari-unet.train_widget",
+                                                                    "napari-unet.segment_widget"]
+    viewer = make_napari_viewer()
+    app = get_app_model()
+    segment_menu = {item.command.id: item.command.title for item in app.menus.get_menu("napari/layers/segment")
+                    if hasattr(item, "command")}
+    assert {"napari-unet.train_widget", "napari-unet.segment_widget"} <= set(segment_menu)
+    plugin_menu = [item.command.id for item in app.menus.get_menu("napari/plugins/napari-unet")
+                   if hasattr(item, "command")]
+    assert "napari-unet.segment_widget" in plugin_menu  # still in the plugin's own menu too
+    app.commands.execute_command("napari-unet.segment_widget").result()  # what clicking the entry does
+    docked = [name for name in viewer.window._wrapped_dock_widgets if "Segment with UNet" in name]
+    assert docked

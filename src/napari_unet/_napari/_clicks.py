@@ -15,6 +15,7 @@ from napari_unet.interactive import segment_at
 from ._layers import image_array, is_lazy, make_output, spatial_shape
 from ._lifecycle import weak_method
 from ._pickers import parse_channel_axis
+from ._provenance import mark_output
 from ._segmentation import SegmentationLayer, SegmentationState
 
 __all__ = ["ClickToSegment"]
@@ -185,6 +186,7 @@ class ClickToSegment:
             out = make_output(click.shape, np.int32, is_lazy(data))
             seg = SegmentationLayer.add(viewer, click.image, out, click.channel_axis,
                                         SegmentationState.for_model(click.model))
+            mark_output(seg.layer, click.model, click.image, features=False, channel_axis=click.channel_axis)
         under = int(np.asarray(seg.data[click.point]))
         if under:
             widget.status.value = f"already segmented (label {under})"

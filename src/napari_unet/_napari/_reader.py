@@ -3,8 +3,9 @@
 Small TIFFs (up to `napari_unet.io.EAGER_TIFF_BYTES`) are read into memory, which is fastest; bigger
 ones become dask arrays over a memory map or tifffile's zarr view, read plane by plane as napari shows
 them. TIFF pyramids and OME-Zarr multiscale groups open as multiscale layers; other zarr arrays as one
-dask array. Files tagged as labels (`napari_unet.io.LABELS_ATTRS`: written by this plugin's writer
-from a Labels layer, or by ``napari-unet predict``) come back as Labels.
+dask array; OME-Zarr images open with their label images (`_ome_reader`). Files tagged as labels
+(`napari_unet.io.LABELS_ATTRS`: written by this plugin's writer from a Labels layer, or by
+``napari-unet predict``) come back as Labels, with their provenance in the layer's metadata.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 __all__ = ["get_reader", "read_layers", "LABELS_ATTR"]
 
 from napari_unet.io import LABELS_ATTR  # noqa: E402 (re-exported: the tag that marks labels files)
+from napari_unet.provenance import PROVENANCE_KEY  # noqa: E402
 
 _EXTENSIONS = (".tif", ".tiff", ".zarr")
 
@@ -43,11 +45,17 @@ def read_layers(path):
         path = path[0]
     p = Path(str(path).rstrip("/\\"))
     if p.suffix.lower() == ".zarr":
+        from ._ome_reader import read_ome_layers
+
+        layers = read_ome_layers(p)  # an OME-Zarr image: its Image layer and its Labels layers
+        if layers is not None:
+            return layers
         data, attrs, kind = _read_zarr(p)
     else:
-        data, kind = _read_tiff(p)
-        attrs = {}
+        data, kind, attrs = _read_tiff(p)
     meta = {"name": p.stem}
+    if PROVENANCE_KEY in attrs:  # written by napari-unet: how it was made
+        meta["metadata"] = {PROVENANCE_KEY: attrs[PROVENANCE_KEY]}
     if isinstance(data, list):
         meta["multiscale"] = True
     if kind == "image" and attrs.get("rgb") is not None:
@@ -89,7 +97,8 @@ def _read_tiff(p: Path):
         series = tif.series[0]
         levels = len(series.levels)
         described = tif.shaped_metadata or ({},)
-    kind = "labels" if (described[0] or {}).get(LABELS_ATTR) == "labels" else "image"
+    described = dict(described[0] or {})
+    kind = "labels" if described.get(LABELS_ATTR) == "labels" else "image"
     if levels > 1:  # a pyramid: one lazy array per level
         import zarr
 
@@ -97,11 +106,11 @@ def _read_tiff(p: Path):
         for level in range(levels):
             store = tifffile.imread(p, aszarr=True, series=0, level=level)
             arrays.append(_as_dask(zarr.open(store, mode="r")))
-        return arrays, kind
+        return arrays, kind, described
     arr = read_image(p)  # in memory when small, memory-mapped or a zarr view when big
     if isinstance(arr, np.ndarray) and not isinstance(arr, np.memmap) and arr.nbytes <= EAGER_TIFF_BYTES:
-        return arr, kind
-    return _as_dask(arr), kind
+        return arr, kind, described
+    return _as_dask(arr), kind, described
 
 
 def _read_zarr(p: Path):

@@ -19,6 +19,7 @@ from ._lifecycle import weak_method
 from ._pickers import LayerComboBox, auto_choices, channel_axis_choices, device_choices, layer_choices, parse_channel_axis
 from ._names import ImageNames
 from ._probabilities import ProbabilityLayers
+from ._provenance import mark_output
 from ._segmentation import SegmentationLayer, SegmentationRun
 from ._store import STORE
 
@@ -226,6 +227,10 @@ class SegmentWidget(JobWidget):
                 remove_output_store(labels_out)
                 raise
         run = SegmentationRun.prepare(viewer, image, model, labels_out, axis)
+        # class names and provenance: on the layer being written now, and on the one holding the result
+        run.mark = partial(mark_output, model=model, image=image, plan=plan, channel_axis=axis)
+        if not run.undoable:
+            run.mark(run.seg.layer)
         if run.kept is not None:
             show_info(f"{NAME}: '{run.kept.layer.name}' was edited by hand, so it is kept as it is; "
                       f"the new result goes to '{run.seg.layer.name}'")

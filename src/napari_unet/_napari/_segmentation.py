@@ -259,6 +259,8 @@ class SegmentationRun:
         Image layers showing its probabilities.
     reason : str
         Why it was stopped, when the widget stopped it.
+    mark : callable, optional
+        Called with the Labels layer that holds the result at the end (its class names, provenance).
     """
 
     seg: SegmentationLayer
@@ -272,6 +274,7 @@ class SegmentationRun:
     prob_layers: list = field(default_factory=list)
     reason: str = ""
     done: bool = False
+    mark: object = None
 
     @classmethod
     def prepare(cls, viewer, image, model, labels_out, channel_axis) -> "SegmentationRun":
@@ -308,6 +311,8 @@ class SegmentationRun:
                 viewer.layers.remove(running.layer)
             else:
                 self.seg.layer.refresh()
+        if self.mark is not None:
+            self.mark(self.seg.layer)
         for p in self.prob_layers:
             p.refresh()
 

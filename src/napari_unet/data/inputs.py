@@ -5,6 +5,7 @@ model) that hold annotations; the label conventions are `napari_unet.conventions
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -117,7 +118,7 @@ def compute_normalization(items: Sequence, low_pct: float = 1.0, high_pct: float
     samples = [[] for _ in range(n_channels)]
     for img, idx in items:
         sp = img.shape[1 + len(idx):]
-        stride = max(1, int(np.ceil((np.prod(sp) / per_item) ** (1.0 / len(sp)))))
+        stride = max(1, int(np.ceil((math.prod(sp) / per_item) ** (1.0 / len(sp)))))
         block = np.asarray(img[(slice(None),) + tuple(idx) + (slice(None, None, stride),) * len(sp)])
         for c in range(n_channels):
             vals = block[c].astype(np.float64).ravel()

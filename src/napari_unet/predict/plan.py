@@ -6,6 +6,7 @@ what `napari_unet.predict.run_prediction` runs: the free memory is read here, on
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,11 +108,14 @@ class PredictionPlan:
         return (self.model.num_classes,) + tuple(self.shape)
 
     def describe(self) -> str:
-        """One line: items, tiles, halo, batch, device and workers."""
+        """One line: the output's size, items, tiles, halo, batch, device and workers."""
         size = "x".join(map(str, self.tile_size)) if self.tile_size and len(self.tiles) > 1 else "whole image"
         par = f", {self.workers} workers x {self.threads} threads" if self.workers > 1 else ""
-        return (f"{len(self.items)} item(s) x {len(self.tiles)} tile(s) ({size}, halo {self.halo}), "
-                f"batch {self.batch_size}, device {self.device}{par}")
+        pixels = math.prod(self.shape)  # said before anything runs: a crafted file's absurd size shows here
+        amount = f"{pixels / 1e9:.1f} G" if pixels >= 1e9 else f"{pixels / 1e6:.1f} M" if pixels >= 1e6 else f"{pixels}"
+        return (f"{'x'.join(map(str, self.shape))} ({amount} pixels): {len(self.items)} item(s) x "
+                f"{len(self.tiles)} tile(s) ({size}, halo {self.halo}), batch {self.batch_size}, device "
+                f"{self.device}{par}")
 
 
 # ------------------------------------------------------------------------------------ memory and tiles
@@ -264,7 +268,7 @@ def _check_some_finite(img, items, item_shape, window: int = 64):
             block = img[(slice(None),) + idx + tuple(slice(a, a + window) for a in starts)]
             if np.isfinite(block).any():
                 return
-    full = np.asarray(img[(slice(None),) + items[0]]) if np.prod(item_shape) <= 2**26 else None
+    full = np.asarray(img[(slice(None),) + items[0]]) if math.prod(item_shape) <= 2**26 else None
     if full is None or not np.isfinite(full).any():
         raise ValueError("the image has no finite values (all NaN or infinite): check the input file")
 
