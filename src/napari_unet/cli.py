@@ -201,6 +201,7 @@ def _predict(args):
         raise ValueError(f"{exc} (the file declares axis {declared} as its channels; --channel-axis overrides "
                          "that)") from None
     made = {PROVENANCE_KEY: provenance(model, model_file=args.model, plan=plan, channel_axis=channel_axis)}
+    print(plan.describe(), file=sys.stderr, flush=True)  # the size of the work, before any output exists
     with ExitStack() as outputs:
         labels_out = outputs.enter_context(
             target.output(plan.shape, plan.labels_dtype, channel_axis=channel_axis, attrs=made,
@@ -210,7 +211,6 @@ def _predict(args):
         if args.probabilities:  # written from the same forward passes as the labels
             prob_out = outputs.enter_context(OutputFile(args.probabilities, plan.probabilities_shape, "float32",
                                                         attrs=made))
-        print(plan.describe(), file=sys.stderr, flush=True)
         _drain_predict(run_prediction(plan, labels_out=labels_out.array,
                                       probabilities_out=prob_out.array if prob_out else None))
         # both files appear together: never new probabilities beside old or missing labels

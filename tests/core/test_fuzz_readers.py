@@ -120,3 +120,44 @@ def test_cli_on_malformed_input_prints_one_error_line(tmp_path):
         if r.returncode:
             assert r.stderr.strip().splitlines()[-1].startswith("error: ")
             assert not (tmp_path / f"out{i}.tif").exists()
+
+
+def _declare_shape(store, shape):
+    """Rewrite a small zarr array's metadata (format 2 or 3) to declare ``shape``, keeping its few chunks."""
+    for name in (".zarray", "zarr.json"):
+        meta_file = store / name
+        if meta_file.exists():
+            meta = json.loads(meta_file.read_text())
+            meta["shape"] = list(shape)
+            meta_file.write_text(json.dumps(meta))
+
+
+def test_giant_declared_shapes_are_refused_or_stated_before_any_output(tmp_path, capsys, monkeypatch):
+    """A tiny file declaring 100000 x 100000 pixels: its size is said, and refused, before any output."""
+    import shutil
+    from collections import namedtuple
+
+    import zarr
+
+    from napari_unet.cli import main
+    from napari_unet.io import read_image
+    from napari_unet.modelfile import save_model
+
+    from .test_predict import random_model
+
+    save_model(random_model(), tmp_path / "m.pt")
+    giant = (100_000, 100_000)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 2**30, 2**30))  # 1 GiB free
+    for fmt in (2, 3):
+        store = tmp_path / f"giant{fmt}.zarr"
+        z = zarr.open_array(str(store), mode="w", shape=(64, 64), chunks=(32, 32), dtype="u2", zarr_format=fmt)
+        z[:] = 7
+        _declare_shape(store, giant)
+        assert read_image(store).shape == giant  # opened lazily: nothing allocated
+        assert sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) < 100_000
+        for out in ("out.tif", "out.npy"):  # a file output the disk cannot hold: refused at once
+            code = main(["predict", str(tmp_path / "m.pt"), str(store), "-o", str(tmp_path / out)])
+            err = capsys.readouterr().err
+            assert code in (1, 2) and "GiB" in err and "100000x100000 (10.0 G pixels)" in err, err
+            assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("giant")) == ["m.pt"]
