@@ -368,7 +368,7 @@ def _events(model, model_path, inputs, labels_dests, prob_dests, client, workers
                 run.pairs[k] = (sizes, edges)
             else:
                 count += 1
-                kind = "item" if function.startswith("relabel_block") or not run.job.instance else "tiles"
+                kind = "item" if function.startswith("relabel_block") else "tiles"
                 index, core = run.job.region(result)
                 yield PredictEvent(kind, count, total, count / max(1, total), time.perf_counter() - t0,
                                    region=index + core)
