@@ -36,7 +36,7 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def connect(client=None, workers: int | None = None, timeout: float = 10.0):
+def connect(client=None, workers: int | None = None, timeout: float = 5.0):
     """A dask client: ``client`` itself, a client of the scheduler at that address, or of a new
     `distributed.LocalCluster` of ``workers`` processes (one task at a time each).
 
@@ -147,18 +147,15 @@ def _create(path: Path, shape, chunks, dtype, attrs=None):
     return array
 
 
-def _prepare(model, model_path, sha, path, labels_dest, prob_dest, block, margin, threads, plan_options):
-    """Plan one input on the client and create (or find, to resume) its partial outputs."""
-    import zarr
-
-    from .io import LABELS_ATTRS, read_image
+def _plan_job(model, model_path, sha, path, labels_dest, prob_dest, block, margin, threads, plan_options):
+    """Check and plan one input on the client (nothing is written): its `BlockJob` and partial outputs."""
+    from .io import read_image
     from .predict import plan_prediction
 
-    device = plan_options.get("device", "auto")
     try:
         from .device import resolve_device
 
-        resolve_device(device)
+        resolve_device(plan_options.get("device", "auto"))
         local = dict(plan_options)
     except ValueError:  # a device the workers have and the client has not: plan the tiles for CPU
         local = {**plan_options, "device": "cpu"}
@@ -183,20 +180,32 @@ def _prepare(model, model_path, sha, path, labels_dest, prob_dest, block, margin
                          instance, tuple(sorted(options.items())), block, margin,
                          plan.min_size or (12 if model.dims == 2 else 40), threads, tuple(plan.shape[:lead]),
                          tuple(plan.item_shape))
+    layout = dict(shape=plan.shape, chunks=chunks, dtype=plan.labels_dtype, probabilities=plan.probabilities_shape)
+    return job, layout, plan.describe()
+
+
+def _open_partial(job: tasks.BlockJob, layout: dict) -> np.ndarray:
+    """Create the partial outputs of a job, or find them to resume: the done flags."""
+    import zarr
+
+    from .io import LABELS_ATTRS
+
+    partial = Path(job.partial)
+    prob_partial = None if job.probabilities_path is None else Path(job.probabilities_path)
     if (partial / "done.zarr").exists() and (prob_partial is None or prob_partial.exists()):
-        done = np.asarray(zarr.open_array(str(partial / "done.zarr"), mode="r")[...])
-        return job, done, plan.describe()
+        return np.asarray(zarr.open_array(str(partial / "done.zarr"), mode="r")[...])
     shutil.rmtree(partial, ignore_errors=True)  # never finished being created: start again
     (partial / "faces").mkdir(parents=True)
-    if labels_dest is not None:
-        _create(partial / "labels.zarr", plan.shape, chunks, plan.labels_dtype, LABELS_ATTRS)
-    if instance:
-        _create(partial / "pieces.zarr", plan.shape, chunks, np.int32)
+    shape, chunks = layout["shape"], layout["chunks"]
+    if job.labels:
+        _create(partial / "labels.zarr", shape, chunks, layout["dtype"], LABELS_ATTRS)
+    if job.instance:
+        _create(partial / "pieces.zarr", shape, chunks, np.int32)
     if prob_partial is not None:
-        _create(prob_partial, plan.probabilities_shape, (1,) + chunks, np.float32)
-    (partial / "job.json").write_text(json.dumps({"input": job.input_path, "model": job.model_path, "key": key}))
+        _create(prob_partial, layout["probabilities"], (1,) + chunks, np.float32)
+    (partial / "job.json").write_text(json.dumps({"input": job.input_path, "model": job.model_path}))
     _create(partial / "done.zarr", (job.n_blocks,), (1,), np.int8)  # last: its presence means "ready"
-    return job, np.zeros(job.n_blocks, np.int8), plan.describe()
+    return np.zeros(job.n_blocks, np.int8)
 
 
 def _commit(job: tasks.BlockJob, labels_dest, prob_dest) -> None:
@@ -262,7 +271,7 @@ def _model_file(model):
 
 
 def iter_segment(model, image, *, out=None, probabilities_out=None, client=None, workers: int | None = None,
-                 block=None, margin: int | None = None, resources: dict | None = None, timeout: float = 10.0,
+                 block=None, margin: int | None = None, resources: dict | None = None, timeout: float = 5.0,
                  **plan_options):
     """Predict on a dask cluster, yielding `napari_unet.predict.PredictEvent` progress reports.
 
@@ -311,29 +320,27 @@ def iter_segment(model, image, *, out=None, probabilities_out=None, client=None,
     refuse_inputs_as_outputs(written, inputs + [model_path])
     for p in written:
         check_output_path(p)
-    return _events(loaded, model_path, inputs, labels_dests, prob_dests, client, workers, block, margin,
-                   resources, timeout, plan_options)
+    sha = tasks.sha256(model_path)
+    n_local = workers if workers is not None else min(4, _cores())
+    threads = max(1, _cores() // n_local) if client is None and isinstance(n_local, int) and n_local > 0 else None
+    jobs = [_plan_job(loaded, model_path, sha, path, labels_dest, prob_dest, block, margin, threads, plan_options)
+            for path, labels_dest, prob_dest in zip(inputs, labels_dests, prob_dests)]
+    return _events(jobs, inputs, labels_dests, prob_dests, client, workers, resources, timeout)
 
 
-def _events(model, model_path, inputs, labels_dests, prob_dests, client, workers, block, margin, resources, timeout,
-            plan_options):
+def _events(jobs, inputs, labels_dests, prob_dests, client, workers, resources, timeout):
     from distributed import as_completed
 
     from .predict.run import PredictEvent
 
     t0 = time.perf_counter()
-    sha = tasks.sha256(model_path)
     own_cluster = client is None
-    n_local = workers if workers is not None else min(4, _cores())
-    threads = max(1, _cores() // n_local) if own_cluster and isinstance(n_local, int) and n_local > 0 else None
-    runs, describe = [], ""
-    for path, labels_dest, prob_dest in zip(inputs, labels_dests, prob_dests):
-        job, done, describe = _prepare(model, model_path, sha, path, labels_dest, prob_dest, block, margin, threads,
-                                       plan_options)
-        runs.append(_Run(job, done, labels_dest, prob_dest))
     dask_client, owned = connect(client, workers, timeout)
     futures, owner = as_completed(loop=dask_client.loop), {}
     try:
+        runs = [_Run(job, _open_partial(job, layout), labels_dest, prob_dest)
+                for (job, layout, _), labels_dest, prob_dest in zip(jobs, labels_dests, prob_dests)]
+        describe = jobs[0][2]
         problems = {w: m for w, m in dask_client.run(tasks.check_worker, runs[0].job).items() if m}
         if problems:
             worker, message = next(iter(problems.items()))

@@ -109,3 +109,18 @@ def test_bad_block_and_margin_are_refused():
         segment_blockwise(model, image, block=(8, 8, 8))
     with pytest.raises(ValueError, match="margin must be at least 1"):
         segment_blockwise(model, image, block=32, margin=0)
+
+
+def test_the_command_line_segments_block_by_block(tmp_path):
+    import zarr
+
+    from napari_unet.cli import main
+
+    model = random_model(depth=2, base=4, mode="instance", classes=(1, 2, 3), seed=3)
+    nu.save_model(model, tmp_path / "m.pt")
+    image = np.random.default_rng(3).random((90, 120)).astype(np.float32)
+    np.save(tmp_path / "image.npy", image)
+    assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "image.npy"), "-o", str(tmp_path / "l.zarr"),
+                 "--block", "48"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "l.zarr"), mode="r")[...],
+                                  segment_blockwise(model, image, block=48))

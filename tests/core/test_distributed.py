@@ -141,3 +141,22 @@ def test_inputs_and_outputs_are_checked_before_a_cluster_starts(files, tmp_path)
     np.save(tmp_path / "wide.npy", np.zeros((16, 700), np.float32))
     with pytest.raises(ValueError, match=r"block 600 is not a multiple of the output chunks \(512\)"):
         nd.segment(root / "semantic.pt", tmp_path / "wide.npy", out=tmp_path / "o.zarr", block=600, workers=1)
+
+
+def test_the_command_line_runs_on_a_scheduler_and_says_in_one_line_when_it_cannot(client, files, tmp_path, capsys):
+    from napari_unet.cli import main
+
+    root, model, _, stacks = files
+    out = tmp_path / "cli.zarr"
+    assert main(["predict", str(root / "semantic.pt"), str(root / "stack0.npy"), "-o", str(out),
+                 "--scheduler", client.scheduler.address, "--block", "64"]) == 0
+    np.testing.assert_array_equal(_read(out), nu.segment(model, stacks[0]))
+    capsys.readouterr()
+    t = time.perf_counter()
+    bad = tmp_path / "bad.zarr"
+    assert main(["predict", str(root / "semantic.pt"), str(root / "stack0.npy"), "-o", str(bad),
+                 "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot reach the dask scheduler at 'tcp://127.0.0.1:9'") and "\n" not in err
+    assert time.perf_counter() - t < 20
+    assert not bad.exists() and not list(tmp_path.glob(".bad*"))
