@@ -122,7 +122,8 @@ def _worker_plan(job: BlockJob):
         plan = plan_prediction(model, read_image(job.input_path), labels=job.labels,
                                probabilities=job.probabilities_path is not None, **dict(job.plan_options))
         with _cache_lock:
-            _plans.clear()  # one input at a time per process is plenty
+            if len(_plans) >= 8:  # a few inputs at a time per process (many small files go by in turn)
+                _plans.pop(next(iter(_plans)))
             _plans[key] = plan
     return plan
 

@@ -60,7 +60,8 @@ def connect(client=None, workers: int | None = None, timeout: float = 5.0):
         n = workers if workers is not None else min(4, _cores())
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"workers must be a positive whole number, got {workers!r}")
-        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=None,
+        # one task per process (its torch threads set per task); the HTTP server on a free port: no clash
+        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR)
         return Client(cluster, set_as_default=False), True
     address = str(client)
@@ -349,7 +350,7 @@ def _events(jobs, inputs, labels_dests, prob_dests, client, workers, resources, 
         count = 0
         yield PredictEvent("start", 0, total, 0.0, time.perf_counter() - t0,
                            message=f"{len(inputs)} input(s), {describe}; {total} block task(s) to run on "
-                                   f"{len(dask_client.scheduler_info()['workers'])} dask worker(s)")
+                                   f"{len(dask_client.nthreads())} dask worker(s)")
 
         def submit(run, batch):
             for function, args in batch:

@@ -160,3 +160,14 @@ def test_the_command_line_runs_on_a_scheduler_and_says_in_one_line_when_it_canno
     assert err.startswith("error: cannot reach the dask scheduler at 'tcp://127.0.0.1:9'") and "\n" not in err
     assert time.perf_counter() - t < 20
     assert not bad.exists() and not list(tmp_path.glob(".bad*"))
+
+
+def test_dask_distributed_is_imported_only_when_a_cluster_runs():
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_unet, napari_unet.cli, napari_unet.distributed, napari_unet.blockwise;"
+            "print('distributed' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

@@ -84,8 +84,10 @@ def region_predictions(plan, items, region, wants: str = "probabilities") -> np.
     image = plan.image if view_shape == tuple(shape) else _Window(plan.image, [v.start for v in view],
                                                                       view_shape, model.dims)
     batches = -(-len(tiles) * len(indices) // plan.batch_size)
+    workers = max(1, min(plan.workers, batches))  # fewer passes than planned: each takes the others' threads
     sub = dataclasses.replace(plan, image=image, items=indices, item_shape=view_shape, tiles=tiles,
-                              tile_size=tile_size, workers=max(1, min(plan.workers, batches)))
+                              tile_size=tile_size, workers=workers,
+                              threads=max(1, plan.threads * plan.workers // workers))
     sink = _RegionSink(indices, view_shape, model.num_classes, wants)
     for _ in run_blocks(sub, sink):
         pass
