@@ -1,4 +1,5 @@
 """Prediction on a dask LocalCluster (worker processes, no network): the in-process result, resumable."""
+import dataclasses
 import os
 import signal
 import time
@@ -128,6 +129,10 @@ def test_workers_check_the_model_input_and_output_before_any_block(files, tmp_pa
     other = blocktasks.BlockJob(str(root / "instance.pt"), sha, str(root / "stack0.npy"), str(tmp_path / "gone"),
                                 None, True, False, (), (64, 64), 0, 12, 1, (2,), (96, 150))
     assert "is not the client's" in blocktasks.check_worker(other)
+    unwritable = blocktasks.BlockJob(str(root / "semantic.pt"), sha, str(root / "stack0.npy"), str(tmp_path / "gone"),
+                                     None, True, False, (), (64, 64), 0, 12, 1, (2,), (96, 150))
+    assert blocktasks.check_worker(unwritable).startswith("cannot write the output folder")
+    assert blocktasks.check_worker(dataclasses.replace(unwritable, partial=str(tmp_path))) == ""  # all fine
 
 
 def test_inputs_and_outputs_are_checked_before_a_cluster_starts(files, tmp_path):
