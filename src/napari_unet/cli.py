@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_positive_int, default=None)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     r.add_argument("--channel-axis", type=int, default=None)
+    r.add_argument("--block", type=_positive_int, default=None,
+                   help="process blocks of N px per side (instance labels of any size; on a cluster a multiple of "
+                        "the output chunks: 512 in 2D, 64 in 3D)")
+    where = r.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, default=None,
+                       help="run on a local dask cluster of N worker processes (zarr outputs)")
+    where.add_argument("--scheduler", default=None, help="run on an existing dask cluster (e.g. tcp://host:8786)")
 
     _add_export_parser(sub)
 
@@ -175,12 +182,14 @@ def _train(args):
 
 def _predict(args):
     from .io import LABELS_ATTRS, declared_channel_axis, read_image
-    from .outputs import OutputFile, check_output_path, commit_together, refuse_inputs_as_outputs
     from .modelfile import load_model
-    from .predict import plan_prediction, run_prediction
-
     from .omezarr import label_target
+    from .outputs import OutputFile, check_output_path, commit_together, refuse_inputs_as_outputs
+    from .predict import plan_prediction, run_prediction
     from .provenance import PROVENANCE_KEY, label_classes, provenance
+
+    if args.workers is not None or args.scheduler is not None:
+        return _predict_on_cluster(args)
 
     outputs = [Path(args.output)] + ([Path(args.probabilities)] if args.probabilities else [])
     refuse_inputs_as_outputs(outputs, [args.input, args.model])  # under any spelling: links, case
@@ -211,10 +220,31 @@ def _predict(args):
         if args.probabilities:  # written from the same forward passes as the labels
             prob_out = outputs.enter_context(OutputFile(args.probabilities, plan.probabilities_shape, "float32",
                                                         attrs=made))
-        _drain_predict(run_prediction(plan, labels_out=labels_out.array,
-                                      probabilities_out=prob_out.array if prob_out else None))
+        if args.block is not None:  # block by block: instance labels of items larger than the memory
+            from .blockwise import iter_blockwise
+
+            _drain_predict(iter_blockwise(plan, labels_out=labels_out.array, block=args.block,
+                                          probabilities_out=prob_out.array if prob_out else None))
+        else:
+            _drain_predict(run_prediction(plan, labels_out=labels_out.array,
+                                          probabilities_out=prob_out.array if prob_out else None))
         # both files appear together: never new probabilities beside old or missing labels
         commit_together(*[o for o in (labels_out, prob_out) if o is not None])
+    print(f"labels written to {args.output}" + (f", probabilities to {args.probabilities}" if args.probabilities else ""),
+          file=sys.stderr)
+    return 0
+
+
+def _predict_on_cluster(args):
+    """``--workers`` / ``--scheduler``: the blocks run on a dask cluster (`napari_unet.distributed`)."""
+    from .distributed import iter_segment
+
+    events = iter_segment(args.model, args.input, out=args.output, probabilities_out=args.probabilities,
+                          client=args.scheduler, workers=args.workers, block=args.block, tile=args.tile,
+                          batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis)
+    first = next(events)
+    print(first.message, file=sys.stderr, flush=True)
+    _drain_predict(events)
     print(f"labels written to {args.output}" + (f", probabilities to {args.probabilities}" if args.probabilities else ""),
           file=sys.stderr)
     return 0
