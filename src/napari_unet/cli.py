@@ -141,8 +141,10 @@ def _train(args):
     init = load_model(args.init) if args.init else None
     stop, abort = threading.Event(), threading.Event()
 
+    started = threading.Event()  # before the first step (data being prepared) there is nothing to save
+
     def on_sigint(signum, frame):
-        if stop.is_set():  # second Ctrl-C: give up at once, without saving
+        if stop.is_set() or not started.is_set():  # a second Ctrl-C, or nothing trained yet: give up at once
             abort.set()
             raise KeyboardInterrupt
         stop.set()
@@ -159,6 +161,7 @@ def _train(args):
                                 channel_axis=args.channel_axis, max_classes=args.max_classes, stop=stop):
             last = event
             if event.kind == "start":
+                started.set()
                 print(event.message, file=sys.stderr, flush=True)
             elif event.kind == "validation":
                 print(f"step {event.step:5d}  {event.elapsed:6.1f} s  loss {event.loss:.4f}  "

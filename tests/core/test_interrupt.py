@@ -165,3 +165,37 @@ def test_ctrl_c_in_the_middle_of_an_optimizer_step_waits_for_the_step(blobs, mon
     done = events[-1]
     assert calls["completed_after_signal"] and done.stopped and done.step == 3
     assert all(torch.isfinite(p).all() for p in done.model.network.parameters())
+
+
+_SLOW_PREPARATION = """
+import sys, time
+from napari_unet.train import loop
+from napari_unet.cli import main
+
+real = loop.resolve_settings
+
+def slow(*args, **kwargs):  # reading and checking big labels takes a while
+    print("preparing the data", file=sys.stderr, flush=True)
+    time.sleep(60)
+    return real(*args, **kwargs)
+
+loop.resolve_settings = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_the_data_is_prepared_stops_at_once_and_saves_nothing(tmp_path, blobs):
+    image, strokes, _ = blobs
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "strokes.tif", strokes)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREPARATION, "train", "-i", "img.tif", "-l", "strokes.tif",
+                             "-o", "model.pt"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for(proc, "preparing the data")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = _finish(proc, timeout=40)
+    assert time.monotonic() - sent < 10 and proc.returncode == 130, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif", "strokes.tif"]
