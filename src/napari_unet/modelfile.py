@@ -59,19 +59,38 @@ def check_model_output(path) -> Path:
     ValueError, FileNotFoundError
         Saying what to change.
     """
+    return check_file_output(path, MODEL_SUFFIXES, "model.pt", load_model, "model", "a napari-unet model")
+
+
+def check_file_output(path, suffixes, example: str, load, kind: str, what: str) -> Path:
+    """Check a path for a file output of one kind (a model, a package); an existing file there must be
+    one of napari-unet's of that kind (``load`` opens it without error), or it is never replaced.
+
+    Parameters
+    ----------
+    path : path
+    suffixes : tuple of str
+        Accepted endings (lower case, with the dot).
+    example : str
+        A file name shown in messages (``"model.pt"``).
+    load : callable
+        Opens an existing file of that kind, raising ValueError for anything else.
+    kind, what : str
+        For messages: ``"model"``, and what an existing file must be (``"a napari-unet model"``).
+    """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{str(path)!r} is a folder: give a file name such as model.pt")
-    if path.suffix.lower() not in MODEL_SUFFIXES:
-        raise ValueError(f"{str(path)!r} is not a model file name: model files end in .pt (e.g. model.pt)")
+        raise ValueError(f"{str(path)!r} is a folder: give a file name such as {example}")
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{str(path)!r} is not a {kind} file name: {kind} files end in {suffixes[0]} (e.g. {example})")
     if not path.parent.exists():
         raise FileNotFoundError(f"the folder {str(path.parent)!r} does not exist")
     if path.exists():
         try:
-            load_model(path)
+            load(path)
         except ValueError:
-            raise ValueError(f"{str(path)!r} exists and is not a napari-unet model: it is never replaced by one; "
-                             "choose another file name") from None
+            raise ValueError(f"{str(path)!r} exists and is not {what}: it is never replaced; choose another "
+                             "file name") from None
     return path
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from .io import INCOMPLETE_ATTR
 from .omezarr import (LABELS_DIR, OWNER_KEY, LabelTarget, check_replaceable, drop_axis, group_attrs, label_target)
 from .outputs import atomic_path, copy_blocks
-from .publish import _flush_to_disk, clean_stale, publish, temporary_name, uninterruptible
+from .publish import PendingOutput, _flush_to_disk, clean_stale, publish, temporary_name, uninterruptible
 
 __all__ = ["LabelImageOutput", "write_label_image", "COLORS"]
 
@@ -27,7 +27,7 @@ COLORS = ((255, 64, 64, 255), (64, 160, 255, 255), (255, 200, 0, 255), (0, 200, 
 _BLOCK = 1024
 
 
-class LabelImageOutput:
+class LabelImageOutput(PendingOutput):
     """An NGFF label image written under a temporary name inside ``labels/``; like `outputs.OutputFile`.
 
     Write the full-resolution labels into ``array``; `finish` computes the pyramid and writes the
@@ -168,20 +168,6 @@ class LabelImageOutput:
             for folder in (self._staging, self.tmp):
                 if folder is not None and folder.exists():
                     shutil.rmtree(folder, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException:
-                self.abort()
-                raise
-        else:
-            self.abort()
-        return False
 
 
 def write_label_image(image, name, labels, *, attrs=None, classes=None, channel_axis=None) -> Path:

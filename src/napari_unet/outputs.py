@@ -11,7 +11,8 @@ import numpy as np
 
 from . import __version__
 from .io import INCOMPLETE_ATTR, LABELS_ATTR, WRITER_ATTR, _check_format, _suffix
-from .publish import _remove, atomic_path, clean_stale, publish, resolve_link, temporary_name, uninterruptible
+from .publish import (PendingOutput, _remove, atomic_path, clean_stale, publish, resolve_link, temporary_name,
+                      uninterruptible)
 
 __all__ = ["atomic_path", "check_output_path", "written_by_napari_unet", "refuse_inputs_as_outputs",
            "release_pages", "OutputFile", "commit_together", "write_image", "copy_blocks", "BLOCK_PIXELS"]
@@ -113,7 +114,7 @@ def release_pages(view) -> None:
         pass
 
 
-class OutputFile:
+class OutputFile(PendingOutput):
     """An output written piece by piece under a temporary name, put in place only by `commit`.
 
     Use as a context manager: leaving the block with an exception (Ctrl-C included) removes the partial
@@ -230,20 +231,6 @@ class OutputFile:
             _remove(self.tmp)
         if self._scratch is not None:
             _remove(self._scratch)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException:  # a failed commit (disk full, Ctrl-C) leaves no temporary files either
-                self.abort()
-                raise
-        else:
-            self.abort()
-        return False
 
 
 def commit_together(*outputs):

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from .io import _suffix
 
-__all__ = ["atomic_path", "publish", "uninterruptible", "clean_stale", "resolve_link", "InterruptedAfterCommit",
-           "StaleOutputWarning", "temporary_name"]
+__all__ = ["PendingOutput", "atomic_path", "publish", "uninterruptible", "clean_stale", "resolve_link",
+           "InterruptedAfterCommit", "StaleOutputWarning", "temporary_name"]
 
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 
@@ -227,6 +227,25 @@ def publish(tmp, dest):
         except BaseException:
             _remove(old)  # an interrupted removal is finished, then the interruption goes on
             raise
+
+
+class PendingOutput:
+    """An output being written, as a context manager: leaving the block normally ``commit()``s it,
+    an exception (Ctrl-C included) or a failed commit ``abort()``s it. Subclasses define both."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:  # a failed commit (disk full, Ctrl-C) leaves no temporary files either
+                self.abort()
+                raise
+        else:
+            self.abort()
+        return False
 
 
 @contextmanager

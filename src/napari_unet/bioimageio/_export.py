@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..model import Model
+from ..modelfile import check_file_output
 from ..outputs import atomic_path
 from ..unet import UNetProbabilities
 from ._describe import cover_image, readme_text, valid_sizes
@@ -46,20 +47,8 @@ def check_package_output(path) -> Path:
     The name ends in ``.zip``, its folder exists, and an existing file there is replaced only when it
     is a package napari-unet exported itself.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{str(path)!r} is a folder: give a file name such as model.zip")
-    if path.suffix.lower() != PACKAGE_SUFFIX:
-        raise ValueError(f"{str(path)!r} is not a package file name: bioimage.io packages end in .zip (e.g. model.zip)")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"the folder {str(path.parent)!r} does not exist")
-    if path.exists():
-        try:
-            load_package(path)
-        except ValueError:
-            raise ValueError(f"{str(path)!r} exists and is not a package exported by napari-unet: it is never "
-                             "replaced; choose another file name") from None
-    return path
+    return check_file_output(path, (PACKAGE_SUFFIX,), "model.zip", load_package, "bioimage.io package",
+                             "a package exported by napari-unet")
 
 
 @dataclass(frozen=True)
