@@ -49,11 +49,17 @@ def fuzz(workdir: str) -> dict:
     tifffile.imwrite(work / "src.tif", data)
     tifffile.imwrite(work / "srcz.tif", data, compression="zlib", tile=(16, 16))
     np.save(work / "src.npy", data)
-    z = zarr.open_array(str(work / "src.zarr"), mode="w", shape=data.shape, chunks=(1, 20, 25), dtype=data.dtype)
-    z[:] = data
+    stores = []
+    for fmt in (2, 3):  # both zarr formats: their metadata files and codecs differ
+        store = work / f"src{fmt}.zarr"
+        z = zarr.open_array(str(store), mode="w", shape=data.shape, chunks=(1, 20, 25), dtype=data.dtype,
+                            zarr_format=fmt)
+        z[:] = data
+        stores.append((store, sorted(p for p in store.rglob("*") if p.is_file())))
     for name in ("src.tif", "srcz.tif", "src.npy"):
         sources[name] = (work / name).read_bytes()
-    zarr_files = sorted(p for p in (work / "src.zarr").rglob("*") if p.is_file())
+    for path in [work / n for n in sources] + [s for s, _ in stores]:  # the controls decode to the data
+        np.testing.assert_array_equal(np.asarray(read_image(path)[...]), data)
     outcomes = {"opened": 0, "refused": 0, "read_failed": 0}
     rng = np.random.default_rng(1234)
     for i in range(N_MUTATIONS):
@@ -62,12 +68,13 @@ def fuzz(workdir: str) -> dict:
             target.write_bytes(_mutate(blob, rng))
             _try(target, read_image, outcomes)
             target.unlink()
-        # zarr: mutate one file of the store (metadata or a chunk) in a copy
+        # zarr: mutate one file of a store (metadata or a chunk) in a copy
         import shutil
 
+        store, files = stores[i % 2]
         copy = work / f"m{i}.zarr"
-        shutil.copytree(work / "src.zarr", copy)
-        victim = copy / zarr_files[int(rng.integers(len(zarr_files)))].relative_to(work / "src.zarr")
+        shutil.copytree(store, copy)
+        victim = copy / files[int(rng.integers(len(files)))].relative_to(store)
         victim.write_bytes(_mutate(victim.read_bytes(), rng))
         _try(copy, read_image, outcomes)
         shutil.rmtree(copy)
@@ -82,9 +89,12 @@ def _try(path, read_image, outcomes):
         return
     outcomes["opened"] += 1
     try:
-        np.asarray(arr[...] if not isinstance(arr, np.ndarray) else arr).sum()
+        values = np.asarray(arr[...] if not isinstance(arr, np.ndarray) else arr)
     except Exception:  # damaged chunk data: a clear exception at read time is acceptable
         outcomes["read_failed"] += 1
+        return
+    # what opens decodes whole, to numbers of the declared shape and dtype (never objects)
+    assert values.shape == tuple(arr.shape) and values.dtype == np.dtype(arr.dtype) and values.dtype.kind in "biuf"
 
 
 def test_malformed_files_never_hang_or_crash(tmp_path):

@@ -121,8 +121,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupting_a_long_forward_pass_stops_within_seconds(tmp_path, sig, code):
+@pytest.mark.parametrize("sig,code,times", [(signal.SIGINT, 130, 1), (signal.SIGINT, 130, 2),
+                                            (signal.SIGTERM, 143, 1)])
+def test_interrupting_a_long_forward_pass_stops_within_seconds(tmp_path, sig, code, times):
     from .test_predict import random_model
 
     nu.save_model(random_model(depth=2, base=4), tmp_path / "model.pt")
@@ -134,10 +135,14 @@ def test_interrupting_a_long_forward_pass_stops_within_seconds(tmp_path, sig, co
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(proc, "forward pass started")
     sent = time.monotonic()
-    proc.send_signal(sig)
+    for _ in range(times):  # a second Ctrl-C while the first is being handled changes nothing
+        proc.send_signal(sig)
+        time.sleep(0.2)
     _, err = _finish(proc, timeout=40)
     assert time.monotonic() - sent < 10, err
-    assert proc.returncode == code and "interrupted; no output was written" in err, err
+    # (a second Ctrl-C that comes once the command has cleaned up ends the interpreter by SIGINT itself)
+    assert proc.returncode in ((code,) if times == 1 else (code, -sig)), err
+    assert "interrupted; no output was written" in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.npy", "model.pt"]  # nothing else, no temporaries
 
 

@@ -235,17 +235,19 @@ def test_instance_masks_loop(plugin_viewer, qtbot, notifications):
 def test_undo_after_resegmenting_a_lazy_stack_leaves_the_new_result_alone(plugin_viewer, qtbot, notifications):
     viewer, train, segment = plugin_viewer
     open_lazy_stack(viewer, segment, planes=3)
-    for run in range(2):
-        qtbot.mouseClick(segment.segment_button.native, LEFT)
-        wait_until(qtbot, lambda: not segment.running, timeout=60)
-        layer = viewer.layers["stack segmentation"]
-        if run == 0:  # the user paints a correction, then segments again (a lazy stack: not undoable)
-            diagonal = (np.zeros(50, int), np.arange(50), np.arange(50))
-            layer.data_setitem(diagonal, 5)
-            layer.data_setitem(diagonal, 9)  # undoing this edit would write the 5s back
+    qtbot.mouseClick(segment.segment_button.native, LEFT)
+    wait_until(qtbot, lambda: not segment.running, timeout=60)
+    corrected = segment.output_layer()
+    diagonal = (np.zeros(50, int), np.arange(50), np.arange(50))
+    corrected.data_setitem(diagonal, 5)  # the user paints a correction, then segments again
+    corrected.data_setitem(diagonal, 9)  # undoing this edit would write the 5s back
+    qtbot.mouseClick(segment.segment_button.native, LEFT)
+    wait_until(qtbot, lambda: not segment.running, timeout=60)
+    layer = segment.output_layer()
+    assert layer is not corrected and (np.asarray(corrected.data)[diagonal] == 9).all()  # corrections kept
     fresh = np.asarray(layer.data).copy()
     assert not (fresh[diagonal] == 5).any()
-    layer.undo()  # Ctrl+Z
+    layer.undo()  # Ctrl+Z on the new result
     np.testing.assert_array_equal(np.asarray(layer.data), fresh)
     assert not messages(notifications, "error")
 
