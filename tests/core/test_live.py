@@ -1,5 +1,4 @@
 """Live training without a viewer: new annotations between steps, previews, stop."""
-import re
 import threading
 import time
 
@@ -28,14 +27,14 @@ def test_new_annotations_are_trained_on_without_restarting_and_stop_keeps_a_mode
     updates, previews, stop = Latest(), Latest(), threading.Event()
     events = iter_train_live(IMAGE, half, updates=updates, previews=previews, stop=stop, preview_every=0.0,
                              **TINY)
-    begin = next(events)
-    first_px = int(re.search(r"(\d+) px", begin.message).group(1))
     start = _until(events, "step")
-    updates.put(LabelsUpdate((STROKES.copy(),), version=1, changed_at=time.perf_counter()))
+    updates.put(LabelsUpdate((half.copy(),), version=1, changed_at=time.perf_counter()))
+    first = _until(events, "labels")
+    updates.put(LabelsUpdate((STROKES.copy(),), version=2, changed_at=time.perf_counter()))
     taken = _until(events, "labels")
-    assert taken.data.version == 1 and taken.data.latency >= 0
-    assert taken.step > start.step  # the same run went on
-    assert taken.data.region_px > first_px  # on the bottom half's strokes too
+    assert taken.data.version == 2 and taken.data.latency >= 0
+    assert first.step > start.step and taken.step > first.step  # the same run went on
+    assert taken.data.annotated_px > first.data.annotated_px  # on the bottom half's strokes too
     key = preview_window((48, 48), (64, 80), IMAGE.shape, dims=2)
     previews.put(PreviewRequest(0, key))
     preview = _until(events, "preview")

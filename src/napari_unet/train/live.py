@@ -76,7 +76,7 @@ class LabelsTaken:
     """The ``data`` of a ``"labels"`` event: the first step on annotations `version` was just made."""
 
     version: int
-    region_px: int
+    annotated_px: int  # pixels with a target (held-out validation pixels included)
     latency: float  # seconds from the edit to the end of that step
 
 
@@ -159,6 +159,11 @@ def _take_labels(trainer: Trainer, images, update: LabelsUpdate) -> str:
     return ""
 
 
+def _annotated_px(trainer: Trainer) -> int:
+    return int(sum((it.target >= 0).sum() + (0 if it.val_target is None else (it.val_target >= 0).sum())
+                   for it in trainer.items))
+
+
 def _preview(trainer: Trainer, sources, request: PreviewRequest) -> Preview:
     from ..predict import segment
 
@@ -223,10 +228,10 @@ def iter_train_live(images, labels, *, updates: Latest, previews: Latest | None 
                 yield TrainEvent("step", step=trainer.step_count, elapsed=trainer.elapsed(), loss=result.loss,
                                  best_val_loss=trainer.best_val_loss)
                 if taken is not None:
-                    data = LabelsTaken(taken.version, trainer.region_px, time.perf_counter() - taken.changed_at)
+                    data = LabelsTaken(taken.version, _annotated_px(trainer), time.perf_counter() - taken.changed_at)
                     taken = None
                     yield TrainEvent("labels", step=trainer.step_count, elapsed=trainer.elapsed(), data=data,
-                                     message=f"now training on {data.region_px} px of annotations")
+                                     message=f"now training on {data.annotated_px} annotated px")
                 yield from _maybe_validate(trainer, val_clock)
                 request = (previews.take() if previews is not None else None) or request
                 if request is not None and preview_clock.due(time.perf_counter()):
