@@ -1,7 +1,7 @@
 """Click to segment gives one object: IoU of `napari_unet.segment_at` with the true object, and its latency.
 
 A strokes-trained (semantic) and an instance-trained model with the Train widget's CPU network
-(`conventions.interactive_network`) are trained on one synthetic image (``--budget`` s each), then every
+(`conventions.interactive_network`) are trained on one synthetic image (``--epochs``, 10 steps each), then every
 nucleus of an unseen image with many touching nuclei (``--touching``) is clicked at its most interior
 point (the maximum of its distance transform). Reports the fraction of clicks whose mask has IoU >= 0.5
 with the clicked nucleus (all of them, and the touching ones alone), and the median / 95th percentile
@@ -60,7 +60,11 @@ def touching_ids(truth):
 
 
 def click_all(model, image, truth):
+    """IoU of each click's mask with its object, seconds per click, and whether the model found the object
+    (its own segmentation covers at least half of it: else no click post-processing can give it)."""
     ids, points = interior_points(truth)
+    seen = nu.segment(model, image, device="cpu") > 0
+    found = np.asarray(ndi.mean(seen, truth, ids)) >= 0.5
     ious, seconds = [], []
     for i, p in zip(ids, points):
         hit = nu.segment_at(model, image, p, device="cpu")
@@ -69,7 +73,7 @@ def click_all(model, image, truth):
         obj = truth == i
         ious.append((mask & obj).sum() / max((mask | obj).sum(), 1))
         seconds.append(hit.seconds)
-    return ids, np.asarray(ious), np.asarray(seconds)
+    return ids, np.asarray(ious), np.asarray(seconds), found
 
 
 def main():
@@ -83,21 +87,23 @@ def main():
     print(f"# {time.strftime('%Y-%m-%d')} {machine()}; network {interactive_network(False)}, "
           f"{args.epochs} epochs of training, touching={args.touching}")
     for kind in ("semantic", "instance"):
-        good, good_t, n, n_t, lat = 0, 0, 0, 0, []
+        rows, lat = [], []
         for s in args.seeds:
             model = trained(kind, s, args.epochs, args.cache)
             image, truth = make_nuclei((512, 512), seed=s + 100, touching=args.touching)
-            ids, ious, secs = click_all(model, image, truth)
+            ids, ious, secs, found = click_all(model, image, truth)
             touch = np.isin(ids, list(touching_ids(truth)))
-            good, n = good + int((ious >= 0.5).sum()), n + ids.size
-            good_t, n_t = good_t + int((ious[touch] >= 0.5).sum()), n_t + int(touch.sum())
-            lat += secs.tolist()
-            print(f"{kind} seed {s}: {(ious >= 0.5).mean():.3f} of {ids.size} clicks IoU>=0.5 "
-                  f"(touching {(ious[touch] >= 0.5).mean():.3f} of {touch.sum()}), median IoU {np.median(ious):.3f}",
-                  flush=True)
-        lat = np.asarray(lat[1:])  # the first click builds the network's prediction copy
-        print(f"{kind}: {good / n:.3f} of {n} clicks IoU>=0.5, touching {good_t / max(n_t, 1):.3f} of {n_t}; "
-              f"latency median {np.median(lat):.3f} s, p95 {np.percentile(lat, 95):.3f} s", flush=True)
+            good = ious >= 0.5
+            rows.append((good.sum(), ids.size, good[touch].sum(), touch.sum(), good[found].sum(), found.sum()))
+            lat += secs[1:].tolist()  # the first click builds the network's prediction copy
+            print(f"{kind} seed {s}: {good.mean():.3f} of {ids.size} clicks IoU>=0.5 (touching {good[touch].mean():.3f} "
+                  f"of {touch.sum()}; of the {found.sum()} objects the model found {good[found].mean():.3f}), "
+                  f"median IoU {np.median(ious):.3f}", flush=True)
+        g, n, gt, nt, gf, nf = np.sum(rows, axis=0)
+        lat = np.asarray(lat)
+        print(f"{kind}: {g / n:.3f} of {n} clicks IoU>=0.5, touching {gt / max(nt, 1):.3f} of {nt}, found by the "
+              f"model {gf / max(nf, 1):.3f} of {nf}; latency median {np.median(lat):.3f} s, "
+              f"p95 {np.percentile(lat, 95):.3f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import time
 import numpy as np
 from qtpy.QtCore import QTimer
 
+from napari_unet.conventions import labels_dtype_for
 from napari_unet.train.live import LabelsUpdate, Latest, PreviewRequest, preview_window
 
 from ._layers import drop_channel_axis, labels_array, same_layer, spatial_geometry
@@ -60,6 +61,8 @@ class LiveSession:
         What the run reported trained on, in order.
     preview_times : list of float
         `time.perf_counter` times at which a preview was drawn.
+    preview_seconds : list of float
+        What each preview cost the run (seconds of its worker).
     """
 
     def __init__(self, viewer, pairs, image_shapes, channel_axis, dims, first):
@@ -70,7 +73,7 @@ class LiveSession:
         self._request = None
         self._changed_at = None
         self.version = 0
-        self.taken, self.preview_times = [], []
+        self.taken, self.preview_times, self.preview_seconds = [], [], []
         self.preview_layer = None
         self._settle = QTimer(singleShot=True, interval=SETTLE_MS)
         self._settle.timeout.connect(weak_method(self._send_labels))
@@ -148,7 +151,10 @@ class LiveSession:
             return
         key = preview.request.key
         n_lead = sum(not isinstance(k, slice) for k in key)
-        data = np.asarray(preview.labels).reshape((1,) * n_lead + np.shape(preview.labels))
+        values = np.asarray(preview.labels)
+        # the smallest dtype: napari draws uint8 labels with its fastest path
+        values = values.astype(labels_dtype_for(int(values.max(initial=0))), copy=False)
+        data = values.reshape((1,) * n_lead + values.shape)
         offset = np.array([k.start if isinstance(k, slice) else k for k in key], float)
         geometry = spatial_geometry(image, self.channel_axis)
         scale = np.asarray(geometry["scale"], float)
@@ -156,11 +162,13 @@ class LiveSession:
         layer = self.preview_layer
         if layer is None or not any(same_layer(layer, x) for x in viewer.layers):
             layer = self._make_layer(viewer, image, labels_layer, data, scale, translate)
-        else:
-            layer.data = data
+        elif not (np.array_equal(layer.translate, translate) and layer.data.shape == data.shape
+                  and np.array_equal(layer.data, data)):
+            layer.data = data  # redrawing a Labels layer is the preview's cost on the GUI thread: only on change
             layer.translate = translate
         layer.editable = False
         self.preview_times.append(time.perf_counter())
+        self.preview_seconds.append(preview.seconds)
 
     def _make_layer(self, viewer, image, labels_layer, data, scale, translate):
         name = preview_name(image.name)
