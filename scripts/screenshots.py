@@ -54,7 +54,7 @@ def shoot_live(viewer, train, pump, wait_until, shoot):
     train.continue_training.value = False
     train.train_button.native.click()
     name = preview_name("nuclei")
-    wait_until(lambda: name in viewer.layers, timeout=300)
+    wait_until(lambda: len(train._live.preview_times) > 0, timeout=300)
     far = np.argwhere(ndi.distance_transform_edt(truth == 0) > 14)
     rng = np.random.default_rng(1)
     strokes.brush_size = 9

@@ -19,12 +19,14 @@ def test_live_training_trains_on_a_new_stroke_and_refreshes_the_preview(plugin_v
     qtbot.mouseClick(train.train_button.native, LEFT)
     assert train.train_button.text == "Stop"
     name = preview_name("nuclei")
-    wait_until(qtbot, lambda: name in viewer.layers, timeout=120)
+    assert name in viewer.layers  # made at once, empty
+    wait_until(qtbot, lambda: len(train._live.preview_times) > 0, timeout=120)
     preview = viewer.layers[name]
     layers = list(viewer.layers)
     assert layers.index(preview) < layers.index(strokes) and not preview.editable  # below, not editable
     assert STORE.model is not None and STORE.source == "live training"  # Segment / Save use the live model
     first = preview.data.copy()
+    assert first.any()  # the model's first segmentation of the visible part
 
     # paint background strokes where nothing was painted, through the layer's API
     free = np.argwhere(strokes.data[40:-40, 40:-40] == 0) + 40

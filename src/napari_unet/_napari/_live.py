@@ -89,6 +89,8 @@ class LiveSession:
                     self._callbacks.append((emitter, callback))
         self._poll.start()
         self._send_view()
+        if self._request is not None:  # made now, when Train is pressed: making a layer stalls the viewer
+            self.show_preview(_EmptyPreview(self._request), count=False)
 
     # ------------------------------------------------------------------------------------- annotations
     def _on_edit(self, *_) -> None:
@@ -143,7 +145,7 @@ class LiveSession:
                 center[a] = shape[a] // 2
         return PreviewRequest(0, preview_window(center, visible, shape, self.dims))
 
-    def show_preview(self, preview) -> None:
+    def show_preview(self, preview, count: bool = True) -> None:
         """Draw a `Preview` into the "<image> preview" layer (made below the annotations if needed)."""
         viewer = self._viewer
         image, labels_layer = self.pairs[0]
@@ -167,8 +169,9 @@ class LiveSession:
             layer.data = data  # redrawing a Labels layer is the preview's cost on the GUI thread: only on change
             layer.translate = translate
         layer.editable = False
-        self.preview_times.append(time.perf_counter())
-        self.preview_seconds.append(preview.seconds)
+        if count:
+            self.preview_times.append(time.perf_counter())
+            self.preview_seconds.append(preview.seconds)
 
     def _make_layer(self, viewer, image, labels_layer, data, scale, translate):
         name = preview_name(image.name)
@@ -205,6 +208,15 @@ class LiveSession:
         for emitter, callback in self._callbacks:
             emitter.disconnect(callback)
         self._callbacks = []
+
+
+class _EmptyPreview:
+    """An empty preview of a request: the layer before the first one comes."""
+
+    def __init__(self, request):
+        self.request, self.seconds = request, 0.0
+        shape = [k.stop - k.start for k in request.key if isinstance(k, slice)]
+        self.labels = np.zeros(shape, np.uint8)
 
 
 def live_training(images, labels, settings, updates, previews, stop):
