@@ -7,7 +7,7 @@ point (the maximum of its distance transform). Reports the fraction of clicks wh
 with the clicked nucleus (all of them, and the touching ones alone), and the median / 95th percentile
 latency of a click.
 
-Usage: python benchmarks/clicks.py [--seeds 0 1] [--epochs 8] [--cache /tmp/click-models]
+Usage: python benchmarks/clicks.py [--seeds 0 1 2] [--epochs 8] [--cache /tmp/click-models] [--kinds semantic]
 """
 from __future__ import annotations
 
@@ -83,10 +83,11 @@ def main():
                                                             "2-core CPU does in about 60 s)")
     p.add_argument("--touching", type=float, default=0.6)
     p.add_argument("--cache", default=None, help="folder keeping the trained models between runs")
+    p.add_argument("--kinds", nargs="+", choices=["semantic", "instance"], default=["semantic", "instance"])
     args = p.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} {machine()}; network {interactive_network(False)}, "
           f"{args.epochs} epochs of training, touching={args.touching}")
-    for kind in ("semantic", "instance"):
+    for kind in args.kinds:
         rows, lat = [], []
         for s in args.seeds:
             model = trained(kind, s, args.epochs, args.cache)

@@ -61,8 +61,9 @@ def shoot_live(viewer, train, pump, wait_until, shoot):
     for _ in range(6):  # a few background dabs, each trained on within seconds
         strokes.paint(tuple(int(c) for c in far[rng.integers(len(far))]), 1)
         pump(1.5)
+    wait_until(lambda: len(train.loss_plot.train) >= 120, timeout=600)  # a model worth previewing
     n = len(train._live.preview_times)
-    wait_until(lambda: len(train._live.preview_times) >= n + 2, timeout=300)
+    wait_until(lambda: len(train._live.preview_times) >= n + 1, timeout=300)
     viewer.layers.selection.active = strokes
     shoot("live.png")
     train.train_button.native.click()  # Stop
