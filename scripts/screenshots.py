@@ -9,7 +9,10 @@ It opens the nuclei sample, trains from its strokes (``--time-budget`` seconds) 
 
 * ``train.png``    after training, loss plot visible,
 * ``segment.png``  the segmentation over the image,
-* ``click.png``    objects added one click at a time (real mouse clicks on the canvas).
+* ``click.png``    objects added one click at a time (real mouse clicks on the canvas),
+* ``live.png``     live training: strokes painted while it trains, the model's preview below them.
+
+``--only live`` makes the last one alone (no other image is rewritten).
 """
 from __future__ import annotations
 
@@ -29,7 +32,42 @@ def parse_args(argv=None):
     p.add_argument("--time-budget", type=float, default=40.0)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--base-channels", type=int, default=16)
+    p.add_argument("--only", choices=["live"], default=None, help="make only this screenshot")
     return p.parse_args(argv)
+
+
+def shoot_live(viewer, train, pump, wait_until, shoot):
+    """Live mode: zoomed in, Live on, strokes painted through the layer while it trains, the preview below."""
+    from scipy import ndimage as ndi
+
+    from napari_unet._napari._live import preview_name
+    from napari_unet.synthetic import make_sample
+
+    for layer in list(viewer.layers):
+        layer.visible = layer.name in ("nuclei", "nuclei annotations")
+    strokes = viewer.layers["nuclei annotations"]
+    truth = make_sample(strokes.data.shape, seed=0)[2]
+    viewer.reset_view()
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9: scene
+    camera.zoom *= 1.6  # part of the image on screen: the preview covers what is visible
+    train.live.value = True
+    train.continue_training.value = False
+    train.train_button.native.click()
+    name = preview_name("nuclei")
+    wait_until(lambda: len(train._live.preview_times) > 0, timeout=300)
+    far = np.argwhere(ndi.distance_transform_edt(truth == 0) > 14)
+    rng = np.random.default_rng(1)
+    strokes.brush_size = 9
+    for _ in range(6):  # a few background dabs, each trained on within seconds
+        strokes.paint(tuple(int(c) for c in far[rng.integers(len(far))]), 1)
+        pump(1.5)
+    wait_until(lambda: len(train.loss_plot.train) >= 120, timeout=600)  # a model worth previewing
+    n = len(train._live.preview_times)
+    wait_until(lambda: len(train._live.preview_times) >= n + 1, timeout=300)
+    viewer.layers.selection.active = strokes
+    shoot("live.png")
+    train.train_button.native.click()  # Stop
+    wait_until(lambda: not train.running, timeout=120)
 
 
 def main(argv=None) -> int:
@@ -77,6 +115,11 @@ def main(argv=None) -> int:
     viewer.window._qt_window.show()
     wait_until(WARMED.is_set)
     viewer.reset_view()
+    if args.only == "live":
+        train.depth.value, train.base_channels.value = args.depth, args.base_channels
+        shoot_live(viewer, train, pump, wait_until, shoot)
+        viewer.close()
+        return 0
 
     # --- Train
     train.advanced_toggle.native.click()
@@ -119,6 +162,7 @@ def main(argv=None) -> int:
         wait_until(lambda: not segment.clicking, timeout=30)
     print(f"clicked {len(picks)} nuclei; last click took {segment.last_click_timing}")
     shoot("click.png")
+    shoot_live(viewer, train, pump, wait_until, shoot)
     viewer.close()
     return 0
 

@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 
 from .conventions import written_labels
 
-__all__ = ["semantic_labels", "instance_labels"]
+__all__ = ["semantic_labels", "instance_labels", "split_objects"]
 
 
 def semantic_labels(prob: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
@@ -22,6 +22,45 @@ def semantic_labels(prob: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
         Painted label id of each of the K channels.
     """
     return written_labels(class_ids)[np.argmax(prob, axis=0)]
+
+
+def split_objects(mask: np.ndarray, h: float = 1.0, sigma: float = 1.0) -> np.ndarray:
+    """Split a binary mask into convex blobs at their necks: a distance-transform seeded watershed.
+
+    A few pixels of bridge are enough to merge two touching nuclei into one connected region. Seeds are
+    the maxima of the (``sigma``-smoothed) distance to the mask's edge that stand at least ``h`` px above
+    their surroundings: one per convex blob even when blobs touch (a connected part without such a
+    maximum is a seed of its own, so a small blob is never flooded from next door). Seeds grow over
+    the mask following that distance, so touching blobs meet at their neck.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+        Any number of dimensions. Not modified.
+    h : float
+        Minimal height (px of distance) of a seed's maximum: larger merges more, smaller splits more.
+    sigma : float
+        Smoothing of the distance map (px) before its maxima are found.
+
+    Returns
+    -------
+    ndarray of int32
+        0 outside the mask, 1..N blobs.
+    """
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    dist = ndi.gaussian_filter(ndi.distance_transform_edt(mask), sigma)
+    peaks = h_maxima(dist, h).astype(bool) & mask
+    parts, _ = ndi.label(mask)
+    has_peak = np.zeros(parts.max() + 1, bool)
+    has_peak[parts[peaks]] = True
+    has_peak[0] = True
+    seeds, _ = ndi.label(peaks | ~has_peak[parts])
+    return watershed(-dist, markers=seeds, mask=mask).astype(np.int32, copy=False)
 
 
 def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: float = 0.5,
@@ -53,9 +92,7 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
     ndarray of int32
         0 = background, 1..N objects.
     """
-    from skimage.morphology import h_maxima
     from skimage.segmentation import relabel_sequential
-    from skimage.segmentation import watershed
 
     if prob.shape[0] != 3:
         raise ValueError(f"instance post-processing needs 3 channels (background, interior, boundary), got {prob.shape[0]}")
@@ -66,16 +103,7 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
     if not foreground.any():
         return np.zeros(prob.shape[1:], np.int32)
     interior = (prob[1] > prob[2]) & (prob[1] > prob[0]) & foreground
-    dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior), 1.0)
-    peaks = h_maxima(dist, h).astype(bool) & interior
-    # a small blob next to a big one can lose its shallow maximum to the neighbour's: every interior
-    # component without a peak is a seed of its own, so it is never flooded from next door
-    parts, _ = ndi.label(interior)
-    has_peak = np.zeros(parts.max() + 1, bool)
-    has_peak[parts[peaks]] = True
-    has_peak[0] = True
-    seeds, _ = ndi.label(peaks | ~has_peak[parts])
-    cores = watershed(-dist, markers=seeds, mask=interior)
+    cores = split_objects(interior, h=h)
     # grow the cores over the rest of the foreground (the rims): each pixel takes the label of the
     # nearest core pixel, so a rim pixel between two touching objects goes to the closer one
     fg_parts, _ = ndi.label(foreground)

@@ -104,6 +104,8 @@ class TrainUpdate:
         (step, training loss) of every step since the previous update.
     val_loss : float or None
         Set when the batch ends with a validation.
+    data : object
+        That event's ``data`` (live training's labels taken and previews).
     """
 
     kind: str
@@ -117,6 +119,7 @@ class TrainUpdate:
     model: object = None
     stopped: bool = False
     message: str = ""
+    data: object = None
 
 
 def batch_train_events(events, *, min_interval: float = 0.2, clock=time.perf_counter):
@@ -143,7 +146,8 @@ def batch_train_events(events, *, min_interval: float = 0.2, clock=time.perf_cou
             last = now
         yield TrainUpdate(ev.kind, step=ev.step, fraction=ev.fraction, elapsed=ev.elapsed, loss=ev.loss,
                           losses=tuple(pending), val_loss=ev.val_loss if ev.kind == "validation" else None,
-                          best_val_loss=ev.best_val_loss, model=ev.model, stopped=ev.stopped, message=ev.message)
+                          best_val_loss=ev.best_val_loss, model=ev.model, stopped=ev.stopped, message=ev.message,
+                          data=getattr(ev, "data", None))
         pending = []
 
 

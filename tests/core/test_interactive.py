@@ -5,8 +5,9 @@ import pytest
 from scipy import ndimage as ndi
 
 import napari_unet as nu
-from napari_unet.interactive import (DEFAULT_WINDOW_2D, DEFAULT_WINDOW_3D, region_box, to_training_labels,
-                                     window_around)
+from napari_unet.interactive import (DEFAULT_WINDOW_2D, DEFAULT_WINDOW_3D, SPLIT_HEIGHT, SPLIT_SIGMA, one_object,
+                                     region_box, to_training_labels, window_around)
+from napari_unet.postprocess import split_objects
 from napari_unet.synthetic import make_sample
 
 from .test_predict import random_model
@@ -32,7 +33,7 @@ def test_window_is_centred_on_the_point_and_moved_inside_the_image():
         window_around((300, 0), (300, 340), (256, 256))
 
 
-def test_semantic_click_returns_the_connected_region_of_the_class_under_it():
+def test_semantic_click_returns_the_object_of_the_class_under_it():
     model = random_model(seed=7)  # gives class 2 on part of the image
     window = 128
     point = _point_where(nu.segment(model, IMAGE), lambda lab: lab == 2, margin=64)
@@ -42,8 +43,45 @@ def test_semantic_click_returns_the_connected_region_of_the_class_under_it():
     expected = nu.segment(model, IMAGE[hit.key], tile=None)  # the window, segmented on its own
     local = tuple(p - o for p, o in zip(point, hit.origin))
     components, _ = ndi.label(expected == 2)
-    np.testing.assert_array_equal(hit.mask, components == components[local])
-    assert hit.mask[local]
+    parts = split_objects(expected == 2, h=SPLIT_HEIGHT, sigma=SPLIT_SIGMA)
+    np.testing.assert_array_equal(hit.mask, parts == parts[local])  # the class's region, split at necks
+    assert hit.mask[local] and not (hit.mask & (components != components[local])).any()
+
+
+def _touching_discs(shape=(128, 128), radius=13):
+    """Pairs of touching discs (instance labels) and their centres."""
+    yy, xx = np.indices(shape)
+    truth = np.zeros(shape, np.int32)
+    centres = [(32, 30), (32, 52), (96, 40), (76, 52), (40, 100), (62, 106), (100, 100)]
+    for i, (cy, cx) in enumerate(centres, 1):
+        truth[((yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2) & (truth == 0)] = i
+    return truth, centres
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def test_one_object_splits_touching_objects_from_probabilities_for_both_model_kinds():
+    truth, centres = _touching_discs()
+    fg = (truth > 0).astype(np.float32)
+    semantic = np.stack([1 - fg, fg])  # a confident semantic model: both discs of a pair are one region
+    regions, _ = ndi.label(fg)
+    assert all(regions[centres[a]] == regions[centres[b]] for a, b in ((0, 1), (2, 3), (4, 5)))
+    rim = (ndi.morphological_gradient(truth, size=3) > 0) & (truth > 0)
+    rim[ndi.binary_dilation(truth > 0) & ~(truth > 0)] = False
+    inner = fg * ~rim
+    bridged = inner.copy()
+    bridged[30:35, 40:44] = 1  # an interior that bridges the first pair's seam
+    instance = np.stack([1 - fg, bridged, fg * rim])
+    for prob, mode, ids in ((semantic, "semantic", (1, 2)), (instance, "instance", (0, 1, 2))):
+        for a, b in ((0, 1), (2, 3), (4, 5)):  # clicked at their centres, the two of a pair are two objects
+            (mask_a, value_a), (mask_b, value_b) = (one_object(prob, mode, ids, centres[k]) for k in (a, b))
+            assert value_a > 0 and value_b > 0, mode
+            assert _iou(mask_a, truth == a + 1) > 0.8 and _iou(mask_b, truth == b + 1) > 0.8, mode
+            assert not (mask_a & mask_b).any(), mode
+    mask, value = one_object(semantic, "semantic", (1, 2), (5, 5))
+    assert value == 0 and not mask.any()
 
 
 def test_instance_click_returns_the_object_with_the_id_under_it():

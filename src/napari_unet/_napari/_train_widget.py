@@ -15,6 +15,7 @@ from ._base import JobWidget
 from ._jobs import Job
 from ._layers import drop_channel_axis, fixed_label, image_array, labels_array, same_layer, set_progress
 from ._lifecycle import weak_method
+from ._live import LiveSession, live_training
 from ._model_files import export_current_model, load_model_file, save_current_model
 from ._pickers import PairRow, auto_choices, channel_axis_choices, device_choices, has_gpu, parse_channel_axis
 from ._plot import LossPlot
@@ -33,7 +34,7 @@ class _TrainRun:
     """The running training, as the widget shows it."""
 
     offset: int  # steps of the previous runs drawn in the loss plot (fine-tuning continues the curve)
-    budget: float
+    budget: float | None  # None: live, until Stop
     reason: str = ""  # why it was stopped, when the widget stopped it
     done: bool = False
 
@@ -83,6 +84,7 @@ class TrainWidget(JobWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         self._run: _TrainRun | None = None
+        self._live: LiveSession | None = None
         self.pairs = Container(labels=False)
         self.add_pair_button = PushButton(text="+ Add image/labels pair",
                                           tooltip="Train on several images at once")
@@ -94,6 +96,9 @@ class TrainWidget(JobWidget):
         self.continue_training = CheckBox(text="Continue from the current model", value=False,
                                           tooltip="Fine-tune the current model on these annotations "
                                                   "(its classes and architecture are kept)")
+        self.live = CheckBox(text="Live: train while I paint", value=False,
+                             tooltip="Train until Stop; new strokes join the training within seconds, and a "
+                                     "preview of the model's segmentation of what is on screen is shown")
         self.advanced_toggle = PushButton(text="▸ Advanced settings")
         self.dims = ComboBox(label="Model", choices=[("2D (plane by plane)", 2), ("3D", 3)], value=2)
         depth, base = interactive_network(has_gpu())
@@ -124,7 +129,7 @@ class TrainWidget(JobWidget):
         self.export_button = PushButton(text="Export for bioimage.io…")
         self.model_info = fixed_label(Label(label="Model", value=STORE.describe()))
         self.extend([self.pairs, self.add_pair_button, self.mode, self.time_budget, self.continue_training,
-                     self.advanced_toggle, self.advanced, self.train_button, self.progress, self.status,
+                     self.live, self.advanced_toggle, self.advanced, self.train_button, self.progress, self.status,
                      self.plot_box, Container(widgets=[self.save_button, self.load_button, self.export_button],
                                               layout="horizontal", labels=False), self.model_info])
         self.add_pair()
@@ -132,6 +137,7 @@ class TrainWidget(JobWidget):
         self.add_pair_button.changed.connect(self.add_pair)
         self.advanced_toggle.changed.connect(self._toggle_advanced)
         self.train_button.changed.connect(self._on_run_clicked)
+        self.live.changed.connect(self._on_live_toggled)
         self.save_button.changed.connect(self.save_model)
         self.load_button.changed.connect(self.load_model)
         self.export_button.changed.connect(self.export_model)
@@ -171,6 +177,9 @@ class TrainWidget(JobWidget):
     def _channel_choices(self, widget=None):
         rows = self.rows() if hasattr(self, "pairs") else []
         return channel_axis_choices(rows[0].image.value if rows else None)
+
+    def _on_live_toggled(self, live: bool):
+        self.time_budget.enabled = not live  # a live run has no budget
 
     def _toggle_advanced(self, *_):
         show = not self.advanced.visible
@@ -248,12 +257,18 @@ class TrainWidget(JobWidget):
                       init=init, device=self.device.value, channel_axis=channel_axis,
                       patch_size=self.patch_size.value or None, batch_size=self.batch_size.value or None,
                       learning_rate=self.learning_rate.value or None)
+        work = partial(_training, images, labels, kwargs)
+        if self.live.value:
+            del kwargs["time_budget"]
+            self._live = LiveSession(self.viewer, list(zip(layers[::2], layers[1::2])), [np.shape(a) for a in images],
+                                     channel_axis, init.dims if init is not None else kwargs["dims"], labels)
+            work = partial(live_training, images, labels, kwargs, self._live.updates, self._live.previews)
         self._run = _TrainRun(offset=self.loss_plot.start_run() if init is not None else 0,
-                              budget=kwargs["time_budget"])
+                              budget=kwargs.get("time_budget"))
         if init is None:
             self.loss_plot.clear()
-        job = self._start_main("train", partial(_training, images, labels, kwargs), layers=layers,
-                               on_update=self._on_update, on_finished=self._on_finished)
+        job = self._start_main("train", work, layers=layers, on_update=self._on_update,
+                               on_finished=self._on_finished)
         self.train_button.text = "Stop"
         self.progress.value = 0
         self.status.value = "preparing the training data…"
@@ -280,6 +295,9 @@ class TrainWidget(JobWidget):
         if update.val_loss is not None:
             self.loss_plot.add_validation(update.step + off, update.val_loss)
         set_progress(self.progress, round(100 * update.fraction))
+        if self._live is not None and update.kind in ("labels", "preview"):
+            self.status.value = self._live.on_update(update) or self.status.value
+            return
         if update.kind == "start":
             self.status.value = update.message
         elif update.kind == "done":
@@ -302,11 +320,14 @@ class TrainWidget(JobWidget):
         else:
             loss = f"loss {update.loss:.4f}" if update.loss is not None else ""
             best = f" · best val {update.best_val_loss:.4f}" if update.best_val_loss is not None else ""
-            self.status.value = (f"step {update.step} · {loss}{best} · {update.elapsed:.0f} s of "
-                                 f"{run.budget:.0f} s")
+            of = f"of {run.budget:.0f} s" if run.budget is not None else "(live: until Stop)"
+            self.status.value = f"step {update.step} · {loss}{best} · {update.elapsed:.0f} s {of}"
 
     def _on_finished(self, job):
         run, self._run = self._run, None
+        if self._live is not None:
+            self._live.close()
+            self._live = None
         self.train_button.text = "Train"
         self.train_button.enabled = True
         if run is not None and run.done:

@@ -44,6 +44,9 @@ class TrainEvent:
     stopped : bool
         True when training ended early because it was asked to stop.
     message : str
+    data : object
+        Live training (`napari_unet.train.iter_train_live`): a `LabelsTaken` for ``"labels"`` events,
+        a `Preview` for ``"preview"`` events; None otherwise.
     """
 
     kind: str
@@ -56,6 +59,7 @@ class TrainEvent:
     model: Model | None = None
     stopped: bool = False
     message: str = ""
+    data: object = None
 
 
 def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: int = C.DEFAULT_DEPTH,

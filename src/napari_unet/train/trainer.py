@@ -102,12 +102,9 @@ class Trainer:
         self.network = network_from_config(s.config)
         if s.init is not None:
             self.network.load_state_dict(s.init.network.state_dict())
-        self.items = prepare_items(annotated.items, s.mode, s.class_ids, (s.config.norm_low, s.config.norm_high),
-                                   s.patch_size, s.border_band, s.validation_fraction, rng)
-        self.sampler = PatchSampler(self.items, s.patch_size, rng)
+        self.rng = rng
         self.batch_size = s.batch_size
-        self.val_batches = self.sampler.validation_batches(s.batch_size, n_patches=max(s.batch_size, 8))
-        self.region_px = sum(it.target.size for it in self.items)
+        self._set_items(annotated, s.patch_size)
         self.steps_per_epoch = max(10, math.ceil(self.region_px / (s.batch_size * float(np.prod(s.patch_size)))))
         self.total_steps = s.epochs * self.steps_per_epoch if s.epochs is not None else None
         self._place_on_device()
@@ -117,6 +114,29 @@ class Trainer:
         self.history = list(s.init.history) if s.init is not None else []
         self._clock = _ValidationClock(timed=s.time_budget is not None)
         self.network.train()
+
+    def _set_items(self, annotated: AnnotatedItems, patch_size) -> None:
+        s = self.settings
+        items = prepare_items(annotated.items, s.mode, s.class_ids, (s.config.norm_low, s.config.norm_high),
+                              patch_size, s.border_band, s.validation_fraction, self.rng)
+        sampler = PatchSampler(items, patch_size, self.rng)  # raises before anything is replaced
+        self.items, self.sampler = items, sampler
+        self.val_batches = sampler.validation_batches(s.batch_size, n_patches=max(s.batch_size, 8))
+        self.region_px = sum(it.target.size for it in items)
+
+    def use_annotations(self, annotated: AnnotatedItems) -> None:
+        """Train from the next step on these annotations instead (live training: more was painted).
+
+        The network, optimizer and step count are kept; the validation blocks are drawn again, so the
+        best validation loss (and its weights) start over: losses on different blocks do not compare.
+
+        Raises
+        ------
+        ValueError
+            When nothing is left to train on; the previous annotations are then kept.
+        """
+        self._set_items(annotated, self.sampler.patch_size)
+        self.best_val_loss, self._best_state = None, None
 
     def _place_on_device(self):
         dev = self.settings.device
@@ -245,10 +265,30 @@ class Trainer:
         if not self.val_batches or not self._clock.due(fraction, elapsed):
             return None
         t = time.perf_counter()
-        val = self.validate()
+        val = self.validate_and_record(elapsed)
         self._clock.ran(fraction, elapsed, time.perf_counter() - t)
+        return val
+
+    def validate_and_record(self, elapsed: float) -> float:
+        """Validate now, log it in the history and keep the weights when they are the best so far."""
+        val = self.validate()
         self._record(val, elapsed)
         return val
+
+    def snapshot(self) -> Model:
+        """The current weights as a `Model` (a copy on the CPU, in eval mode); training goes on."""
+        net = network_from_config(self.settings.config)
+        net.load_state_dict({k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()})
+        return Model(network=net.eval(), config=self._trained_config(), history=list(self.history))
+
+    def _trained_config(self):
+        """The configuration with this run recorded; trained steps and seconds add to ``init``'s."""
+        s, config = self.settings, self.settings.config
+        return replace(config, trained_steps=config.trained_steps + self.step_count,
+                       trained_seconds=config.trained_seconds + self.elapsed(), best_val_loss=self.best_val_loss,
+                       patch_size=tuple(s.patch_size),
+                       batch_size=int(self.batch_size), learning_rate=float(s.learning_rate),
+                       border_band=int(s.border_band))
 
     def finish(self, stopped: bool = False) -> Model:
         """The trained `Model`: the best weights seen, on the CPU, contiguous, in eval mode.
@@ -262,12 +302,7 @@ class Trainer:
             self.network.load_state_dict(self._best_state)
         net = self.network.eval().cpu()
         net.to(memory_format=torch.contiguous_format)  # the returned network in torch's default layout
-        s, config = self.settings, self.settings.config
-        config = replace(config, trained_steps=config.trained_steps + self.step_count,
-                         trained_seconds=config.trained_seconds + self.elapsed(), best_val_loss=self.best_val_loss,
-                         patch_size=tuple(s.patch_size), batch_size=int(self.batch_size),
-                         learning_rate=float(s.learning_rate), border_band=int(s.border_band))
-        return Model(network=net, config=config, history=self.history)
+        return Model(network=net, config=self._trained_config(), history=self.history)
 
 
 def _halve_batches(batches, device) -> list:
