@@ -81,6 +81,9 @@ class Trainer:
         From `resolve_settings` (or `napari_unet.data.collect_annotated`).
     start_time : float, optional
         `time.perf_counter()` when the run began (setup counts as training time); default: now.
+    ranks : napari_unet.train.distributed.Ranks, optional
+        Data-parallel training (torchrun): the network is wrapped in DistributedDataParallel, this rank
+        samples its own patches, only rank 0 validates, and an epoch's patches are shared by the ranks.
 
     Attributes
     ----------
@@ -92,8 +95,10 @@ class Trainer:
         Optimizer steps so far.
     """
 
-    def __init__(self, settings: TrainSettings, annotated: AnnotatedItems, start_time: float | None = None):
+    def __init__(self, settings: TrainSettings, annotated: AnnotatedItems, start_time: float | None = None,
+                 ranks=None):
         self.settings = s = settings
+        self.ranks = ranks
         self.start_time = time.perf_counter() if start_time is None else start_time
         rng = np.random.default_rng(s.seed)
         if s.seed is not None:
@@ -103,13 +108,18 @@ class Trainer:
             self.network.load_state_dict(s.init.network.state_dict())
         self.items = prepare_items(annotated.items, s.mode, s.class_ids, (s.config.norm_low, s.config.norm_high),
                                    s.patch_size, s.border_band, s.validation_fraction, rng)
-        self.sampler = PatchSampler(self.items, s.patch_size, rng)
+        self.sampler = PatchSampler(self.items, s.patch_size, rng if ranks is None else ranks.rank_rng(s.seed))
         self.batch_size = s.batch_size
         self.val_batches = self.sampler.validation_batches(s.batch_size, n_patches=max(s.batch_size, 8))
+        if ranks is not None and not ranks.is_main:
+            self.val_batches = []  # rank 0 validates (and keeps the best weights)
         self.region_px = sum(it.target.size for it in self.items)
         self.steps_per_epoch = max(10, math.ceil(self.region_px / (s.batch_size * float(np.prod(s.patch_size)))))
+        if ranks is not None:  # each step sees world_size batches
+            self.steps_per_epoch = math.ceil(self.steps_per_epoch / ranks.world_size)
         self.total_steps = s.epochs * self.steps_per_epoch if s.epochs is not None else None
         self._place_on_device()
+        self._forward = self.network if ranks is None else ranks.wrap(self.network)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=s.learning_rate, weight_decay=1e-4)
         self.step_count, self.last_loss = 0, None
         self.best_val_loss, self._best_state = None, None
@@ -166,6 +176,10 @@ class Trainer:
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
+            if self.ranks is not None:  # one rank cannot shrink its batch alone: the others wait for it
+                raise MemoryError(f"out of memory on {self.settings.device} in data-parallel training: use a "
+                                  "smaller network (fewer base channels or less depth) or fewer processes per "
+                                  "device") from None
             self.optimizer.zero_grad(set_to_none=True)
             free_memory(self.settings.device)
             return StepResult(warning=self.shrink_after_oom())
@@ -176,10 +190,10 @@ class Trainer:
     def _optimize(self, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
         dev = self.settings.device
         with autocast(dev):
-            logits = self.network(self._to_device(x, layout=True))
+            logits = self._forward(self._to_device(x, layout=True))
         loss, n_valid = masked_cross_entropy(logits, self._to_device(y))
         self.optimizer.zero_grad(set_to_none=True)
-        if n_valid:
+        if n_valid or self.ranks is not None:  # every rank joins the gradients' all-reduce
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
