@@ -8,7 +8,7 @@ xy spacing, as in most confocal stacks). Two rules to accept a link are compared
 labels: the shipped one (the fraction of the smaller object inside the other at least the threshold;
 candidates ranked by IoU) and cellpose's (IoU at least the threshold).
 
-Usage: python benchmarks/stitch_quality.py [--seeds 0 1] [--budget 60] [--z-step 1 3]
+Usage: python benchmarks/stitch_quality.py [--seeds 0 1] [--budget 60 | --epochs 20] [--z-step 1 3]
 """
 from __future__ import annotations
 
@@ -55,10 +55,11 @@ def _per_plane(labels):
     return out
 
 
-def run(seed, budget, z_steps, shape):
+def run(seed, budget, z_steps, shape, epochs=None):
     image, truth = make_nuclei(shape, seed=seed)
     half = shape[2] // 2
-    model = nu.train(image[:, :, :half], truth[:, :, :half], mode="instance", dims=2, time_budget=budget, seed=seed)
+    model = nu.train(image[:, :, :half], truth[:, :, :half], mode="instance", dims=2,
+                     time_budget=None if epochs else budget, epochs=epochs, seed=seed)
     rows = []
     for step in z_steps:
         img, lab = image[::step, :, half:], truth[::step, :, half:]
@@ -76,13 +77,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--budget", type=float, default=60)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="train a fixed number of epochs (10 steps each here) instead of a time budget: "
+                        "for a busy machine")
     p.add_argument("--z-step", type=int, nargs="+", default=[1, 3])
     p.add_argument("--shape", type=int, nargs=3, default=[48, 192, 256])
     args = p.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} {machine()}")
     rows = []
     for s in args.seeds:
-        for r in run(s, args.budget, args.z_step, tuple(args.shape)):
+        for r in run(s, args.budget, args.z_step, tuple(args.shape), args.epochs):
             rows.append(r)
             print(f"seed {r['seed']} z-step {r['z_step']}: {r['objects']} nuclei, {r['planes_ids']} per-plane ids, "
                   f"{r['steps']} steps; F1@0.5 3D unstitched {r['unstitched']:.3f}, stitched (default "

@@ -17,7 +17,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["DEFAULT_STITCH_THRESHOLD", "PlaneStitcher", "link_planes", "stitch_planes", "check_stitch"]
+__all__ = ["DEFAULT_STITCH_THRESHOLD", "PlaneStitcher", "link_planes", "stitch_planes", "check_stitch",
+           "can_stitch"]
 
 #: Default IoU between an object and the previous plane's object it continues. Measured on synthetic
 #: stacks segmented plane by plane by a trained 2D model (benchmarks/stitch_quality.py): F1@0.5 in 3D is
@@ -76,6 +77,11 @@ def _overlaps(previous: np.ndarray, current: np.ndarray):
     stride = int(prev_in.max()) + 1 if prev_in.size else 1
     codes, inter = np.unique(inverse[both].astype(np.int64) * stride + prev_in, return_counts=True)
     return cur_ids, inverse, cur_area, codes // stride, codes % stride, inter
+
+
+def can_stitch(model, spatial_ndim: int) -> bool:
+    """Whether stitching applies: a 2D instance model on an image with a stack axis."""
+    return model.dims == 2 and model.mode == "instance" and spatial_ndim > model.dims
 
 
 def _overlap(inter, area_current, area_previous):
