@@ -66,7 +66,8 @@ def run(seed, budget, z_steps, shape, epochs=None):
         per_plane = nu.segment(model, img)  # ids unique over the stack, one per object per plane
         linked = nu.segment(model, img, stitch_planes=True)
         assert np.array_equal(linked, stitch.stitch_planes(per_plane)), "segment(stitch_planes=) != stitch_planes"
-        rows.append(dict(seed=seed, z_step=step, truth_only=scores(lab, _per_plane(lab)), objects=int(len(np.unique(lab)) - 1),
+        rows.append(dict(seed=seed, z_step=step, truth_only=scores(lab, _per_plane(lab)),
+                         objects=int(len(np.unique(lab)) - 1),
                          unstitched=matching(lab, per_plane)["f1"], planes_ids=int(per_plane.max()),
                          default=matching(lab, linked)["f1"], steps=model.config.trained_steps,
                          **scores(lab, per_plane)))

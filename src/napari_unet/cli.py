@@ -68,11 +68,11 @@ def _tile(text):
     return sizes[0] if len(sizes) == 1 else sizes
 
 
-def _iou(text):
+def _overlap(text):
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an IoU between 0 and 1 such as 0.25, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an overlap between 0 and 1 such as 0.5, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_positive_int, default=None)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     r.add_argument("--channel-axis", type=int, default=None)
-    r.add_argument("--stitch-planes", type=_iou, nargs="?", const=True, default=None, metavar="IOU",
+    r.add_argument("--stitch-planes", type=_overlap, nargs="?", const=True, default=None, metavar="OVERLAP",
                    help="2D instance model on a z-stack: link each plane's objects to the previous plane's "
-                        f"(overlap IoU at least IOU, default {DEFAULT_STITCH_THRESHOLD}) so each object gets one 3D id")
+                        "(at least OVERLAP of the smaller object inside the other, default "
+                        f"{DEFAULT_STITCH_THRESHOLD}) so each object gets one 3D id")
 
     n = sub.add_parser("info", help="describe a model file")
     n.add_argument("model")

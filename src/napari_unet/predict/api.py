@@ -83,7 +83,7 @@ def segment(model, image, *, out=None, progress=None, probabilities_out=None, st
         (the network runs once for both).
     stitch_planes : float or True, optional
         A 2D instance model on a z-stack ``(..., Z, Y, X)``: link each plane's objects to the overlapping
-        object of the previous plane (IoU at least this; True: the default,
+        objects of the previous plane (at least this fraction of the smaller one inside the other; True:
         `napari_unet.stitch.DEFAULT_STITCH_THRESHOLD`), so each object gets one 3D id. Streams plane by
         plane (works with ``out=`` on disk). Never on by default: a time series is not a z-stack.
         Refused for 3D models (already 3D) and semantic models (nothing to link).

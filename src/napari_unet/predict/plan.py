@@ -75,7 +75,7 @@ class PredictionPlan:
     workers, threads : int
         ``workers`` forward passes run at once (CPU), each with ``threads`` torch threads.
     stitch_planes : float or None
-        2D instance model on a stack: objects are linked across planes at this IoU (`napari_unet.stitch`).
+        2D instance model on a stack: objects are linked across planes at this overlap (`napari_unet.stitch`).
     """
 
     model: Model
@@ -114,7 +114,7 @@ class PredictionPlan:
         """One line: items, tiles, halo, batch, device and workers."""
         size = "x".join(map(str, self.tile_size)) if self.tile_size and len(self.tiles) > 1 else "whole image"
         par = f", {self.workers} workers x {self.threads} threads" if self.workers > 1 else ""
-        linked = f", objects linked across planes (IoU >= {self.stitch_planes:g})" if self.stitch_planes else ""
+        linked = f", objects linked across planes (overlap >= {self.stitch_planes:g})" if self.stitch_planes else ""
         return (f"{len(self.items)} item(s) x {len(self.tiles)} tile(s) ({size}, halo {self.halo}), "
                 f"batch {self.batch_size}, device {self.device}{par}{linked}")
 
@@ -314,7 +314,7 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
         threads. Default: one per torch thread, at most 4.
     stitch_planes : float, optional
         2D instance models on stacks (``(..., Z, Y, X)``): link each plane's objects to the previous
-        plane's (IoU at least this; True: `napari_unet.stitch.DEFAULT_STITCH_THRESHOLD`), so an object
+        plane's (overlap at least this; True: `napari_unet.stitch.DEFAULT_STITCH_THRESHOLD`), so an object
         seen in several planes gets one 3D id. Off by default: a time series is not a z-stack.
 
     Raises

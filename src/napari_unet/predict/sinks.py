@@ -83,7 +83,7 @@ class InstanceLabelsSink(Sink):
     """Instance ids: an item's probabilities are buffered until its last tile, since objects are
     separated over the whole item (`napari_unet.postprocess.instance_labels`); ids are offset so that
     they are unique across the items of a stack, in item order (items must finish in order). With
-    ``stitch_planes`` (an IoU), each plane's objects are linked to the previous plane's instead
+    ``stitch_planes`` (an overlap), each plane's objects are linked to the previous plane's instead
     (`napari_unet.stitch.PlaneStitcher`: only the previous plane is kept)."""
 
     def __init__(self, out, item_shape: tuple, num_classes: int, min_size: int | None = None,
