@@ -140,7 +140,8 @@ class Trainer:
     @property
     def summary(self) -> str:
         """One line saying what is trained on, for the start of a run."""
-        return f"training on {len(self.items)} region(s), {self.region_px} px, device {self.settings.device}"
+        ranks = f", {self.ranks.world_size} processes (data-parallel)" if self.ranks is not None else ""
+        return f"training on {len(self.items)} region(s), {self.region_px} px, device {self.settings.device}{ranks}"
 
     def elapsed(self) -> float:
         """Seconds since the run began."""
