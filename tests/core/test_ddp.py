@@ -44,12 +44,11 @@ def _works(path, image):
 
 
 def test_two_ranks_train_one_model_written_once_by_rank_0(tmp_path):
-    proc = _torchrun(tmp_path, "--time-budget", "12")  # each rank's clock differs: they must agree to stop
+    proc = _torchrun(tmp_path, "--time-budget", "15")  # each rank's clock differs: they must agree to stop
     out, err = proc.communicate(timeout=150)
     assert proc.returncode == 0, err[-3000:]
     assert err.count("model saved to") == 1 and err.count("training on") == 1, err  # rank 0 alone logs
-    steps = [line.split()[1] for line in err.splitlines() if line.startswith("step")]
-    assert len(steps) == len(set(steps))
+    assert "2 processes (data-parallel)" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.npy", "lab.npy", "model.pt"]  # no leftovers
     _works(tmp_path / "model.pt", np.load(tmp_path / "img.npy"))
 
