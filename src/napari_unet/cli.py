@@ -6,16 +6,20 @@ import re
 import signal
 import sys
 import threading
+import time
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
 from . import conventions as C
+from .stitch import DEFAULT_STITCH_THRESHOLD
 
 __all__ = ["main", "build_parser"]
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
+#: Under torchrun a Ctrl-C reaches each rank twice (from the terminal, and forwarded by torchrun).
+SAME_KEYPRESS_S = 2.0
 
 
 class _UsageError(Exception):
@@ -73,6 +77,13 @@ def _tile(text):
     return sizes[0] if len(sizes) == 1 else sizes
 
 
+def _overlap(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an overlap between 0 and 1 such as 0.5, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="napari-unet", description="Train a UNet on annotations and segment microscopy images.")
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -109,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_positive_int, default=None)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     r.add_argument("--channel-axis", type=int, default=None)
+    r.add_argument("--stitch-planes", type=_overlap, nargs="?", const=True, default=None, metavar="OVERLAP",
+                   help="2D instance model on a z-stack: link each plane's objects to the previous plane's "
+                        "(at least OVERLAP of the smaller object inside the other, default "
+                        f"{DEFAULT_STITCH_THRESHOLD}) so each object gets one 3D id")
     r.add_argument("--block", type=_positive_int, default=None,
                    help="process blocks of N px per side (instance labels of any size; on a cluster a multiple of "
                         "the output chunks: 512 in 2D, 64 in 3D)")
@@ -128,8 +143,8 @@ def _train(args):
     from .io import read_image
     from .outputs import refuse_inputs_as_outputs
     from .memory import load_in_memory
-    from .modelfile import check_model_output, load_model, save_model
-    from .train import iter_train
+    from .modelfile import check_model_output, load_model
+    from .train.distributed import data_parallel
 
     if len(args.image) != len(args.labels):
         raise ValueError(f"got {len(args.image)} image(s) but {len(args.labels)} labels file(s): give one -l per -i")
@@ -139,17 +154,31 @@ def _train(args):
     images = [read_image(p) for p in args.image]
     labels = [load_in_memory(read_image(p), f"labels file {p!r}") for p in args.labels]
     init = load_model(args.init) if args.init else None
+    with data_parallel(args.device) as ranks:  # under torchrun: this process's rank (else None)
+        return _train_run(args, images, labels, init, out, ranks)
+
+
+def _train_run(args, images, labels, init, out, ranks):
+    from .modelfile import save_model
+    from .train import iter_train
+
     stop, abort = threading.Event(), threading.Event()
+    main = ranks is None or ranks.is_main  # only rank 0 logs and writes the model
+    stopped_at = []
 
     started = threading.Event()  # before the first step (data being prepared) there is nothing to save
 
     def on_sigint(signum, frame):
         if stop.is_set() or not started.is_set():  # a second Ctrl-C, or nothing trained yet: give up at once
+            if stop.is_set() and ranks is not None and time.monotonic() - stopped_at[0] < SAME_KEYPRESS_S:
+                return  # torchrun forwards the terminal's Ctrl-C that every rank got already
             abort.set()
             raise KeyboardInterrupt
         stop.set()
-        print("\nstopping: finishing the current step and saving the best model so far "
-              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+        stopped_at.append(time.monotonic())
+        if main:
+            print("\nstopping: finishing the current step and saving the best model so far "
+                  "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
 
     # SIGTERM (a cluster's time limit) also stops and saves: the first one like a first Ctrl-C
     previous = signal.signal(signal.SIGINT, on_sigint), signal.signal(signal.SIGTERM, on_sigint)
@@ -158,8 +187,11 @@ def _train(args):
         for event in iter_train(images, labels, mode=args.mode, dims=args.dims, depth=args.depth,
                                 base_channels=args.base_channels, time_budget=args.time_budget,
                                 epochs=args.epochs, init=init, device=args.device, seed=args.seed,
-                                channel_axis=args.channel_axis, max_classes=args.max_classes, stop=stop):
+                                channel_axis=args.channel_axis, max_classes=args.max_classes, stop=stop,
+                                ranks=ranks):
             last = event
+            if not main:
+                continue
             if event.kind == "start":
                 started.set()
                 print(event.message, file=sys.stderr, flush=True)
@@ -174,6 +206,8 @@ def _train(args):
         signal.signal(signal.SIGTERM, previous[1])
     if abort.is_set():
         raise KeyboardInterrupt  # the second Ctrl-C: nothing is saved
+    if not main:
+        return 0
     if last.step == 0:  # an untrained network never replaces a model (or appears as one)
         print(f"error: {last.message}: nothing was saved; give a longer --time-budget or more --epochs",
               file=sys.stderr)
@@ -191,6 +225,10 @@ def _predict(args):
     from .predict import plan_prediction, run_prediction
     from .provenance import PROVENANCE_KEY, label_classes, provenance
 
+    if args.stitch_planes is not None and (args.block is not None or args.workers is not None
+                                           or args.scheduler is not None):
+        raise ValueError("--stitch-planes links the planes of one in-process run: leave out --block, --workers "
+                         "and --scheduler (the stitched stack already streams plane by plane)")
     if args.workers is not None or args.scheduler is not None:
         return _predict_on_cluster(args)
 
@@ -206,7 +244,8 @@ def _predict(args):
     # one plan, checked before any file is created; the one described is the one run
     try:
         plan = plan_prediction(model, image, labels=True, probabilities=bool(args.probabilities), tile=args.tile,
-                               batch_size=args.batch_size, device=args.device, channel_axis=channel_axis)
+                               batch_size=args.batch_size, device=args.device, channel_axis=channel_axis,
+                               stitch_planes=args.stitch_planes)
     except ValueError as exc:
         if declared is None:
             raise
@@ -365,6 +404,8 @@ _FLAGS = [(re.compile(r"\bchannel_axis=\.\.\."), "--channel-axis N"),
           (re.compile(r"\btile='auto'"), "--tile auto"),
           (re.compile(r"\btile="), "--tile"),
           (re.compile(r"\bbatch_size="), "--batch-size"),
+          (re.compile(r"\bleave stitch_planes=None"), "leave out --stitch-planes"),
+          (re.compile(r"\bstitch_planes\b"), "--stitch-planes"),
           (re.compile(r"\bdevice='([\w:]+)'"), r"--device \1")]
 
 

@@ -64,6 +64,10 @@ class SegmentWidget(JobWidget):
     device : ComboBox
     show_probabilities : CheckBox
         Also add the class probabilities as Image layers.
+    link_planes : CheckBox
+        Shown for a 2D instance model on an image with a stack axis: link each plane's objects to the
+        previous plane's, so an object gets one 3D id (`napari_unet.stitch`). Off by default (a time
+        series is not a z-stack).
     segment_button : PushButton
         "Segment"; reads "Cancel" while running.
     progress : ProgressBar
@@ -96,6 +100,9 @@ class SegmentWidget(JobWidget):
                                   tooltip="Pixels per tile side; auto fits the device memory")
         self.device = ComboBox(label="Device", choices=device_choices(), value="auto")
         self.show_probabilities = CheckBox(text="Also show probabilities", value=False)
+        self.link_planes = CheckBox(text="Link objects across planes", value=False, visible=False,
+                                    tooltip="A z-stack segmented plane by plane: an object overlapping one in "
+                                            "the previous plane keeps its id (one 3D object); not for time series")
         self.segment_button = PushButton(text="Segment")
         self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
         self.click_to_segment = CheckBox(text="Click to segment", value=False,
@@ -106,10 +113,12 @@ class SegmentWidget(JobWidget):
                                                      "(a new Labels layer) to retrain with")
         self.status = fixed_label(Label(label="", value=""))
         self.extend([self.image, self.channel_axis, self.model_source, self.model_file, self.model_info,
-                     self.tile_size, self.device, self.show_probabilities, self.segment_button, self.progress,
+                     self.tile_size, self.device, self.show_probabilities, self.link_planes, self.segment_button,
+                     self.progress,
                      self.click_to_segment, self.use_as_annotations, self.status])
 
         self.image.changed.connect(self._image_changed)
+        self.channel_axis.changed.connect(self._offer_linking)
         self.model_source.changed.connect(self._source_changed)
         self.model_file.changed.connect(self._file_changed)
         self.segment_button.changed.connect(self._on_run_clicked)
@@ -166,6 +175,18 @@ class SegmentWidget(JobWidget):
 
     def _image_changed(self, *_):
         self.channel_axis.reset_choices()
+        self._offer_linking()
+
+    def _offer_linking(self, *_):
+        """"Link objects across planes" only where it means something: a 2D instance model on a stack."""
+        from napari_unet.stitch import can_stitch
+
+        image, model = self.image.value, self.current_model()
+        spatial = None
+        if image is not None:
+            data, axis = image_array(image, parse_channel_axis(self.channel_axis.value))
+            spatial = len(np.shape(data)) - (axis is not None)
+        self.link_planes.visible = model is not None and spatial is not None and can_stitch(model, spatial)
 
     def _source_changed(self, value):
         self.model_file.visible = value == "file"
@@ -191,6 +212,7 @@ class SegmentWidget(JobWidget):
                                          else "choose a napari-unet model file (.pt)")
             else:
                 self.model_info.value = STORE.describe()
+            self._offer_linking()
         except RuntimeError:  # the Qt widgets were deleted with the viewer before this object
             self.shutdown()
 
@@ -214,8 +236,10 @@ class SegmentWidget(JobWidget):
             raise ValueError("the segmentation is being turned into annotations: segment again when that is done")
         data, axis = image_array(image, parse_channel_axis(self.channel_axis.value))
         # planned once, validating everything before a layer or a file is created; the worker runs this plan
+        link = self.link_planes.visible and self.link_planes.value
         plan = plan_prediction(model, data, labels=True, probabilities=bool(self.show_probabilities.value),
-                               tile=self.tile_size.value or "auto", device=self.device.value, channel_axis=axis)
+                               tile=self.tile_size.value or "auto", device=self.device.value, channel_axis=axis,
+                               stitch_planes=True if link else None)
         lazy = is_lazy(data)
         # every output is made before the viewer is touched: a full disk leaves the old result in place
         labels_out = make_output(tuple(plan.shape), np.int32, lazy)

@@ -64,7 +64,8 @@ def predict(model, image, *, out=None, progress=None, **plan_options):
         return drain(events, progress).probabilities
 
 
-def segment(model, image, *, out=None, progress=None, probabilities_out=None, **plan_options):
+def segment(model, image, *, out=None, progress=None, probabilities_out=None, stitch_planes=None,
+            **plan_options):
     """Integer labels shaped like the image's spatial axes.
 
     Semantic models write each pixel's class id with the background (id 1) as 0; instance models write
@@ -80,10 +81,20 @@ def segment(model, image, *, out=None, progress=None, probabilities_out=None, **
     probabilities_out : array-like, optional
         Also write the class probabilities ``(K, *spatial)`` float32 here, from the same forward passes
         (the network runs once for both).
+    stitch_planes : float or True, optional
+        A 2D instance model on a z-stack ``(..., Z, Y, X)``: link each plane's objects to the overlapping
+        objects of the previous plane (at least this fraction of the smaller one inside the other; True:
+        `napari_unet.stitch.DEFAULT_STITCH_THRESHOLD`), so each object gets one 3D id. Streams plane by
+        plane (works with ``out=`` on disk). Never on by default: a time series is not a z-stack.
+        Refused for 3D models (already 3D) and semantic models (nothing to link).
     **plan_options
         See `plan_prediction`.
+
+    Examples
+    --------
+    >>> nuclei3d = segment(model2d, zstack, stitch_planes=True)  # doctest: +SKIP
     """
     events = iter_predict(model, image, labels=True, probabilities=probabilities_out is not None, labels_out=out,
-                          probabilities_out=probabilities_out, **plan_options)
+                          probabilities_out=probabilities_out, stitch_planes=stitch_planes, **plan_options)
     with closing(events):
         return drain(events, progress).labels

@@ -18,6 +18,7 @@ from ..conventions import written_labels
 from ..data import as_channels_first, iter_items
 from ..device import amp_dtype, resolve_device
 from ..model import Model
+from ..stitch import check_stitch
 from ..tiling import Tile, choose_tile_size, normalize_tile_size, plan_tiles
 
 __all__ = ["PredictionPlan", "plan_prediction", "auto_tile_size", "labels_dtype", "memory_budget",
@@ -74,6 +75,8 @@ class PredictionPlan:
         Instance mode: smallest object kept.
     workers, threads : int
         ``workers`` forward passes run at once (CPU), each with ``threads`` torch threads.
+    stitch_planes : float or None
+        2D instance model on a stack: objects are linked across planes at this overlap (`napari_unet.stitch`).
     """
 
     model: Model
@@ -91,6 +94,7 @@ class PredictionPlan:
     min_size: int | None = None
     workers: int = 1
     threads: int = 1
+    stitch_planes: float | None = None
 
     @property
     def total_tiles(self) -> int:
@@ -111,11 +115,12 @@ class PredictionPlan:
         """One line: the output's size, items, tiles, halo, batch, device and workers."""
         size = "x".join(map(str, self.tile_size)) if self.tile_size and len(self.tiles) > 1 else "whole image"
         par = f", {self.workers} workers x {self.threads} threads" if self.workers > 1 else ""
+        linked = f", objects linked across planes (overlap >= {self.stitch_planes:g})" if self.stitch_planes else ""
         pixels = math.prod(self.shape)  # said before anything runs: a crafted file's absurd size shows here
         amount = f"{pixels / 1e9:.1f} G" if pixels >= 1e9 else f"{pixels / 1e6:.1f} M" if pixels >= 1e6 else f"{pixels}"
         return (f"{'x'.join(map(str, self.shape))} ({amount} pixels): {len(self.items)} item(s) x "
                 f"{len(self.tiles)} tile(s) ({size}, halo {self.halo}), batch {self.batch_size}, device "
-                f"{self.device}{par}")
+                f"{self.device}{par}{linked}")
 
 
 # ------------------------------------------------------------------------------------ memory and tiles
@@ -282,7 +287,7 @@ def _positive(value, what: str) -> int:
 def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = False, tile="auto",
                     batch_size: int | None = None, device="auto", channel_axis: int | None = None,
                     halo: int | None = None, min_size: int | None = None,
-                    workers: int | None = None) -> PredictionPlan:
+                    workers: int | None = None, stitch_planes: float | None = None) -> PredictionPlan:
     """Check a prediction's inputs and outputs and plan its tiles; nothing is computed or written.
 
     Parameters
@@ -311,6 +316,10 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
     workers : int, optional
         CPU only: forward passes run concurrently, each with ``torch.get_num_threads() // workers``
         threads. Default: one per torch thread, at most 4.
+    stitch_planes : float, optional
+        2D instance models on stacks (``(..., Z, Y, X)``): link each plane's objects to the previous
+        plane's (overlap at least this; True: `napari_unet.stitch.DEFAULT_STITCH_THRESHOLD`), so an object
+        seen in several planes gets one 3D id. Off by default: a time series is not a z-stack.
 
     Raises
     ------
@@ -327,6 +336,8 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
     batch_size = _positive(batch_size, "batch size")
     n_workers = _cpu_workers(dev, workers)
     img, spatial = _channels_first(model, image, channel_axis)
+    stitch = check_stitch(stitch_planes, mode=model.mode, dims=model.dims, spatial_ndim=len(spatial),
+                          labels=bool(labels))
     items = tuple(iter_items(spatial, model.dims))
     item_shape = spatial[len(spatial) - model.dims:]
     tile_sizes, halo = _tiles(model, dev, item_shape, tile, halo, batch_size, n_workers)
@@ -339,4 +350,4 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
     _check_some_finite(img, items, item_shape)  # before the caller creates any output file
     return PredictionPlan(model, dev, img, items, item_shape, tiles, tile_sizes, halo, batch_size, spatial,
                           labels=bool(labels), probabilities=bool(probabilities), min_size=min_size,
-                          workers=n_workers, threads=threads)
+                          workers=n_workers, threads=threads, stitch_planes=stitch)

@@ -189,7 +189,8 @@ def sinks_for(plan: PredictionPlan, labels_out=None, probabilities_out=None) -> 
     sinks = []
     if labels_out is not None:
         model = plan.model
-        sinks.append(InstanceLabelsSink(labels_out, plan.item_shape, model.num_classes, plan.min_size)
+        sinks.append(InstanceLabelsSink(labels_out, plan.item_shape, model.num_classes, plan.min_size,
+                                        stitch_planes=plan.stitch_planes)
                      if model.mode == "instance" else SemanticLabelsSink(labels_out, model.config.class_ids))
     if probabilities_out is not None:
         sinks.append(ProbabilitiesSink(probabilities_out))

@@ -13,6 +13,7 @@ import numpy as np
 from ..conventions import written_labels
 from ..outputs import release_pages
 from ..postprocess import instance_labels
+from ..stitch import PlaneStitcher
 
 __all__ = ["Sink", "ProbabilitiesSink", "SemanticLabelsSink", "InstanceLabelsSink", "Tee"]
 
@@ -81,12 +82,16 @@ class SemanticLabelsSink(Sink):
 class InstanceLabelsSink(Sink):
     """Instance ids: an item's probabilities are buffered until its last tile, since objects are
     separated over the whole item (`napari_unet.postprocess.instance_labels`); ids are offset so that
-    they are unique across the items of a stack, in item order (items must finish in order)."""
+    they are unique across the items of a stack, in item order (items must finish in order). With
+    ``stitch_planes`` (an overlap), each plane's objects are linked to the previous plane's instead
+    (`napari_unet.stitch.PlaneStitcher`: only the previous plane is kept)."""
 
-    def __init__(self, out, item_shape: tuple, num_classes: int, min_size: int | None = None):
+    def __init__(self, out, item_shape: tuple, num_classes: int, min_size: int | None = None,
+                 stitch_planes: float | None = None):
         self.out, self.item_shape, self.num_classes, self.min_size = out, tuple(item_shape), num_classes, min_size
         self.buffers: dict = {}
         self.next_id = 1
+        self.stitcher = PlaneStitcher(stitch_planes) if stitch_planes else None
 
     def write(self, index, region, values):
         buf = self.buffers.get(index)
@@ -96,9 +101,12 @@ class InstanceLabelsSink(Sink):
 
     def item_done(self, index):
         labels = instance_labels(self.buffers.pop(index), min_size=self.min_size)
-        n = int(labels.max())
-        labels[labels > 0] += self.next_id - 1
-        self.next_id += n
+        if self.stitcher is not None:
+            labels = self.stitcher.add(labels, index)
+        else:
+            n = int(labels.max())
+            labels[labels > 0] += self.next_id - 1
+            self.next_id += n
         self.out[index] = labels
         _release(self.out, index)
         return index + tuple(slice(0, s) for s in self.item_shape)

@@ -68,7 +68,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                channel_axis: int | None = None, patch_size: int | Sequence[int] | None = None,
                batch_size: int | None = None, learning_rate: float | None = None,
                validation_fraction: float = VALIDATION_FRACTION, border_band: int = BORDER_BAND,
-               max_classes: int = C.MAX_SEMANTIC_CLASSES, stop=None):
+               max_classes: int = C.MAX_SEMANTIC_CLASSES, stop=None, ranks=None):
     """Train a UNet on painted annotations, yielding `TrainEvent` progress reports.
 
     Parameters
@@ -108,6 +108,9 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         Semantic mode: the most classes accepted (more ids: instance masks, for ``mode="instance"``).
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
+    ranks : napari_unet.train.distributed.Ranks, optional
+        Data-parallel training under torchrun (`napari_unet.train.distributed.data_parallel`): ``device``
+        is this rank's, ``seed`` is made common to all ranks, and the ranks stop after the same step.
 
     Yields
     ------
@@ -115,21 +118,26 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         The last one has ``kind == "done"`` and the trained `Model`.
     """
     start_time = time.perf_counter()
+    if ranks is not None:
+        device, seed = ranks.device, ranks.common_seed(seed)
     settings, annotated = resolve_settings(
         images, labels, mode=mode, dims=dims, depth=depth, base_channels=base_channels, time_budget=time_budget,
         epochs=epochs, init=init, device=device, seed=seed, channel_axis=channel_axis, patch_size=patch_size,
         batch_size=batch_size, learning_rate=learning_rate, validation_fraction=validation_fraction,
         border_band=border_band, max_classes=max_classes)
     with thread_policy(device=settings.device):
-        trainer = Trainer(settings, annotated, start_time)
+        trainer = Trainer(settings, annotated, start_time, ranks=ranks)
         yield TrainEvent("start", elapsed=trainer.elapsed(), message=trainer.summary)
         fraction, stopped = 0.0, False
         try:
             while True:
                 fraction = trainer.fraction(trainer.elapsed())
+                stopping = stop is not None and stop.is_set()
+                if ranks is not None:  # all ranks stop after the same step, or one would wait forever
+                    fraction, stopping = ranks.agree(fraction, stopping)
                 if fraction >= 1.0:
                     break
-                if stop is not None and stop.is_set():
+                if stopping:
                     stopped = True
                     break
                 result = trainer.step(fraction)

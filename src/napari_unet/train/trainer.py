@@ -82,6 +82,9 @@ class Trainer:
         From `resolve_settings` (or `napari_unet.data.collect_annotated`).
     start_time : float, optional
         `time.perf_counter()` when the run began (setup counts as training time); default: now.
+    ranks : napari_unet.train.distributed.Ranks, optional
+        Data-parallel training (torchrun): the network is wrapped in DistributedDataParallel, this rank
+        samples its own patches, only rank 0 validates, and an epoch's patches are shared by the ranks.
 
     Attributes
     ----------
@@ -93,8 +96,10 @@ class Trainer:
         Optimizer steps so far.
     """
 
-    def __init__(self, settings: TrainSettings, annotated: AnnotatedItems, start_time: float | None = None):
+    def __init__(self, settings: TrainSettings, annotated: AnnotatedItems, start_time: float | None = None,
+                 ranks=None):
         self.settings = s = settings
+        self.ranks = ranks
         self.start_time = time.perf_counter() if start_time is None else start_time
         rng = np.random.default_rng(s.seed)
         if s.seed is not None:
@@ -102,12 +107,16 @@ class Trainer:
         self.network = network_from_config(s.config)
         if s.init is not None:
             self.network.load_state_dict(s.init.network.state_dict())
-        self.rng = rng
+        self.rng = rng  # the same on every rank: one validation split for all
+        self._sampler_rng = rng if ranks is None else ranks.rank_rng(s.seed)  # each rank its own patches
         self.batch_size = s.batch_size
         self._set_items(annotated, s.patch_size)
         self.steps_per_epoch = max(10, math.ceil(self.region_px / (s.batch_size * float(np.prod(s.patch_size)))))
+        if ranks is not None:  # each step sees world_size batches
+            self.steps_per_epoch = math.ceil(self.steps_per_epoch / ranks.world_size)
         self.total_steps = s.epochs * self.steps_per_epoch if s.epochs is not None else None
         self._place_on_device()
+        self._forward = self.network if ranks is None else ranks.wrap(self.network)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=s.learning_rate, weight_decay=1e-4)
         self.step_count, self.last_loss = 0, None
         self.best_val_loss, self._best_state = None, None
@@ -119,9 +128,11 @@ class Trainer:
         s = self.settings
         items = prepare_items(annotated.items, s.mode, s.class_ids, (s.config.norm_low, s.config.norm_high),
                               patch_size, s.border_band, s.validation_fraction, self.rng)
-        sampler = PatchSampler(items, patch_size, self.rng)  # raises before anything is replaced
+        sampler = PatchSampler(items, patch_size, self._sampler_rng)  # raises before anything is replaced
         self.items, self.sampler = items, sampler
         self.val_batches = sampler.validation_batches(s.batch_size, n_patches=max(s.batch_size, 8))
+        if self.ranks is not None and not self.ranks.is_main:
+            self.val_batches = []  # rank 0 validates (and keeps the best weights)
         self.region_px = sum(it.target.size for it in items)
 
     def use_annotations(self, annotated: AnnotatedItems) -> None:
@@ -151,7 +162,8 @@ class Trainer:
     @property
     def summary(self) -> str:
         """One line saying what is trained on, for the start of a run."""
-        return f"training on {len(self.items)} region(s), {self.region_px} px, device {self.settings.device}"
+        ranks = f", {self.ranks.world_size} processes (data-parallel)" if self.ranks is not None else ""
+        return f"training on {len(self.items)} region(s), {self.region_px} px, device {self.settings.device}{ranks}"
 
     def elapsed(self) -> float:
         """Seconds since the run began."""
@@ -187,6 +199,10 @@ class Trainer:
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
+            if self.ranks is not None:  # one rank cannot shrink its batch alone: the others wait for it
+                raise MemoryError(f"out of memory on {self.settings.device} in data-parallel training: use a "
+                                  "smaller network (fewer base channels or less depth) or fewer processes per "
+                                  "device") from None
             self.optimizer.zero_grad(set_to_none=True)
             free_memory(self.settings.device)
             return StepResult(warning=self.shrink_after_oom())
@@ -195,17 +211,18 @@ class Trainer:
     def _optimize(self, x: np.ndarray, y: np.ndarray) -> None:
         dev = self.settings.device
         with autocast(dev):
-            logits = self.network(self._to_device(x, layout=True))
+            logits = self._forward(self._to_device(x, layout=True))
         loss, n_valid = masked_cross_entropy(logits, self._to_device(y))
         self.optimizer.zero_grad(set_to_none=True)
-        if n_valid:
+        if n_valid or self.ranks is not None:  # every rank joins the gradients' all-reduce
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         # Ctrl-C waits for the update and its count: weights are never half-updated, steps never miscounted
+        stepping = n_valid or self.ranks is not None  # ranks all step, or their weights would drift apart
         with uninterruptible():
-            if n_valid and self.scaler is not None:
+            if stepping and self.scaler is not None:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-            elif n_valid:
+            elif stepping:
                 self.optimizer.step()
             self.step_count += 1
             self.last_loss = float(loss.detach())

@@ -1,0 +1,177 @@
+"""Linking a 2D model's objects across the planes of a z-stack (``stitch_planes``)."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import napari_unet as nu
+from napari_unet.cli import main
+from napari_unet.metrics import matching
+from napari_unet.stitch import DEFAULT_STITCH_THRESHOLD, PlaneStitcher, stitch_planes
+from napari_unet.synthetic import make_nuclei
+
+from .test_predict import random_model
+
+zarr = pytest.importorskip("zarr")
+
+
+def _per_plane(labels):
+    """What a 2D instance model gives on a stack: each plane's objects numbered on their own."""
+    from skimage.segmentation import relabel_sequential
+
+    out, offset = np.zeros_like(labels), 0
+    for z in range(len(labels)):
+        plane = relabel_sequential(labels[z])[0]
+        out[z] = np.where(plane > 0, plane + offset, 0)
+        offset += int(plane.max())
+    return out
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return make_nuclei((32, 96, 96), seed=3)
+
+
+@pytest.mark.parametrize("z_step", [1, 3])
+def test_stitching_turns_per_plane_objects_into_the_3d_nuclei(volume, z_step):
+    truth = volume[1][::z_step]
+    per_plane = _per_plane(truth)
+    n_true = len(np.unique(truth)) - 1
+    assert per_plane.max() > 3 * n_true  # many planes per nucleus
+    before = matching(truth, per_plane)["f1"]
+    linked = stitch_planes(per_plane)
+    after = matching(truth, linked)["f1"]
+    assert before < 0.15 and after > 0.95, (before, after)
+    assert len(np.unique(linked)) - 1 == pytest.approx(n_true, abs=2)
+
+
+def test_ids_are_unique_over_the_stack_and_chains_break_at_gaps_and_time():
+    stack = np.zeros((2, 4, 8, 8), np.int32)  # (t, z, y, x)
+    stack[:, :2, 1:4, 1:4] = 1   # planes 0-1: one object
+    stack[:, 3, 1:4, 1:4] = 1    # plane 2 empty: plane 3's object is another one
+    stack[:, :, 5:7, 5:7] = 2    # all planes: one object per time point
+    linked = stitch_planes(stack)
+    t0, t1 = linked[0], linked[1]
+    assert t0[0, 2, 2] == t0[1, 2, 2] != t0[3, 2, 2]
+    assert len({int(t0[z, 6, 6]) for z in range(4)}) == 1
+    assert set(np.unique(t0)[1:]).isdisjoint(np.unique(t1)[1:])  # a time series is not linked across t
+    assert len(np.unique(linked)) - 1 == 6
+
+
+def test_an_object_that_splits_continues_as_its_larger_part():
+    stack = np.zeros((2, 10, 12), np.int32)
+    stack[0, 2:8, 1:11] = 5
+    stack[1, 2:8, 1:7] = 1      # most of it
+    stack[1, 2:8, 8:11] = 2     # a sliver
+    linked = stitch_planes(stack, 0.2)
+    assert linked[1, 4, 3] == linked[0, 4, 3]
+    assert linked[1, 4, 9] not in (0, linked[0, 4, 3])
+
+
+def test_the_threshold_decides_what_continues():
+    stack = np.zeros((2, 10, 10), np.int32)
+    stack[0, 0:6, 0:6] = 1
+    stack[1, 3:9, 3:9] = 1       # IoU 9 / 63 = 0.14
+    assert len(np.unique(stitch_planes(stack, 0.1))) == 2
+    assert len(np.unique(stitch_planes(stack, 0.5))) == 3
+
+
+def _stitch_zarr(tmp_path, per_plane):
+    """Stitch a zarr stack into a zarr array; the peak of Python memory traced meanwhile."""
+    src = zarr.open_array(str(tmp_path / f"in{len(per_plane)}.zarr"), mode="w", shape=per_plane.shape,
+                          chunks=(1,) + per_plane.shape[1:], dtype="i4")
+    src[:] = per_plane
+    out = zarr.open_array(str(tmp_path / f"out{len(per_plane)}.zarr"), mode="w", shape=per_plane.shape,
+                          chunks=(1,) + per_plane.shape[1:], dtype="i4")
+    tracemalloc.start()
+    try:
+        stitch_planes(src, out=out)
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_stitching_into_zarr_streams_plane_by_plane(tmp_path, volume):
+    small = _per_plane(volume[1])  # 32 planes of 96 x 96
+    big = _per_plane(np.concatenate([volume[1]] * 4))  # 128 planes
+    _, peak_small = _stitch_zarr(tmp_path, small)
+    out, peak_big = _stitch_zarr(tmp_path, big)
+    # the temporaries of one plane, whatever the number of planes; the stack would be 4.7 MB
+    assert peak_big < 1.5 * peak_small + 256 * 1024 and peak_big < 0.25 * big.nbytes, (peak_small, peak_big)
+    np.testing.assert_array_equal(out[:], stitch_planes(big))
+
+
+def test_segment_links_planes_as_it_writes_them(tmp_path):
+    model = random_model(depth=2, base=4, mode="instance", classes=(0, 1, 2))
+    stack = np.random.default_rng(0).random((6, 64, 64)).astype(np.float32)
+    per_plane = nu.segment(model, stack)
+    out = zarr.open_array(str(tmp_path / "l.zarr"), mode="w", shape=stack.shape, chunks=(1, 64, 64), dtype="i4")
+    nu.segment(model, stack, out=out, stitch_planes=True, workers=2)
+    np.testing.assert_array_equal(out[:], stitch_planes(per_plane, DEFAULT_STITCH_THRESHOLD))
+    assert nu.segment(model, stack, stitch_planes=None).max() == per_plane.max()  # off unless asked
+
+
+@pytest.mark.parametrize("model, image, match", [
+    (random_model(depth=2, base=4, mode="semantic"), np.zeros((3, 32, 32), np.float32), "semantic"),
+    (random_model(dims=3, depth=2, base=4, mode="instance", classes=(0, 1, 2)), np.zeros((8, 32, 32), np.float32),
+     "3D model"),
+    (random_model(depth=2, base=4, mode="instance", classes=(0, 1, 2)), np.zeros((32, 32), np.float32),
+     "single 2D plane"),
+])
+def test_stitching_is_refused_where_it_means_nothing(model, image, match):
+    with pytest.raises(ValueError, match=match):
+        nu.segment(model, image, stitch_planes=0.25)
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.2, "0.3"])
+def test_a_threshold_outside_0_1_is_refused(value):
+    model = random_model(depth=2, base=4, mode="instance", classes=(0, 1, 2))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        nu.segment(model, np.zeros((2, 32, 32), np.float32), stitch_planes=value)
+
+
+def test_probabilities_alone_cannot_be_stitched():
+    model = random_model(depth=2, base=4, mode="instance", classes=(0, 1, 2))
+    with pytest.raises(ValueError, match="links labels"):
+        list(nu.iter_predict(model, np.zeros((2, 32, 32), np.float32), labels=False, probabilities=True,
+                             stitch_planes=0.3))
+
+
+def test_stitcher_keeps_only_the_previous_plane():
+    s = PlaneStitcher()
+    plane = np.zeros((6, 6), np.int32)
+    plane[1:4, 1:4] = 7
+    a, b = s.add(plane, (0,)), s.add(plane, (1,))
+    assert a.max() == b.max() == 1 and s.next_id == 2
+    assert s.add(plane, (5,)).max() == 2  # a gap in z: a new object
+
+
+@pytest.fixture
+def stack_files(tmp_path):
+    from napari_unet import save_model
+
+    instance = random_model(depth=2, base=4, mode="instance", classes=(0, 1, 2))
+    save_model(instance, tmp_path / "inst.pt")
+    save_model(random_model(depth=2, base=4), tmp_path / "sem.pt")
+    np.save(tmp_path / "stack.npy", np.random.default_rng(0).random((5, 64, 64)).astype(np.float32))
+    return tmp_path, instance
+
+
+def test_cli_stitch_planes_with_and_without_a_value(stack_files, capsys):
+    d, model = stack_files
+    stack = np.load(d / "stack.npy")
+    per_plane = nu.segment(model, stack)
+    assert main(["predict", str(d / "inst.pt"), str(d / "stack.npy"), "-o", str(d / "a.zarr"), "--stitch-planes"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(d / "a.zarr"), mode="r")[:], stitch_planes(per_plane))
+    assert main(["predict", str(d / "inst.pt"), str(d / "stack.npy"), "-o", str(d / "b.npy"),
+                 "--stitch-planes", "0.6"]) == 0
+    np.testing.assert_array_equal(np.load(d / "b.npy"), stitch_planes(per_plane, 0.6))
+    assert "linked across planes" in capsys.readouterr().err
+
+
+def test_cli_refuses_stitching_a_semantic_model_in_one_line(stack_files, capsys):
+    d, _ = stack_files
+    assert main(["predict", str(d / "sem.pt"), str(d / "stack.npy"), "-o", str(d / "c.zarr"), "--stitch-planes"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "semantic" in err and len(err.splitlines()) == 1
+    assert not (d / "c.zarr").exists()
