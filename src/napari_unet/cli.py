@@ -190,10 +190,11 @@ def _train_run(args, images, labels, init, out, ranks):
                                 channel_axis=args.channel_axis, max_classes=args.max_classes, stop=stop,
                                 ranks=ranks):
             last = event
+            if event.kind == "start":
+                started.set()  # on every rank: from now on a first Ctrl-C stops and saves
             if not main:
                 continue
             if event.kind == "start":
-                started.set()
                 print(event.message, file=sys.stderr, flush=True)
             elif event.kind == "validation":
                 print(f"step {event.step:5d}  {event.elapsed:6.1f} s  loss {event.loss:.4f}  "
