@@ -6,7 +6,6 @@ import re
 import signal
 import sys
 import threading
-import time
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,8 +17,6 @@ __all__ = ["main", "build_parser"]
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
-#: Under torchrun a Ctrl-C reaches each rank twice (from the terminal, and forwarded by torchrun).
-SAME_KEYPRESS_S = 2.0
 
 
 class _UsageError(Exception):
@@ -137,85 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("info", help="describe a model file")
     n.add_argument("model")
     return p
-
-
-def _train(args):
-    from .io import read_image
-    from .outputs import refuse_inputs_as_outputs
-    from .memory import load_in_memory
-    from .modelfile import check_model_output, load_model
-    from .train.distributed import data_parallel
-
-    if len(args.image) != len(args.labels):
-        raise ValueError(f"got {len(args.image)} image(s) but {len(args.labels)} labels file(s): give one -l per -i")
-    # before any work: the model never replaces an input, nor a file that is not a model
-    refuse_inputs_as_outputs([args.output], args.image + args.labels + ([args.init] if args.init else []))
-    out = check_model_output(args.output)
-    images = [read_image(p) for p in args.image]
-    labels = [load_in_memory(read_image(p), f"labels file {p!r}") for p in args.labels]
-    init = load_model(args.init) if args.init else None
-    with data_parallel(args.device) as ranks:  # under torchrun: this process's rank (else None)
-        return _train_run(args, images, labels, init, out, ranks)
-
-
-def _train_run(args, images, labels, init, out, ranks):
-    from .modelfile import save_model
-    from .train import iter_train
-
-    stop, abort = threading.Event(), threading.Event()
-    main = ranks is None or ranks.is_main  # only rank 0 logs and writes the model
-    stopped_at = []
-
-    started = threading.Event()  # before the first step (data being prepared) there is nothing to save
-
-    def on_sigint(signum, frame):
-        if stop.is_set() or not started.is_set():  # a second Ctrl-C, or nothing trained yet: give up at once
-            if stop.is_set() and ranks is not None and time.monotonic() - stopped_at[0] < SAME_KEYPRESS_S:
-                return  # torchrun forwards the terminal's Ctrl-C that every rank got already
-            abort.set()
-            raise KeyboardInterrupt
-        stop.set()
-        stopped_at.append(time.monotonic())
-        if main:
-            print("\nstopping: finishing the current step and saving the best model so far "
-                  "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
-
-    # SIGTERM (a cluster's time limit) also stops and saves: the first one like a first Ctrl-C
-    previous = signal.signal(signal.SIGINT, on_sigint), signal.signal(signal.SIGTERM, on_sigint)
-    try:
-        last = None
-        for event in iter_train(images, labels, mode=args.mode, dims=args.dims, depth=args.depth,
-                                base_channels=args.base_channels, time_budget=args.time_budget,
-                                epochs=args.epochs, init=init, device=args.device, seed=args.seed,
-                                channel_axis=args.channel_axis, max_classes=args.max_classes, stop=stop,
-                                ranks=ranks):
-            last = event
-            if event.kind == "start":
-                started.set()  # on every rank: from now on a first Ctrl-C stops and saves
-            if not main:
-                continue
-            if event.kind == "start":
-                print(event.message, file=sys.stderr, flush=True)
-            elif event.kind == "validation":
-                print(f"step {event.step:5d}  {event.elapsed:6.1f} s  loss {event.loss:.4f}  "
-                      f"validation {event.val_loss:.4f}", file=sys.stderr, flush=True)
-            elif event.kind == "step" and event.step % 20 == 0:
-                print(f"step {event.step:5d}  {event.elapsed:6.1f} s  loss {event.loss:.4f}",
-                      file=sys.stderr, flush=True)
-    finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
-    if abort.is_set():
-        raise KeyboardInterrupt  # the second Ctrl-C: nothing is saved
-    if not main:
-        return 0
-    if last.step == 0:  # an untrained network never replaces a model (or appears as one)
-        print(f"error: {last.message}: nothing was saved; give a longer --time-budget or more --epochs",
-              file=sys.stderr)
-        return EXIT_FAILURE
-    save_model(last.model, out)
-    print(f"{last.message}; model saved to {out}", file=sys.stderr)
-    return 0
 
 
 def _predict(args):
@@ -372,7 +290,9 @@ def _run(parser, argv) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_BAD_INPUT
-        return {"train": _train, "predict": _predict, "export": _export, "info": _info}[args.command](args)
+        from ._cli_train import train_command
+
+        return {"train": train_command, "predict": _predict, "export": _export, "info": _info}[args.command](args)
     except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
