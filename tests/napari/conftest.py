@@ -106,8 +106,15 @@ def messages(records, severity=None):
 
 
 def component_inside(labels, margin=40, min_px=80, max_px=2000):
-    """(center, mask) of a connected object of ``labels`` well inside the image, or None."""
+    """(center, mask) of a connected object of ``labels`` well inside the image, or None.
+
+    Only single objects are taken, never a clump of touching ones, which a click splits (one object
+    per click: `napari_unet.interactive.one_object`).
+    """
     from scipy import ndimage as ndi
+
+    from napari_unet.interactive import SPLIT_HEIGHT, SPLIT_SIGMA
+    from napari_unet.postprocess import split_objects
 
     comp, n = ndi.label(labels > 0)
     best = None
@@ -119,7 +126,7 @@ def component_inside(labels, margin=40, min_px=80, max_px=2000):
         if not (margin <= cy < labels.shape[0] - margin and margin <= cx < labels.shape[1] - margin):
             continue
         mask = comp == i
-        if not mask[cy, cx]:
+        if not mask[cy, cx] or split_objects(mask[sl], h=SPLIT_HEIGHT, sigma=SPLIT_SIGMA).max() > 1:
             continue
         if best is None or size > best[2]:
             best = ((cy, cx), mask, size)
