@@ -284,7 +284,12 @@ def iter_blockwise(plan, *, labels_out=None, probabilities_out=None, block=None,
     if instance and margin < 1:
         raise ValueError(f"margin must be at least 1 px for instance labels, got {margin}")
     labels_out, probabilities_out = _outputs(plan, labels_out, probabilities_out)
-    return _run_local(plan, labels_out, probabilities_out, block, margin if instance else 0)
+    events = _run_local(plan, labels_out, probabilities_out, block, margin if instance else 0)
+    if plan.stitch_planes:  # a 2D instance model on a z-stack: objects linked once every block is in
+        from .stitch import stitch_when_done
+
+        return stitch_when_done(events, labels_out, plan.stitch_planes)
+    return events
 
 
 def _run_local(plan, labels_out, probabilities_out, block, margin):

@@ -144,10 +144,9 @@ def _predict(args):
     from .predict import plan_prediction, run_prediction
     from .provenance import PROVENANCE_KEY, label_classes, provenance
 
-    if args.stitch_planes is not None and (args.block is not None or args.workers is not None
-                                           or args.scheduler is not None):
-        raise ValueError("--stitch-planes links the planes of one in-process run: leave out --block, --workers "
-                         "and --scheduler (the stitched stack already streams plane by plane)")
+    if args.stitch_planes is not None and (args.workers is not None or args.scheduler is not None):
+        raise ValueError("--stitch-planes links the planes of an in-process run: leave out --workers and "
+                         "--scheduler (the stitched stack streams plane by plane; --block works too)")
     if args.workers is not None or args.scheduler is not None:
         return _predict_on_cluster(args)
 

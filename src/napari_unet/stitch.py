@@ -207,3 +207,15 @@ def stitch_planes(labels, threshold: float = DEFAULT_STITCH_THRESHOLD, *, out=No
     for index in np.ndindex(*shape[:-2]):
         out[index] = stitcher.add(np.asarray(labels[index]), index)
     return out
+
+
+def stitch_when_done(events, labels_out, threshold: float):
+    """Relay prediction events; before the ``"done"`` one, link the finished labels across planes in place.
+
+    For outputs written in blocks rather than plane by plane (`napari_unet.blockwise`): the labels are
+    read back and rewritten one plane at a time, so memory stays at two planes.
+    """
+    for event in events:
+        if event.kind == "done":
+            stitch_planes(labels_out, threshold, out=labels_out)
+        yield event

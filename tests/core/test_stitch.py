@@ -175,3 +175,24 @@ def test_cli_refuses_stitching_a_semantic_model_in_one_line(stack_files, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "semantic" in err and len(err.splitlines()) == 1
     assert not (d / "c.zarr").exists()
+
+
+def test_block_by_block_labels_are_linked_across_planes_too(stack_files, capsys):
+    d, model = stack_files
+    stack = np.load(d / "stack.npy")
+    assert main(["predict", str(d / "inst.pt"), str(d / "stack.npy"), "-o", str(d / "blocks.zarr"), "--block", "32",
+                 "--stitch-planes"]) == 0
+    blocks = zarr.open_array(str(d / "blocks.zarr"), mode="r")[:]
+    from napari_unet.blockwise import segment_blockwise
+
+    per_plane = segment_blockwise(model, stack, block=32)  # the same blocks, not linked
+    assert_same_partition(blocks, stitch_planes(per_plane))
+    code = main(["predict", str(d / "inst.pt"), str(d / "stack.npy"), "-o", str(d / "c.zarr"), "--workers", "2",
+                 "--stitch-planes"])
+    assert code == 2 and "leave out --workers" in capsys.readouterr().err
+
+
+def assert_same_partition(a, b):
+    """The same objects, whatever their ids."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
