@@ -131,27 +131,13 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         fraction, stopped = 0.0, False
         try:
             while True:
-                fraction = trainer.fraction(trainer.elapsed())
-                stopping = stop is not None and stop.is_set()
-                if ranks is not None:  # all ranks stop after the same step, or one would wait forever
-                    fraction, stopping = ranks.agree(fraction, stopping)
+                fraction, stopping = _progress(trainer, stop, ranks)
                 if fraction >= 1.0:
                     break
                 if stopping:
                     stopped = True
                     break
-                result = trainer.step(fraction)
-                if result.warning:
-                    yield TrainEvent("warning", step=trainer.step_count, fraction=fraction,
-                                     elapsed=trainer.elapsed(), message=result.warning)
-                    continue
-                elapsed = trainer.elapsed()
-                yield TrainEvent("step", step=trainer.step_count, fraction=fraction, elapsed=elapsed,
-                                 loss=result.loss, best_val_loss=trainer.best_val_loss)
-                val = trainer.maybe_validate(fraction, elapsed)
-                if val is not None:
-                    yield TrainEvent("validation", step=trainer.step_count, fraction=fraction, elapsed=elapsed,
-                                     loss=result.loss, val_loss=val, best_val_loss=trainer.best_val_loss)
+                yield from _step(trainer, fraction)
         except KeyboardInterrupt:  # Ctrl-C inside a step: finish with the best model so far
             stopped = True
         model = trainer.finish(stopped)
@@ -161,6 +147,32 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                      model=model, stopped=stopped,
                      message=f"{'stopped' if stopped else 'finished'} after {trainer.step_count} steps in "
                              f"{elapsed:.1f} s")
+
+
+def _progress(trainer: Trainer, stop, ranks) -> tuple:
+    """The run's fraction done, and whether it is asked to stop (agreed by all ranks under torchrun)."""
+    fraction = trainer.fraction(trainer.elapsed())
+    stopping = stop is not None and stop.is_set()
+    if ranks is not None:  # all ranks stop after the same step, or one would wait forever
+        fraction, stopping = ranks.agree(fraction, stopping)
+    return fraction, stopping
+
+
+def _step(trainer: Trainer, fraction: float):
+    """One optimizer step and its events: ``"step"`` (and ``"validation"`` when due), or a ``"warning"``
+    when out of memory made the batch or patch smaller instead."""
+    result = trainer.step(fraction)
+    if result.warning:
+        yield TrainEvent("warning", step=trainer.step_count, fraction=fraction, elapsed=trainer.elapsed(),
+                         message=result.warning)
+        return
+    elapsed = trainer.elapsed()
+    yield TrainEvent("step", step=trainer.step_count, fraction=fraction, elapsed=elapsed, loss=result.loss,
+                     best_val_loss=trainer.best_val_loss)
+    val = trainer.maybe_validate(fraction, elapsed)
+    if val is not None:
+        yield TrainEvent("validation", step=trainer.step_count, fraction=fraction, elapsed=elapsed,
+                         loss=result.loss, val_loss=val, best_val_loss=trainer.best_val_loss)
 
 
 def train(images, labels, *, progress=None, **kwargs) -> Model:
