@@ -43,18 +43,6 @@ def scores(truth, per_plane):
     return out
 
 
-def _per_plane(labels):
-    """The true objects numbered plane by plane, as a perfect 2D model would give them."""
-    from skimage.segmentation import relabel_sequential
-
-    out, offset = np.zeros_like(labels), 0
-    for z in range(len(labels)):
-        plane = relabel_sequential(labels[z])[0]
-        out[z] = np.where(plane > 0, plane + offset, 0)
-        offset += int(plane.max())
-    return out
-
-
 def run(seed, budget, z_steps, shape, epochs=None):
     image, truth = make_nuclei(shape, seed=seed)
     half = shape[2] // 2
@@ -66,7 +54,7 @@ def run(seed, budget, z_steps, shape, epochs=None):
         per_plane = nu.segment(model, img)  # ids unique over the stack, one per object per plane
         linked = nu.segment(model, img, stitch_planes=True)
         assert np.array_equal(linked, stitch.stitch_planes(per_plane)), "segment(stitch_planes=) != stitch_planes"
-        rows.append(dict(seed=seed, z_step=step, truth_only=scores(lab, _per_plane(lab)),
+        rows.append(dict(seed=seed, z_step=step, truth_only=scores(lab, stitch.per_plane_labels(lab)),
                          objects=int(len(np.unique(lab)) - 1),
                          unstitched=matching(lab, per_plane)["f1"], planes_ids=int(per_plane.max()),
                          default=matching(lab, linked)["f1"], steps=model.config.trained_steps,

@@ -7,24 +7,12 @@ import pytest
 import napari_unet as nu
 from napari_unet.cli import main
 from napari_unet.metrics import matching
-from napari_unet.stitch import DEFAULT_STITCH_THRESHOLD, PlaneStitcher, stitch_planes
+from napari_unet.stitch import DEFAULT_STITCH_THRESHOLD, PlaneStitcher, per_plane_labels, stitch_planes
 from napari_unet.synthetic import make_nuclei
 
 from .test_predict import random_model
 
 zarr = pytest.importorskip("zarr")
-
-
-def _per_plane(labels):
-    """What a 2D instance model gives on a stack: each plane's objects numbered on their own."""
-    from skimage.segmentation import relabel_sequential
-
-    out, offset = np.zeros_like(labels), 0
-    for z in range(len(labels)):
-        plane = relabel_sequential(labels[z])[0]
-        out[z] = np.where(plane > 0, plane + offset, 0)
-        offset += int(plane.max())
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +23,7 @@ def volume():
 @pytest.mark.parametrize("z_step", [1, 3])
 def test_stitching_turns_per_plane_objects_into_the_3d_nuclei(volume, z_step):
     truth = volume[1][::z_step]
-    per_plane = _per_plane(truth)
+    per_plane = per_plane_labels(truth)
     n_true = len(np.unique(truth)) - 1
     assert per_plane.max() > 3 * n_true  # many planes per nucleus
     before = matching(truth, per_plane)["f1"]
@@ -92,8 +80,8 @@ def _stitch_zarr(tmp_path, per_plane):
 
 
 def test_stitching_into_zarr_streams_plane_by_plane(tmp_path, volume):
-    small = _per_plane(volume[1])  # 32 planes of 96 x 96
-    big = _per_plane(np.concatenate([volume[1]] * 4))  # 128 planes
+    small = per_plane_labels(volume[1])  # 32 planes of 96 x 96
+    big = per_plane_labels(np.concatenate([volume[1]] * 4))  # 128 planes
     _, peak_small = _stitch_zarr(tmp_path, small)
     out, peak_big = _stitch_zarr(tmp_path, big)
     # the temporaries of one plane, whatever the number of planes; the stack would be 4.7 MB
