@@ -8,7 +8,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["matching", "foreground_iou", "otsu_baseline", "iou_table"]
+__all__ = ["matching", "mean_f1", "foreground_iou", "otsu_baseline", "iou_table"]
+
+#: IoU thresholds of `mean_f1`: 0.5, 0.55, ..., 0.9.
+MEAN_F1_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(9))
 
 
 def _as_labels(a, name: str) -> np.ndarray:
@@ -104,10 +107,18 @@ def matching(gt, pred, iou_threshold: float = 0.5) -> dict:
         If neither image contains an object every score is 1.0; if only one of them is
         empty f1, precision and recall are 0.0.
     """
+    _check_threshold(iou_threshold)
+    gt_ids, pred_ids, pairs, iou = iou_table(gt, pred)
+    return _match_table(len(gt_ids), len(pred_ids), pairs, iou, iou_threshold)
+
+
+def _check_threshold(iou_threshold) -> None:
     if not 0 <= iou_threshold < 1:
         raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
-    gt_ids, pred_ids, pairs, iou = iou_table(gt, pred)
-    n_gt, n_pred = len(gt_ids), len(pred_ids)
+
+
+def _match_table(n_gt: int, n_pred: int, pairs, iou, iou_threshold: float) -> dict:
+    """`matching`'s scores from an `iou_table` (so several thresholds share one table)."""
     if n_gt == 0 and n_pred == 0:
         return dict(f1=1.0, precision=1.0, recall=1.0, tp=0, fp=0, fn=0, mean_matched_iou=1.0)
 
@@ -142,6 +153,35 @@ def matching(gt, pred, iou_threshold: float = 0.5) -> dict:
         fn=int(fn),
         mean_matched_iou=float(matched_iou.mean()) if tp else 0.0,
     )
+
+
+def mean_f1(gt, pred, thresholds=MEAN_F1_THRESHOLDS) -> float:
+    """Object F1 averaged over IoU thresholds: how well the outlines fit, not only how many objects are found.
+
+    The IoU table is computed once and matched at each threshold (as `matching` does), so this costs
+    about one `matching` call.
+
+    Parameters
+    ----------
+    gt : ndarray of int
+        Ground-truth instance labels (0 = background), 2D or 3D.
+    pred : ndarray of int
+        Predicted instance labels, same shape as ``gt``.
+    thresholds : sequence of float, default 0.5, 0.55, ..., 0.9
+        IoU thresholds (each in [0, 1), exclusive as in `matching`).
+
+    Returns
+    -------
+    float
+        The mean of ``matching(gt, pred, t)["f1"]`` over ``thresholds``; 1.0 for a perfect prediction.
+    """
+    thresholds = [float(t) for t in np.atleast_1d(thresholds)]
+    if not thresholds:
+        raise ValueError("thresholds must hold at least one IoU threshold, e.g. 0.5")
+    for t in thresholds:
+        _check_threshold(t)
+    gt_ids, pred_ids, pairs, iou = iou_table(gt, pred)
+    return float(np.mean([_match_table(len(gt_ids), len(pred_ids), pairs, iou, t)["f1"] for t in thresholds]))
 
 
 def foreground_iou(gt, pred) -> float:

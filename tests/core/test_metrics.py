@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_unet.metrics import foreground_iou, iou_table, matching, otsu_baseline
+from napari_unet.metrics import foreground_iou, iou_table, matching, mean_f1, otsu_baseline
 from napari_unet.synthetic import make_nuclei
 
 
@@ -186,3 +186,22 @@ def test_otsu_baseline_in_calibrated_band():
     # band measured on real images: F1 0.60-0.68, IoU 0.66-0.74 (small tolerance for one seed)
     assert 0.57 <= f1 <= 0.71
     assert 0.63 <= fg <= 0.77
+
+
+# --------------------------------------------------------------------------- mean F1 over IoU 0.5-0.9
+def test_mean_f1_rewards_outlines_that_fit():
+    from skimage.morphology import erosion
+
+    _, truth = make_nuclei((128, 128), seed=3)
+    assert mean_f1(truth, truth.astype(np.uint16) * 2) == 1.0
+    shrunk = truth.copy()
+    for _ in range(2):  # every object loses a rim of about two pixels: all still found, outlines too small
+        shrunk = erosion(shrunk)
+    f1_05 = matching(truth, shrunk)["f1"]
+    score = mean_f1(truth, shrunk)
+    assert f1_05 > 0.9
+    assert score < f1_05 - 0.2
+    thresholds = np.arange(0.5, 0.91, 0.05)
+    assert score == pytest.approx(np.mean([matching(truth, shrunk, t)["f1"] for t in thresholds]))
+    with pytest.raises(ValueError):
+        mean_f1(truth, shrunk, thresholds=[0.5, 1.0])

@@ -141,6 +141,7 @@ def test_one_painted_class_is_not_enough(blobs):
     (dict(mode="panoptic"), "mode must be"),
     (dict(device="gpu9"), "unknown device"),
     (dict(dims=4), "dims must be"),
+    (dict(loss="focal"), "loss must be one of"),
 ])
 def test_bad_settings_are_refused_clearly(blobs, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -203,3 +204,24 @@ def test_out_of_memory_at_the_smallest_size_gives_a_clear_error(blobs, monkeypat
     with pytest.raises(MemoryError, match="even with one patch"):
         nu.train(blobs[0], blobs[1], epochs=1, **TINY)
 
+
+
+def test_dice_term_scores_rare_classes_and_ignores_unannotated_pixels():
+    import torch.nn.functional as F
+
+    from napari_unet.train import masked_loss
+
+    target = torch.zeros((1, 16, 16), dtype=torch.long)
+    target[0, 4:8, 4:8] = 2  # a small class the Dice term weighs as much as the background
+    target[0, :, 12:] = -1  # not annotated: no loss, whatever the network says there
+    right = F.one_hot(target.clamp_min(0), 3).movedim(-1, 1).float() * 20
+    wrong = right.clone()
+    wrong[:, :, :, 12:] = torch.tensor([0.0, 0.0, 20.0])[None, :, None, None]
+    ce, n = masked_loss(right, target, "ce")
+    both, n2 = masked_loss(right, target, "ce+dice")
+    assert n == n2 == 16 * 12
+    assert both.item() == pytest.approx(ce.item(), abs=1e-3)  # a perfect prediction adds (almost) nothing
+    assert masked_loss(wrong, target, "ce+dice")[0].item() == pytest.approx(both.item(), abs=1e-3)
+    missed = right.clone()
+    missed[:, :, 4:8, 4:8] = torch.tensor([20.0, 0.0, 0.0])[None, :, None, None]  # the small class missed
+    assert masked_loss(missed, target, "ce+dice")[0] - masked_loss(missed, target, "ce")[0] > 0.4

@@ -14,8 +14,8 @@
 from .loop import DEFAULT_TIME_BUDGET, TrainEvent, iter_train, train
 from .live import LabelsTaken, LabelsUpdate, Latest, Preview, PreviewRequest, iter_train_live
 from .settings import TrainSettings, resolve_settings
-from .trainer import StepResult, Trainer, learning_rate_at, masked_cross_entropy
+from .trainer import StepResult, Trainer, learning_rate_at, masked_cross_entropy, masked_loss
 
 __all__ = ["TrainEvent", "iter_train", "train", "DEFAULT_TIME_BUDGET", "TrainSettings", "resolve_settings",
-           "Trainer", "StepResult", "learning_rate_at", "masked_cross_entropy", "iter_train_live", "Latest",
+           "Trainer", "StepResult", "learning_rate_at", "masked_cross_entropy", "masked_loss", "iter_train_live", "Latest",
            "LabelsUpdate", "LabelsTaken", "PreviewRequest", "Preview"]

@@ -68,7 +68,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                channel_axis: int | None = None, patch_size: int | Sequence[int] | None = None,
                batch_size: int | None = None, learning_rate: float | None = None,
                validation_fraction: float = VALIDATION_FRACTION, border_band: int = BORDER_BAND,
-               max_classes: int = C.MAX_SEMANTIC_CLASSES, stop=None, ranks=None):
+               max_classes: int = C.MAX_SEMANTIC_CLASSES, loss: str = "ce", stop=None, ranks=None):
     """Train a UNet on painted annotations, yielding `TrainEvent` progress reports.
 
     Parameters
@@ -106,6 +106,9 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         background are trained as background (see `napari_unet.data.add_border_band`). 0 disables.
     max_classes : int
         Semantic mode: the most classes accepted (more ids: instance masks, for ``mode="instance"``).
+    loss : {"ce", "ce+dice"}
+        Cross-entropy, or cross-entropy + soft Dice of the non-background classes (see
+        `napari_unet.train.masked_loss`).
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
     ranks : napari_unet.train.distributed.Ranks, optional
@@ -124,7 +127,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         images, labels, mode=mode, dims=dims, depth=depth, base_channels=base_channels, time_budget=time_budget,
         epochs=epochs, init=init, device=device, seed=seed, channel_axis=channel_axis, patch_size=patch_size,
         batch_size=batch_size, learning_rate=learning_rate, validation_fraction=validation_fraction,
-        border_band=border_band, max_classes=max_classes)
+        border_band=border_band, max_classes=max_classes, loss=loss)
     with thread_policy(device=settings.device):
         trainer = Trainer(settings, annotated, start_time, ranks=ranks)
         yield TrainEvent("start", elapsed=trainer.elapsed(), message=trainer.summary)

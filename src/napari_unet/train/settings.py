@@ -14,11 +14,13 @@ from ..device import resolve_device
 from ..model import Model, ModelConfig
 
 __all__ = ["TrainSettings", "resolve_settings", "default_patch_size", "default_batch_size",
-           "default_learning_rate", "VALIDATION_FRACTION", "BORDER_BAND"]
+           "default_learning_rate", "VALIDATION_FRACTION", "BORDER_BAND", "LOSSES"]
 
 #: Defaults of `iter_train`: annotated blocks held out to pick the best model; the border band width (px).
 VALIDATION_FRACTION = 0.15
 BORDER_BAND = 3
+#: Training losses (`napari_unet.train.masked_loss`): cross-entropy, or cross-entropy + soft Dice.
+LOSSES = ("ce", "ce+dice")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class TrainSettings:
         The network to train: a new one (normalization from the images), or ``init``'s.
     init : Model or None
         The model fine-tuning starts from (never modified).
+    loss : {"ce", "ce+dice"}
+        The training (and validation) loss.
     """
 
     mode: str
@@ -67,6 +71,7 @@ class TrainSettings:
     class_ids: tuple
     config: ModelConfig
     init: Model | None = None
+    loss: str = "ce"
 
     @property
     def align(self) -> int:
@@ -186,7 +191,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
                      base_channels=C.DEFAULT_BASE_CHANNELS, time_budget=None, epochs=None, init=None,
                      device="auto", seed=None, channel_axis=None, patch_size=None, batch_size=None,
                      learning_rate=None, validation_fraction=VALIDATION_FRACTION, border_band=BORDER_BAND,
-                     max_classes=C.MAX_SEMANTIC_CLASSES):
+                     max_classes=C.MAX_SEMANTIC_CLASSES, loss="ce"):
     """Validate a training request and resolve its defaults, once.
 
     Parameters are those of `napari_unet.train.iter_train` (``stop`` aside).
@@ -203,6 +208,8 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
     """
     _check_request(mode, dims, time_budget, epochs, init)
     _check_optional(batch_size, learning_rate, validation_fraction, border_band)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
     if init is not None:
         dims = init.dims
     dev = resolve_device(device)
@@ -219,5 +226,5 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
         batch_size=int(batch_size) if batch_size is not None else default_batch_size(dims, dev),
         learning_rate=float(learning_rate) if learning_rate is not None else default_learning_rate(init is not None),
         validation_fraction=float(validation_fraction), border_band=int(band), class_ids=class_ids,
-        config=config, init=init)
+        config=config, init=init, loss=loss)
     return settings, annotated

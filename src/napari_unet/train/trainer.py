@@ -16,7 +16,7 @@ from ..model import Model, network_from_config
 from ..publish import uninterruptible
 from .settings import TrainSettings
 
-__all__ = ["Trainer", "StepResult", "learning_rate_at", "masked_cross_entropy"]
+__all__ = ["Trainer", "StepResult", "learning_rate_at", "masked_cross_entropy", "masked_loss"]
 
 
 def learning_rate_at(fraction: float, base_lr: float, warmup: float = 0.05, floor: float = 0.05) -> float:
@@ -38,6 +38,25 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor):
     n_valid = (target >= 0).sum()
     loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum")
     return loss / n_valid.clamp_min(1), int(n_valid)
+
+
+def masked_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce"):
+    """The training loss ``kind`` over annotated pixels: ``"ce"`` (cross-entropy) or ``"ce+dice"``.
+
+    ``"ce+dice"`` adds 1 - soft Dice of the non-background classes (channels 1..), pooled over the batch's
+    annotated pixels as nnU-Net does, so thin, rare classes (the instance boundary) weigh as much as the
+    large ones. Returns the loss and the number of annotated pixels, as `masked_cross_entropy`.
+    """
+    ce, n_valid = masked_cross_entropy(logits, target)
+    if kind == "ce" or logits.shape[1] < 2:
+        return ce, n_valid
+    valid = (target >= 0).unsqueeze(1)
+    prob = torch.softmax(logits.float(), dim=1)[:, 1:] * valid
+    onehot = F.one_hot(target.clamp_min(0), logits.shape[1]).movedim(-1, 1)[:, 1:] * valid
+    dims = (0,) + tuple(range(2, logits.ndim))
+    inter = (prob * onehot).sum(dims)
+    dice = (2 * inter + 1.0) / (prob.sum(dims) + onehot.sum(dims) + 1.0)
+    return ce + (1 - dice.mean()), n_valid
 
 
 @dataclass(frozen=True)
@@ -212,7 +231,7 @@ class Trainer:
         dev = self.settings.device
         with autocast(dev):
             logits = self._forward(self._to_device(x, layout=True))
-        loss, n_valid = masked_cross_entropy(logits, self._to_device(y))
+        loss, n_valid = masked_loss(logits, self._to_device(y), self.settings.loss)
         self.optimizer.zero_grad(set_to_none=True)
         if n_valid or self.ranks is not None:  # every rank joins the gradients' all-reduce
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -261,7 +280,8 @@ class Trainer:
         try:
             with torch.inference_mode(), autocast(self.settings.device):
                 for x, y in self.val_batches:
-                    loss, n = masked_cross_entropy(net(self._to_device(x, layout=True)), self._to_device(y))
+                    loss, n = masked_loss(net(self._to_device(x, layout=True)), self._to_device(y),
+                                          self.settings.loss)
                     total += float(loss) * n
                     count += n
         finally:
