@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["image_array", "labels_array", "spatial_geometry", "spatial_shape", "is_lazy", "level0", "make_output",
-           "remove_output_store", "forget_edits", "drop_channel_axis", "segmentation_name", "find_labels_layer",
+           "remove_output_store", "forget_edits", "drop_channel_axis", "segmentation_name",
            "same_layer", "unwrap", "fixed_label", "set_progress", "region_on_screen", "IN_MEMORY_LIMIT"]
 
 #: Outputs bigger than this (bytes) go to an on-disk zarr array even when the image is in memory.
@@ -158,17 +158,6 @@ def set_progress(bar, value: int) -> None:
 def segmentation_name(image_name: str) -> str:
     """Name of the Labels layer that holds an image's segmentation."""
     return f"{image_name} segmentation"
-
-
-def find_labels_layer(viewer, name: str, shape=None):
-    """The Labels layer called ``name`` (with that shape, when given), or None."""
-    from napari.layers import Labels
-
-    for layer in viewer.layers:
-        if layer.name == name and isinstance(layer, Labels):
-            if shape is None or tuple(np.shape(level0(layer.data))) == tuple(shape):
-                return layer
-    return None
 
 
 def make_output(shape, dtype, lazy: bool, prefix: str = "segmentation"):

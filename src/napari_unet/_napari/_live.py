@@ -30,6 +30,10 @@ SETTLE_MS = 250
 VIEW_POLL_MS = 500
 
 
+#: Layer metadata marking a live preview: the ``unique_id`` of the image it previews.
+PREVIEW_KEY = "napari_unet_preview"
+
+
 def preview_name(image_name: str) -> str:
     """Name of the preview layer of an image."""
     return f"{image_name} preview"
@@ -174,12 +178,14 @@ class LiveSession:
             self.preview_seconds.append(preview.seconds)
 
     def _make_layer(self, viewer, image, labels_layer, data, scale, translate):
-        name = preview_name(image.name)
-        if name in viewer.layers:  # a preview of an earlier run: reuse it
-            layer = viewer.layers[name]
+        # a preview of an earlier run is reused; known by its metadata, so a user's layer of that name never is
+        earlier = [x for x in viewer.layers if x.metadata.get(PREVIEW_KEY) == image.unique_id]
+        if earlier:
+            layer = earlier[-1]
             layer.data, layer.scale, layer.translate = data, scale, translate
         else:
-            layer = viewer.add_labels(data, name=name, scale=scale, translate=translate, opacity=0.45)
+            layer = viewer.add_labels(data, name=preview_name(image.name), scale=scale, translate=translate,
+                                      opacity=0.45, metadata={PREVIEW_KEY: image.unique_id})
         if labels_layer in viewer.layers:
             below = viewer.layers.index(labels_layer)
             here = viewer.layers.index(layer)
