@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .outputs import atomic_path
+from .publish import resolve_link
 from .model import Model, ModelConfig, network_from_config
 
 __all__ = ["save_model", "load_model", "check_model_output", "MAGIC"]
@@ -83,9 +84,10 @@ def check_file_output(path, suffixes, example: str, load, kind: str, what: str) 
         raise ValueError(f"{str(path)!r} is a folder: give a file name such as {example}")
     if path.suffix.lower() not in suffixes:
         raise ValueError(f"{str(path)!r} is not a {kind} file name: {kind} files end in {suffixes[0]} (e.g. {example})")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"the folder {str(path.parent)!r} does not exist")
-    if path.exists():
+    target = resolve_link(path)  # a symlinked output is written where it points: check that place
+    if not target.parent.exists():
+        raise FileNotFoundError(f"the folder {str(target.parent)!r} does not exist")
+    if target.exists():
         try:
             load(path)
         except ValueError:

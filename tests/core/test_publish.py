@@ -68,6 +68,23 @@ def test_a_symlinked_output_is_written_where_it_points_and_the_link_stays(tmp_pa
     assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["labels.tif", "new.tif"]
 
 
+def test_a_model_saved_through_a_symlink_goes_where_it_points_and_a_link_into_nowhere_is_refused(tmp_path):
+    import napari_unet as nu
+
+    (tmp_path / "disk").mkdir()
+    model = nu.Model.untrained(depth=2, base_channels=4, seed=0)
+    link = tmp_path / "model.pt"
+    link.symlink_to(tmp_path / "disk" / "real.pt")
+    nu.save_model(model, link)
+    assert link.is_symlink() and nu.load_model(tmp_path / "disk" / "real.pt").config == model.config
+    nu.save_model(model, link)  # its own model file: replaced, the link stays
+    assert link.is_symlink() and sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["real.pt"]
+    lost = tmp_path / "lost.pt"
+    lost.symlink_to(tmp_path / "gone" / "model.pt")
+    with pytest.raises(FileNotFoundError, match="gone"):
+        nu.save_model(model, lost)
+
+
 def test_leftovers_of_a_killed_run_are_removed_or_restored_and_others_reported(tmp_path):
     dead, out = _dead_pid(), tmp_path / "labels.zarr"
     partial = tmp_path / f".labels.partial-{_HOST}-{dead}-abcdef.zarr"
