@@ -93,7 +93,10 @@ def plan_job(model, model_path, sha, path, labels_dest, prob_dest, block, margin
         raise ValueError(f"margin must be at least 1 px for instance labels, got {margin}")
     lead = len(plan.shape) - model.dims
     chunks = _chunks(model.dims, lead, plan.item_shape, block)
-    options = {**plan_options, "tile": plan.tile_size, "halo": plan.halo, "batch_size": plan.batch_size}
+    # the workers plan the client's tiles (one tile: the whole item, which may be smaller than a tile
+    # could be made explicitly)
+    tile = None if len(plan.tiles) == 1 else plan.tile_size
+    options = {**plan_options, "tile": tile, "halo": plan.halo, "batch_size": plan.batch_size}
     options.pop("workers", None)
     options.pop("stitch_planes", None)  # the client links the planes: the workers' plans need not know
     linked = {"stitch": plan.stitch_planes} if plan.stitch_planes else {}
