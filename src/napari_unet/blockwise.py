@@ -158,6 +158,8 @@ def iter_blockwise(plan, *, labels_out=None, probabilities_out=None, block=None,
     semantic labels and probabilities are written block by block. Memory is bounded by one block's
     context (plus a few layers of pixels per face of the blocks not finished yet), whatever the size of
     an item, so a volume larger than the memory can be instance-segmented into an on-disk output.
+    With the plan's ``stitch_planes``, objects are also linked across planes (`napari_unet.stitchblocks`:
+    the labels of `napari_unet.stitch.stitch_planes` on the blockwise planes, with no second pass).
 
     Parameters
     ----------

@@ -77,6 +77,12 @@ def can_stitch(model, spatial_ndim: int) -> bool:
     return model.dims == 2 and model.mode == "instance" and spatial_ndim > model.dims
 
 
+def _overlap(inter, area_current, area_previous):
+    """What the threshold applies to: the fraction of the smaller object inside the other (the rule
+    benchmarks/stitch_quality.py swaps for cellpose's IoU to compare them)."""
+    return inter / np.minimum(area_current, area_previous)
+
+
 def match_objects(current, previous, inter, area_current, area_previous, first_current, first_previous,
                   threshold: float) -> np.ndarray:
     """Which overlapping pairs of objects of two consecutive planes are linked (pure; the one rule).
@@ -95,7 +101,7 @@ def match_objects(current, previous, inter, area_current, area_previous, first_c
     inter = np.asarray(inter, np.int64)
     area_current, area_previous = np.asarray(area_current, np.int64), np.asarray(area_previous, np.int64)
     iou = inter / (area_current + area_previous - inter)
-    candidates = np.flatnonzero(inter / np.minimum(area_current, area_previous) >= threshold)
+    candidates = np.flatnonzero(_overlap(inter, area_current, area_previous) >= threshold)
     order = candidates[np.lexsort((np.asarray(first_previous)[candidates], np.asarray(first_current)[candidates],
                                    -iou[candidates]))]
     linked = np.zeros(len(inter), bool)
