@@ -9,7 +9,8 @@ on a LocalCluster of 1 and of 2 workers (one block per plane). The dask run with
 what stitching adds there. Each cluster runs once to warm up; then the variants are timed alternately
 (medians of ``--reps``). The labels must be identical; F1@0.5 in 3D is scored against the true nuclei.
 Memory: the peak of Python/numpy allocations traced on the calling process (``tracemalloc``: the
-in-process pipeline, or the dask client) in one extra run of each, and the workers' peak RSS.
+in-process pipeline, or the dask client, which also loads the model file to plan) in one extra run of
+each, and the workers' peak RSS.
 
 Usage: python benchmarks/dask_stitch.py [--planes 32] [--size 256] [--budget 60] [--reps 3]
 """
@@ -51,7 +52,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--planes", type=int, default=32)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--budget", type=float, default=60.0)
+    p.add_argument("--budget", type=float, default=120.0)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--base-channels", type=int, default=8)
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--workdir", type=Path, default=None)
@@ -62,7 +65,8 @@ def main(argv=None):
     try:
         image, truth = make_nuclei((16, 128, 128), seed=0)
         t = time.perf_counter()
-        model = nu.train(image, truth, mode="instance", dims=2, time_budget=args.budget, seed=0)
+        model = nu.train(image, truth, mode="instance", dims=2, depth=args.depth, base_channels=args.base_channels,
+                         time_budget=args.budget, seed=0)
         print(f"trained a 2D instance model for {time.perf_counter() - t:.0f} s "
               f"({model.config.trained_steps} steps)", flush=True)
         model_path = nu.save_model(model, work / "model.pt")
@@ -107,12 +111,19 @@ def main(argv=None):
         print(f"objects: {int(per_plane.max())} per plane, {len(np.unique(local)) - 1} linked, "
               f"{len(np.unique(truth)) - 1} true nuclei; F1@0.5 3D: in-process stitched "
               f"{matching(truth, local)['f1']:.3f}, not stitched {matching(truth, per_plane)['f1']:.3f}", flush=True)
-        for name in ("blocks", "dask1", "dask2"):
+        for name in ("dask1", "dask2"):
             other = zarr.open_array(str(work / f"{name}.zarr"), mode="r")[...]
             print(f"{name}: identical to in-process stitched: {np.array_equal(other, local)}, F1@0.5 3D "
                   f"{matching(truth, other)['f1']:.3f}", flush=True)
+        from napari_unet.stitch import stitch_planes
 
-        for name in ("in-process", "in-process, blocks", "dask 2 workers"):
+        blocks = zarr.open_array(str(work / "blocks.zarr"), mode="r")[...]
+        planes = segment_blockwise(model, stack, block=args.block)  # the same blockwise planes, not linked
+        print(f"blocks of {args.block}: identical to stitch_planes of the blockwise planes: "
+              f"{np.array_equal(blocks, stitch_planes(planes))}; to in-process stitched: "
+              f"{np.array_equal(blocks, local)}; F1@0.5 3D {matching(truth, blocks)['f1']:.3f}", flush=True)
+
+        for name in ("in-process", "in-process, blocks", "dask 2 workers", "dask 2 workers, not stitched"):
             tracemalloc.start()
             try:
                 variants[name]()
