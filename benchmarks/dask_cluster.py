@@ -7,7 +7,9 @@ A stack of ``--planes`` synthetic nuclei planes (zarr in, zarr out) is segmented
 on a LocalCluster of 1 worker (all cores as torch threads) and of 2 workers (cores / 2 threads each).
 Each cluster runs the job once to warm up (worker imports, model load: reported apart), then the
 variants are timed alternately (medians of ``--reps``). One block per plane, so each task computes the
-same tiles as the in-process path: the labels must be identical.
+same tiles as the in-process path: the labels must be identical. "1 plane/task" is the same 1-worker
+run with one plane per prediction task (`napari_unet.distributed.PLANES_PER_TASK` = 1, as before tasks
+took several planes), to measure what grouping planes gains.
 
 The per-task overhead of the dask path is measured on a stack of many tiny planes, where the forward
 pass is negligible: (dask time - in-process time) / tasks, with 1 worker.
@@ -44,7 +46,7 @@ def make_stack(path: Path, planes: int, size: int):
 def main(argv=None):
     import zarr
 
-    from _common import machine, random_model
+    from _common import machine, random_model, ratio_summary
 
     import napari_unet as nu
     from napari_unet import distributed as nd
@@ -81,23 +83,30 @@ def main(argv=None):
             nu.segment(model, image, out=labels)
             return time.perf_counter() - t
 
-        def on_dask(name, n):
+        def on_dask(name, n, per_task=None):
             out = work / f"{name}-dask{n}.zarr"
             shutil.rmtree(out, ignore_errors=True)
-            t = time.perf_counter()
-            nd.segment(model_path, work / f"{name}.zarr", out=out, client=clients[n], block=args.size)
-            return time.perf_counter() - t
+            grouped = nd.PLANES_PER_TASK
+            nd.PLANES_PER_TASK = per_task or grouped
+            try:
+                t = time.perf_counter()
+                nd.segment(model_path, work / f"{name}.zarr", out=out, client=clients[n], block=args.size)
+                return time.perf_counter() - t
+            finally:
+                nd.PLANES_PER_TASK = grouped
 
         for name in ("stack", "tiny"):
             for n in (1, 2):
                 t = on_dask(name, n)
                 print(f"{name}: warm-up on {n} worker(s) {t:.1f} s (imports, model load, first plans)", flush=True)
-            times = {"in-process": [], "dask 1 worker": [], "dask 2 workers": []}
+            runs = {"in-process": lambda: in_process(name), "dask 1 worker": lambda: on_dask(name, 1),
+                    "dask 1 worker, 1 plane/task": lambda: on_dask(name, 1, per_task=1),
+                    "dask 2 workers": lambda: on_dask(name, 2)}
+            times = {k: [] for k in runs}
             for rep in range(args.reps):
-                order = list(times)[rep % 3:] + list(times)[: rep % 3]
+                order = list(runs)[rep % len(runs):] + list(runs)[: rep % len(runs)]
                 for variant in order:
-                    times[variant].append(in_process(name) if variant == "in-process"
-                                          else on_dask(name, 1 if "1" in variant else 2))
+                    times[variant].append(runs[variant]())
             med = {k: float(np.median(v)) for k, v in times.items()}
             planes = args.planes if name == "stack" else args.tiny_planes
             size = args.size if name == "stack" else args.tiny_size
@@ -105,6 +114,11 @@ def main(argv=None):
                 print(f"{name} ({planes} x {size}^2): {k}: median {v:.2f} s ({planes / v:.1f} planes/s, "
                       f"{planes * size * size / v / 1e6:.2f} Mpx/s; runs {', '.join(f'{x:.2f}' for x in times[k])})",
                       flush=True)
+            print(f"{name}: 1 plane/task / grouped planes (1 worker) = "
+                  f"{med['dask 1 worker, 1 plane/task'] / med['dask 1 worker']:.2f}x the time; paired ratios to "
+                  f"in-process: 1 worker {ratio_summary(times, 'dask 1 worker', 'in-process')}, 1 plane/task "
+                  f"{ratio_summary(times, 'dask 1 worker, 1 plane/task', 'in-process')}, 2 workers "
+                  f"{ratio_summary(times, 'dask 2 workers', 'in-process')}", flush=True)
             print(f"{name}: speed-up 2 workers / 1 worker = {med['dask 1 worker'] / med['dask 2 workers']:.2f}x; "
                   f"dask 1 worker / in-process time = {med['dask 1 worker'] / med['in-process']:.2f}; "
                   f"overhead per task (1 worker) = {(med['dask 1 worker'] - med['in-process']) / planes * 1e3:.0f} ms",

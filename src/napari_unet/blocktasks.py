@@ -9,6 +9,10 @@ retried after its worker died rewrites the same values. Instance labels take thr
 labelled from their context (`blockwise.label_block`: pieces and face layers kept in the partial
 folder), pieces are paired across faces (`blockwise.face_pairs`, one task per block) and joined on the
 client (`blockwise.merge_blocks`), then each block's final ids are written (`blockwise.relabel`).
+Stitching the planes of a stack (``stitch``) adds no task: the pairing task also counts its block's
+overlaps with the same block of the previous plane (`napari_unet.stitchblocks`), the client links them,
+and the relabelling writes the linked ids. A prediction task takes the same block of a few planes at
+once (`predict_blocks`): one pipeline over them overlaps reading with computing, as in-process.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import numpy as np
 
 from . import blockwise as bw
 
-__all__ = ["BlockJob", "predict_block", "pair_block", "relabel_block", "check_worker", "sha256", "DONE_PREDICTED",
+__all__ = ["BlockJob", "predict_blocks", "pair_block", "relabel_block", "check_worker", "sha256", "DONE_PREDICTED",
            "DONE_FINAL"]
 
 #: Values of a block's done flag: predicted (instance: pieces and faces written), final labels written.
@@ -48,25 +52,32 @@ class BlockJob:
     threads: int | None
     lead_shape: tuple            # stack axes before the model's spatial axes
     item_shape: tuple
+    stitch: float | None = None  # instance labels of a stack: link planes at this overlap
 
     @property
     def grid(self) -> tuple:
         return bw.block_grid(self.item_shape, self.block_size)
 
     @property
+    def per_item(self) -> int:
+        return int(np.prod(self.grid, dtype=np.int64))
+
+    @property
     def n_blocks(self) -> int:
-        return int(np.prod(self.lead_shape, dtype=np.int64)) * int(np.prod(self.grid, dtype=np.int64))
+        return int(np.prod(self.lead_shape, dtype=np.int64)) * self.per_item
+
+    def item_index(self, i: int) -> tuple:
+        """The leading index (e.g. ``(t, z)``) of item ``i``."""
+        return tuple(int(v) for v in np.unravel_index(i, self.lead_shape)) if self.lead_shape else ()
 
     def block(self, k: int):
         """``(item, grid position)`` of block ``k`` (items first, then the grid in C order)."""
-        per_item = int(np.prod(self.grid, dtype=np.int64))
-        return k // per_item, tuple(int(v) for v in np.unravel_index(k % per_item, self.grid))
+        return k // self.per_item, tuple(int(v) for v in np.unravel_index(k % self.per_item, self.grid))
 
     def region(self, k: int):
         """``(leading index, core slices)`` of block ``k`` in the output."""
         i, position = self.block(k)
-        index = tuple(int(v) for v in np.unravel_index(i, self.lead_shape)) if self.lead_shape else ()
-        return index, bw.core_region(self.item_shape, self.block_size, position)
+        return self.item_index(i), bw.core_region(self.item_shape, self.block_size, position)
 
 
 def sha256(path) -> str:
@@ -159,34 +170,41 @@ def _load_faces(job: BlockJob, k: int):
         return f["sizes"], faces
 
 
-def predict_block(job: BlockJob, k: int) -> int:
-    """Task: predict block ``k`` and write its core (semantic: final; instance: pieces and faces)."""
-    from .conventions import written_labels
+def predict_blocks(job: BlockJob, ks) -> list:
+    """Task: predict blocks ``ks`` (the same place in a few planes) and write their cores (semantic:
+    final labels; instance: pieces and faces). One pipeline over them: reading overlaps computing."""
     from .device import thread_policy
 
     with thread_policy(threads=_threads(job)):
         plan = _worker_plan(job)
-        i, _ = job.block(k)
-        index, core = job.region(k)
+        _, core = job.region(ks[0])
         region = bw.context_region(plan.item_shape, core, job.margin)
         wants = "probabilities" if job.instance or job.probabilities_path else "classes"
-        values = bw.region_predictions(plan, [i], region, wants)[0]
-        inner = bw._relative(core, region)
-        if job.probabilities_path:
-            _open(job.probabilities_path)[(slice(None),) + index + core] = values[(slice(None),) + inner]
-        if job.instance:
-            pieces = bw.label_block(values, inner)
-            _open(Path(job.partial) / "pieces.zarr")[index + core] = pieces.labels
-            _save_faces(job, k, pieces)
-        elif job.labels:
-            classes = values[(slice(None),) + inner].argmax(0) if wants == "probabilities" else values[inner]
-            _open(Path(job.partial) / "labels.zarr")[index + core] = written_labels(plan.model.config.class_ids)[classes]
-    _mark(job, k, DONE_PREDICTED if job.instance else DONE_FINAL)
-    return k
+        values = bw.region_predictions(plan, [job.block(k)[0] for k in ks], region, wants)
+        for k, block_values in zip(ks, values):
+            _write_block(job, plan, k, block_values, bw._relative(core, region))
+            _mark(job, k, DONE_PREDICTED if job.instance else DONE_FINAL)
+    return list(ks)
+
+
+def _write_block(job: BlockJob, plan, k: int, values: np.ndarray, inner: tuple) -> None:
+    from .conventions import written_labels
+
+    index, core = job.region(k)
+    if job.probabilities_path:
+        _open(job.probabilities_path)[(slice(None),) + index + core] = values[(slice(None),) + inner]
+    if job.instance:
+        pieces = bw.label_block(values, inner)
+        _open(Path(job.partial) / "pieces.zarr")[index + core] = pieces.labels
+        _save_faces(job, k, pieces)
+    elif job.labels:
+        classes = values[(slice(None),) + inner].argmax(0) if values.ndim > len(inner) else values[inner]
+        _open(Path(job.partial) / "labels.zarr")[index + core] = written_labels(plan.model.config.class_ids)[classes]
 
 
 def pair_block(job: BlockJob, k: int):
-    """Task: block ``k``'s piece sizes and its pairs with the blocks before it along each axis."""
+    """Task: block ``k``'s piece sizes, its pairs with the blocks before it along each axis and, when
+    stitching, its overlaps with the same block of the previous plane (`napari_unet.stitchblocks`)."""
     sizes, faces = _load_faces(job, k)
     _, position = job.block(k)
     edges = []
@@ -194,7 +212,16 @@ def pair_block(job: BlockJob, k: int):
         if position[axis] > 0:
             lower = k - int(np.prod(job.grid[axis + 1:], dtype=np.int64))
             edges.append((lower, k, bw.face_pairs(_load_faces(job, lower)[1], faces, axis)))
-    return k, sizes, edges
+    counts = None
+    if job.stitch:
+        from .stitchblocks import PlaneLinks
+
+        index, core = job.region(k)
+        pieces = _open(Path(job.partial) / "pieces.zarr")
+        links = PlaneLinks(job.stitch, job.per_item, job.item_index)
+        counts = links.count(k, np.asarray(pieces[index + core]), core, job.item_shape,
+                             lambda j: np.asarray(pieces[job.item_index(j) + core]))
+    return k, sizes, edges, counts
 
 
 def relabel_block(job: BlockJob, k: int, lut: np.ndarray) -> int:

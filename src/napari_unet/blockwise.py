@@ -27,6 +27,10 @@ whole-item objects. Larger objects are still joined into one object across faces
 part of the object crossing the face), but how a cluster larger than the margin is split into touching
 neighbours may differ from the whole-item result near the block borders.
 
+Steps 2-4 live in `napari_unet.blockmerge`. With ``stitch_planes`` (a 2D instance model on a stack),
+each block also counts its overlaps with the same block of the previous plane and step 4 writes ids
+linked across planes (`napari_unet.stitchblocks`): no second pass, no whole plane in memory.
+
 The block functions are pure (arrays in, arrays out): the local driver here (`iter_blockwise`) and the
 dask driver (`napari_unet.distributed`) compose the same functions. Memory is bounded by one block's
 context, whatever the size of the item.
@@ -39,16 +43,12 @@ from itertools import product
 
 import numpy as np
 
+from .blockmerge import block_neighbours, face_pairs, merge_blocks, relabel
 from .predict.region import region_predictions
 
 __all__ = ["BlockLabels", "block_grid", "core_region", "context_region", "default_block", "default_margin",
            "region_predictions", "label_block", "face_pairs", "merge_blocks", "relabel", "block_neighbours",
            "iter_blockwise", "segment_blockwise", "instance_labels_blockwise"]
-
-#: Two pieces on either side of a face are one object when they overlap on at least this fraction of
-#: the smaller one's pixels on the face layers.
-MERGE_OVERLAP = 0.5
-
 
 # --------------------------------------------------------------------------------------- geometry
 def default_block(model, device=None) -> tuple:
@@ -150,105 +150,6 @@ def label_block(prob: np.ndarray, core: tuple, *, threshold: float = 0.5, h: flo
     return BlockLabels(labels, np.bincount(labels.ravel(), minlength=len(ids) + 1).astype(np.int64), faces)
 
 
-def _counts(a: np.ndarray, b: np.ndarray) -> dict:
-    """Pixels per pair of non-zero ids at the same positions of ``a`` and ``b``."""
-    both = (a > 0) & (b > 0)
-    if not both.any():
-        return {}
-    pairs, n = np.unique(np.stack([a[both].astype(np.int64), b[both].astype(np.int64)]), axis=1, return_counts=True)
-    return {(int(x), int(y)): int(k) for (x, y), k in zip(pairs.T, n)}
-
-
-def face_pairs(lower: dict, upper: dict, axis: int) -> np.ndarray:
-    """Pieces of two neighbouring blocks that are one object (pure).
-
-    Parameters
-    ----------
-    lower, upper : dict
-        The `BlockLabels.faces` of the block before and the block after a face along ``axis``.
-
-    Returns
-    -------
-    ndarray of int64, shape (n, 2)
-        ``(piece of lower, piece of upper)`` pairs: they overlap, on the two layers either side of the
-        face as each block's context saw them, on at least `MERGE_OVERLAP` of the smaller piece's pixels.
-    """
-    low_inside, low_beyond = lower[(axis, 1)]
-    up_inside, up_beyond = upper[(axis, -1)]
-    overlap = _counts(low_beyond, up_inside)  # the lower block's view of the upper's first layer
-    for key, n in _counts(low_inside, up_beyond).items():  # and the upper's view of the lower's last
-        overlap[key] = overlap.get(key, 0) + n
-    if not overlap:
-        return np.zeros((0, 2), np.int64)
-    size_low = np.bincount(np.concatenate([low_inside.ravel(), low_beyond.ravel()]).astype(np.int64))
-    size_up = np.bincount(np.concatenate([up_inside.ravel(), up_beyond.ravel()]).astype(np.int64))
-    keep = [(a, b) for (a, b), n in overlap.items() if n >= MERGE_OVERLAP * min(size_low[a], size_up[b])]
-    return np.array(keep, np.int64).reshape(-1, 2)
-
-
-def merge_blocks(sizes, edges, min_size: int = 1):
-    """Join the pieces of all blocks into objects with ids unique over the whole output (pure).
-
-    Parameters
-    ----------
-    sizes : sequence of ndarray
-        `BlockLabels.sizes` of each block, in output order (items first, then the block grid).
-    edges : iterable of (int, int, ndarray)
-        ``(lower block, upper block, pairs)``: positions in ``sizes`` and their `face_pairs`.
-    min_size : int
-        Objects with fewer pixels in all are dropped (0).
-
-    Returns
-    -------
-    (list of ndarray, int)
-        Per block, a lookup table piece -> final id (index 0 -> 0), and the number of objects. Ids are
-        1..N in order of the first block (and piece) holding each object.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    counts = [max(0, len(s) - 1) for s in sizes]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    total = int(offsets[-1])
-    if total == 0:
-        return [np.zeros(1, np.int64) for _ in sizes], 0
-    rows, cols = [], []
-    for i, j, pairs in edges:
-        if len(pairs):
-            rows.append(offsets[i] + pairs[:, 0] - 1)
-            cols.append(offsets[j] + pairs[:, 1] - 1)
-    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(total, total))
-    _, component = connected_components(graph, directed=False)
-    # components numbered in order of their first node, whatever scipy's own numbering
-    _, first, component = np.unique(component, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    component = rank[component]
-    pixels = np.bincount(component, weights=np.concatenate([s[1:] for s in sizes]) if total else None,
-                         minlength=len(order))
-    kept = pixels >= max(1, int(min_size))
-    final = np.where(kept, np.cumsum(kept), 0).astype(np.int64)
-    luts = [np.concatenate([[0], final[component[offsets[k]:offsets[k + 1]]]]).astype(np.int64)
-            for k in range(len(sizes))]
-    return luts, int(kept.sum())
-
-
-def relabel(labels: np.ndarray, lut: np.ndarray, dtype=np.int32) -> np.ndarray:
-    """A block's pieces as final ids (pure)."""
-    return lut[labels].astype(dtype, copy=False)
-
-
-def block_neighbours(grid: tuple):
-    """``(axis, lower position, upper position)`` of every face between two blocks of an item."""
-    for position in product(*[range(n) for n in grid]):
-        for axis in range(len(grid)):
-            if position[axis] + 1 < grid[axis]:
-                yield axis, position, position[:axis] + (position[axis] + 1,) + position[axis + 1:]
-
-
 # ------------------------------------------------------------------------------------ the local driver
 def iter_blockwise(plan, *, labels_out=None, probabilities_out=None, block=None, margin=None):
     """Run a plan block by block, yielding `napari_unet.predict.PredictEvent` progress reports.
@@ -257,6 +158,8 @@ def iter_blockwise(plan, *, labels_out=None, probabilities_out=None, block=None,
     semantic labels and probabilities are written block by block. Memory is bounded by one block's
     context (plus a few layers of pixels per face of the blocks not finished yet), whatever the size of
     an item, so a volume larger than the memory can be instance-segmented into an on-disk output.
+    With the plan's ``stitch_planes``, objects are also linked across planes (`napari_unet.stitchblocks`:
+    the labels of `napari_unet.stitch.stitch_planes` on the blockwise planes, with no second pass).
 
     Parameters
     ----------
@@ -284,12 +187,7 @@ def iter_blockwise(plan, *, labels_out=None, probabilities_out=None, block=None,
     if instance and margin < 1:
         raise ValueError(f"margin must be at least 1 px for instance labels, got {margin}")
     labels_out, probabilities_out = _outputs(plan, labels_out, probabilities_out)
-    events = _run_local(plan, labels_out, probabilities_out, block, margin if instance else 0)
-    if plan.stitch_planes:  # a 2D instance model on a z-stack: objects linked once every block is in
-        from .stitch import stitch_when_done
-
-        return stitch_when_done(events, labels_out, plan.stitch_planes)
-    return events
+    return _run_local(plan, labels_out, probabilities_out, block, margin if instance else 0)
 
 
 def _run_local(plan, labels_out, probabilities_out, block, margin):
@@ -304,18 +202,20 @@ def _run_local(plan, labels_out, probabilities_out, block, margin):
     message = (f"{plan.describe()}; block {'x'.join(map(str, block))}" + (f", margin {margin}" if margin else ""))
     return _blocks(plan.items, plan.item_shape, predictions, labels_out, probabilities_out, block, margin,
                    None if not plan.labels or margin else written_labels(model.config.class_ids),
-                   plan.min_size or (12 if model.dims == 2 else 40), message)
+                   plan.min_size or (12 if model.dims == 2 else 40), message, plan.stitch_planes)
 
 
 def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block, margin, class_lut, min_size,
-            message):
+            message, stitch=None):
     """The local driver: every block in order, faces merged as soon as both sides are done.
 
     ``margin`` > 0: instance labels; else ``class_lut`` (class index -> written label) or no labels.
     ``predictions(i, region)``: probabilities ``(K, *region)`` of item ``i`` (classes when the labels
-    are semantic and no probabilities are written).
+    are semantic and no probabilities are written). ``stitch``: an overlap to link instance labels
+    across planes at (`napari_unet.stitchblocks`: counted per block, applied in the relabelling pass).
     """
     from .predict.run import PredictEvent
+    from .stitchblocks import PlaneLinks
 
     t0 = time.perf_counter()
     dims = len(item_shape)
@@ -331,6 +231,7 @@ def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block
 
     yield PredictEvent("start", 0, total, 0.0, 0.0, message=f"{message}: {len(blocks)} block(s)")
     sizes, edges, open_faces = [], [], {}  # open: upper faces of blocks whose neighbour is not done yet
+    links = PlaneLinks(stitch, len(positions), items.__getitem__) if instance and stitch else None
     for k, (i, position) in enumerate(blocks):
         index = items[i]
         core = core_region(item_shape, block, position)
@@ -341,6 +242,9 @@ def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block
             probabilities_out[(slice(None),) + index + core] = values[(slice(None),) + inner]
         if instance:
             pieces = label_block(values, inner)
+            if links is not None:  # the previous plane's pieces, at the same place, are written already
+                links.put(k, *links.count(k, pieces.labels, core, item_shape,
+                                          lambda j: np.asarray(labels_out[items[j] + core])))
             labels_out[index + core] = pieces.labels
             sizes.append(pieces.sizes)
             for axis in range(dims):  # faces with the blocks before this one are complete now
@@ -360,6 +264,8 @@ def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block
         yield event("tiles", region=index + core)
     if instance:
         luts, _ = merge_blocks(sizes, edges, min_size)
+        if links is not None:
+            luts = links.luts(luts, sizes)
         for k, (i, position) in enumerate(blocks):
             region = items[i] + core_region(item_shape, block, position)
             labels_out[region] = relabel(np.asarray(labels_out[region]), luts[k], labels_out.dtype)

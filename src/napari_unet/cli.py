@@ -144,9 +144,6 @@ def _predict(args):
     from .predict import plan_prediction, run_prediction
     from .provenance import PROVENANCE_KEY, label_classes, provenance
 
-    if args.stitch_planes is not None and (args.workers is not None or args.scheduler is not None):
-        raise ValueError("--stitch-planes links the planes of an in-process run: leave out --workers and "
-                         "--scheduler (the stitched stack streams plane by plane; --block works too)")
     if args.workers is not None or args.scheduler is not None:
         return _predict_on_cluster(args)
 
@@ -201,7 +198,8 @@ def _predict_on_cluster(args):
 
     events = iter_segment(args.model, args.input, out=args.output, probabilities_out=args.probabilities,
                           client=args.scheduler, workers=args.workers, block=args.block, tile=args.tile,
-                          batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis)
+                          batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis,
+                          stitch_planes=args.stitch_planes)  # channel_axis None: each file's declared axis
     first = next(events)
     print(first.message, file=sys.stderr, flush=True)
     _drain_predict(events)

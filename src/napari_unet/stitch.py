@@ -8,9 +8,12 @@ A nucleus seen in 20 planes becomes one 3D object. The threshold is on the small
 union as in cellpose's ``stitch_threshold``, because near the top and bottom of a nucleus its section
 shrinks fast from plane to plane: the IoU of two sections of one nucleus falls to 0.2-0.3 there, and an
 IoU rule cuts the caps off as objects of their own (benchmarks/stitch_quality.py). Planes are handled
-one at a time and only the previous
-plane is kept (`PlaneStitcher`), so the stack is never held in memory: it works while a prediction
-writes plane by plane into a zarr array, and on label stacks of any size (`stitch_planes`).
+one at a time and only the previous plane is kept (`PlaneStitcher`), so the stack is never held in
+memory: it works while a prediction writes plane by plane into a zarr array, and on label stacks of any
+size (`stitch_planes`). The rule (`match_objects`) and the new ids (in order of each object's first
+pixel) depend only on which pixels form each object, never on the ids it came with: blockwise and
+distributed runs apply it to overlaps counted block by block (`napari_unet.stitchblocks`) and give the
+same labels.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import numbers
 import numpy as np
 
 __all__ = ["DEFAULT_STITCH_THRESHOLD", "PlaneStitcher", "link_planes", "stitch_planes", "check_stitch",
-           "can_stitch", "stitch_when_done", "per_plane_labels"]
+           "can_stitch", "match_objects", "per_plane_labels"]
 
 #: Default fraction of the smaller of two overlapping objects that must lie inside the other for them to
 #: be linked. On the true objects of synthetic stacks every value from 0.1 to 0.8 links all nuclei
@@ -69,26 +72,48 @@ def check_stitch(threshold, *, mode: str, dims: int, spatial_ndim: int, labels: 
     return float(threshold)
 
 
-def _overlaps(previous: np.ndarray, current: np.ndarray):
-    """Current objects (ids, inverse indices, areas) and their overlapping pairs with previous ids."""
-    cur_ids, inverse = np.unique(current, return_inverse=True)
-    inverse = inverse.reshape(current.shape)
-    cur_area = np.bincount(inverse.ravel(), minlength=len(cur_ids))
-    both = (current != 0) & (previous != 0)
-    prev_in = previous[both].astype(np.int64)
-    stride = int(prev_in.max()) + 1 if prev_in.size else 1
-    codes, inter = np.unique(inverse[both].astype(np.int64) * stride + prev_in, return_counts=True)
-    return cur_ids, inverse, cur_area, codes // stride, codes % stride, inter
-
-
 def can_stitch(model, spatial_ndim: int) -> bool:
     """Whether stitching applies: a 2D instance model on an image with a stack axis."""
     return model.dims == 2 and model.mode == "instance" and spatial_ndim > model.dims
 
 
 def _overlap(inter, area_current, area_previous):
-    """What the threshold applies to: the fraction of the smaller object inside the other."""
+    """What the threshold applies to: the fraction of the smaller object inside the other (the rule
+    benchmarks/stitch_quality.py swaps for cellpose's IoU to compare them)."""
     return inter / np.minimum(area_current, area_previous)
+
+
+def match_objects(current, previous, inter, area_current, area_previous, first_current, first_previous,
+                  threshold: float) -> np.ndarray:
+    """Which overlapping pairs of objects of two consecutive planes are linked (pure; the one rule).
+
+    Every argument but ``threshold`` has one entry per overlapping pair: the two objects (any ids),
+    the pixels they share, their areas, and the flat index of each one's first pixel in its plane.
+    Pairs are taken best IoU first (ties: by first pixels), when at least ``threshold`` of the smaller
+    object lies inside the other and neither object is linked yet. Nothing here depends on the ids'
+    values, so any numbering of the same objects links them the same way.
+
+    Returns
+    -------
+    ndarray of bool
+        Per pair: linked.
+    """
+    inter = np.asarray(inter, np.int64)
+    area_current, area_previous = np.asarray(area_current, np.int64), np.asarray(area_previous, np.int64)
+    iou = inter / (area_current + area_previous - inter)
+    candidates = np.flatnonzero(_overlap(inter, area_current, area_previous) >= threshold)
+    order = candidates[np.lexsort((np.asarray(first_previous)[candidates], np.asarray(first_current)[candidates],
+                                   -iou[candidates]))]
+    linked = np.zeros(len(inter), bool)
+    taken_current: set = set()
+    taken_previous: set = set()
+    for k in order:  # each object continues one object at most, and is continued by one at most
+        c, p = int(current[k]), int(previous[k])
+        if c not in taken_current and p not in taken_previous:
+            linked[k] = True
+            taken_current.add(c)
+            taken_previous.add(p)
+    return linked
 
 
 def link_planes(previous: np.ndarray | None, current, threshold: float, next_id: int):
@@ -108,28 +133,31 @@ def link_planes(previous: np.ndarray | None, current, threshold: float, next_id:
     Returns
     -------
     (ndarray of int32, int)
-        The relabelled plane (a new array) and the next unused id.
+        The relabelled plane (a new array) and the next unused id. New objects get ids in the order of
+        their first pixel (row by row), so the result depends only on which pixels form each object.
     """
     current = np.asarray(current)
     if previous is None:
         previous = np.zeros(current.shape, np.int32)
-    cur_ids, inverse, cur_area, ci, prev, inter = _overlaps(previous, current)
-    prev_ids, prev_area = np.unique(previous, return_counts=True)
-    area_prev = prev_area[np.searchsorted(prev_ids, prev)]
-    iou = inter / (cur_area[ci] + area_prev - inter)
-    linkable = _overlap(inter, cur_area[ci], area_prev) >= threshold
+    cur_ids, cur_first, inverse, cur_area = np.unique(current.ravel(), return_index=True, return_inverse=True,
+                                                      return_counts=True)
+    prev_ids, prev_first, prev_area = np.unique(previous.ravel(), return_index=True, return_counts=True)
+    both = (current.ravel() != 0) & (previous.ravel() != 0)
+    prev_in = previous.ravel()[both].astype(np.int64)
+    stride = int(prev_in.max()) + 1 if prev_in.size else 1
+    codes, inter = np.unique(inverse[both].astype(np.int64) * stride + prev_in, return_counts=True)
+    ci, prev = codes // stride, codes % stride
+    pi = np.searchsorted(prev_ids, prev)
+    linked = match_objects(ci, prev, inter, cur_area[ci], prev_area[pi], cur_first[ci], prev_first[pi], threshold)
     new = np.zeros(len(cur_ids), np.int64)  # per index into cur_ids: the final id
-    taken: set = set()
-    for k in np.argsort(-iou, kind="stable"):  # best IoU first, each previous object continued once
-        if linkable[k] and new[ci[k]] == 0 and prev[k] not in taken:
-            new[ci[k]] = prev[k]
-            taken.add(prev[k])
-    fresh = (new == 0) & (cur_ids != 0)
-    new[fresh] = next_id + np.arange(int(fresh.sum()))
-    next_id += int(fresh.sum())
+    new[ci[linked]] = prev[linked]
+    fresh = np.flatnonzero((new == 0) & (cur_ids != 0))
+    fresh = fresh[np.argsort(cur_first[fresh], kind="stable")]
+    new[fresh] = next_id + np.arange(len(fresh))
+    next_id += len(fresh)
     if next_id - 1 > np.iinfo(np.int32).max:
         raise ValueError("more than 2**31 objects across the stack: the labels no longer fit in int32")
-    return new.astype(np.int32)[inverse], next_id
+    return new.astype(np.int32)[inverse].reshape(current.shape), next_id
 
 
 class PlaneStitcher:
@@ -207,18 +235,6 @@ def stitch_planes(labels, threshold: float = DEFAULT_STITCH_THRESHOLD, *, out=No
     for index in np.ndindex(*shape[:-2]):
         out[index] = stitcher.add(np.asarray(labels[index]), index)
     return out
-
-
-def stitch_when_done(events, labels_out, threshold: float):
-    """Relay prediction events; before the ``"done"`` one, link the finished labels across planes in place.
-
-    For outputs written in blocks rather than plane by plane (`napari_unet.blockwise`): the labels are
-    read back and rewritten one plane at a time, so memory stays at two planes.
-    """
-    for event in events:
-        if event.kind == "done":
-            stitch_planes(labels_out, threshold, out=labels_out)
-        yield event
 
 
 def per_plane_labels(labels) -> np.ndarray:

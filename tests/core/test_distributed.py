@@ -176,3 +176,58 @@ def test_dask_distributed_is_imported_only_when_a_cluster_runs():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def zstack(files):
+    """A 2D instance model's z-stack: planes of two blocks each (64 px), linked across planes."""
+    root, _, model, _ = files
+    stack = np.random.default_rng(3).random((5, 64, 128)).astype(np.float32)
+    np.save(root / "zstack.npy", stack)
+    return root / "zstack.npy", nu.segment(model, stack, stitch_planes=True)
+
+
+def test_stitched_planes_are_the_in_process_stitched_labels_and_an_interrupted_run_resumes(client, files, zstack,
+                                                                                             tmp_path):
+    root, model = files[0], files[2]
+    path, expected = zstack
+    assert len(np.unique(expected)) - 1 < nu.segment(model, np.load(path)).max()  # objects were linked
+    out = tmp_path / "z.zarr"
+    events = nd.iter_segment(root / "instance.pt", path, out=out, client=client, block=64, margin=64,
+                             stitch_planes=True)
+    for event in events:
+        if event.kind == "item":  # killed while the linked ids are being written
+            break
+    events.close()
+    time.sleep(1.0)  # tasks already running finish
+    assert not out.exists()  # nothing published
+    (partial,) = tmp_path.glob(".z.partial-*")
+    assert (_read(partial / "done.zarr") == blocktasks.DONE_FINAL).any()
+    nd.segment(root / "instance.pt", path, out=out, client=client, block=64, margin=64, stitch_planes=True)
+    # the context covers each plane: the whole-plane objects, linked with the same rule and ids
+    np.testing.assert_array_equal(_read(out), expected)
+    assert not partial.exists()
+
+
+def test_the_command_line_stitches_on_a_cluster(client, files, zstack, tmp_path):
+    from napari_unet.cli import main
+
+    path, expected = zstack
+    out = tmp_path / "cli.zarr"
+    assert main(["predict", str(files[0] / "instance.pt"), str(path), "-o", str(out), "--scheduler",
+                 client.scheduler.address, "--stitch-planes"]) == 0
+    np.testing.assert_array_equal(_read(out), expected)
+
+
+def test_a_file_s_declared_channel_axis_is_used_on_a_cluster(client, files, tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    from napari_unet.cli import main
+
+    model = random_model(depth=2, base=4, in_channels=2, seed=4)
+    nu.save_model(model, tmp_path / "two.pt")
+    image = np.random.default_rng(5).random((3, 2, 48, 64)).astype(np.float32)  # z, c, y, x
+    tifffile.imwrite(tmp_path / "zcyx.tif", image, imagej=True, metadata={"axes": "ZCYX"})
+    out = tmp_path / "o.zarr"
+    assert main(["predict", str(tmp_path / "two.pt"), str(tmp_path / "zcyx.tif"), "-o", str(out), "--scheduler",
+                 client.scheduler.address]) == 0
+    np.testing.assert_array_equal(_read(out), nu.segment(model, image, channel_axis=1))
