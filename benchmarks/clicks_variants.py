@@ -1,0 +1,148 @@
+"""Click post-processing variants on the same clicks: which way of picking the one object under a click works.
+
+Loads the models `clicks.py --cache` trained, computes each click's window probabilities once (what
+`segment_at` does), then applies every variant to those same probabilities, so the variants are compared
+on identical model outputs. Reports, per model kind and variant, the fraction of clicks with IoU >= 0.5
+(each seed's in brackets) and, for the kept variant, why the failed clicks fail.
+
+Usage: python benchmarks/clicks_variants.py --cache /tmp/click-models16 --epochs 16 [--seeds 0 1 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import time
+
+import numpy as np
+
+from napari_unet import interactive
+from napari_unet.postprocess import instance_labels, semantic_labels, split_objects
+from napari_unet.predict import predict
+from napari_unet.synthetic import make_nuclei
+
+from _common import machine
+from clicks import interior_points, trained
+
+
+def windows(model, image, truth, path=None):
+    """Per click: (window probabilities, the click in the window, the true object in the window)."""
+    if path and os.path.exists(path):
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    ids, points = interior_points(truth)
+    out = []
+    for i, p in zip(ids, points):
+        key = interactive.window_around(p, image.shape, interactive.default_window(2))
+        prob = predict(model, image[key], tile=None, device="cpu")
+        local = tuple(int(q) - k.start for q, k in zip(p, key))
+        out.append((prob.astype(np.float16), local, truth[key] == i))
+    if path:
+        with open(path, "wb") as f:
+            pickle.dump(out, f)
+    return out
+
+
+# ---------------------------------------------------------------- variants: (prob, class_ids, point) -> mask
+def semantic_split(h, sigma=0.5):
+    def fn(prob, class_ids, point):
+        labels = semantic_labels(prob, class_ids)
+        v = labels[point]
+        if not v:
+            return np.zeros(labels.shape, bool)
+        parts = split_objects(labels == v, h=h, sigma=sigma)
+        return parts == parts[point]
+    return fn
+
+
+def instance_split(h):
+    def fn(prob, class_ids, point):
+        labels = instance_labels(prob, h=h)
+        return (labels == labels[point]) & (labels[point] > 0)
+    return fn
+
+
+def semantic_click(h):
+    """What `one_object` does (h = SPLIT_HEIGHT): `split_at` of the clicked class's region."""
+    def fn(prob, class_ids, point):
+        labels = semantic_labels(prob, class_ids)
+        v = labels[point]
+        return interactive.split_at(labels == v, point, h) if v else np.zeros(labels.shape, bool)
+    return fn
+
+
+def semantic_fallback(inner, low=0.1):
+    """``inner``, or where the click is background: the region around it where the foreground is at least
+    half as likely as at the click (when that is at least ``low``), split the same way."""
+    def fn(prob, class_ids, point):
+        mask = inner(prob, class_ids, point)
+        if mask.any() or 1 - prob[0][point] < low:
+            return mask
+        fg = 1 - prob[0]
+        return interactive.split_at(fg >= fg[point] / 2, point)
+    return fn
+
+
+def instance_click(prob, class_ids, point):
+    """What `one_object` does for an instance model: `split_at` of the interior, grown over the rim."""
+    return interactive.one_object(prob, "instance", class_ids, point)[0]
+
+
+VARIANTS = {
+    "semantic": {"split h=0.25": semantic_split(0.25), "split h=0.5": semantic_split(0.5),
+                 "click split h=0.1": semantic_click(0.1), "click split h=0.25 (one_object)": semantic_click(0.25),
+                 "split h=0.25 + fallback": semantic_fallback(semantic_split(0.25)),
+                 "click split h=0.25 + fallback": semantic_fallback(semantic_click(0.25))},
+    "instance": {"instance_labels h=0.1": instance_split(0.1), "instance_labels h=0.25": instance_split(0.25),
+                 "click split h=0.25 (one_object)": instance_click},
+}
+
+
+def why(mask, obj):
+    if not mask.any():
+        return "empty (background at the click)"
+    inter = (mask & obj).sum()
+    if mask.sum() > 1.5 * obj.sum():
+        return "merged (mask > 1.5x the object)"
+    if inter < 0.5 * obj.sum():
+        return "part (mask < half the object)"
+    return "other"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--cache", required=True)
+    p.add_argument("--touching", type=float, default=0.6)
+    p.add_argument("--kinds", nargs="+", choices=["semantic", "instance"], default=["semantic", "instance"])
+    p.add_argument("--only", nargs="*", default=None, help="variant names to run (default all)")
+    args = p.parse_args()
+    print(f"# {time.strftime('%Y-%m-%d')} {machine()}; {args.epochs} epochs, touching={args.touching}")
+    for kind in args.kinds:
+        per, reasons = {}, {}
+        names = {n: f for n, f in VARIANTS[kind].items() if not args.only or n in args.only}
+        for s in args.seeds:
+            model = trained(kind, s, args.epochs, args.cache)
+            image, truth = make_nuclei((512, 512), seed=s + 100, touching=args.touching)
+            clicks = windows(model, image, truth, os.path.join(args.cache, f"windows-{kind}-{s}-e{args.epochs}.pkl"))
+            for name, fn in names.items():
+                good = []
+                for prob, point, obj in clicks:
+                    mask = fn(prob.astype(np.float32), model.config.class_ids, point)
+                    iou = (mask & obj).sum() / max((mask | obj).sum(), 1)
+                    good.append(iou >= 0.5)
+                    if iou < 0.5:
+                        r = why(mask, obj)
+                        reasons.setdefault(name, {}).setdefault(r, 0)
+                        reasons[name][r] += 1
+                per.setdefault(name, []).append(np.asarray(good))
+        for name, goods in per.items():
+            allg = np.concatenate(goods)
+            print(f"{kind:8s} {name:34s} {allg.mean():.3f} of {allg.size}  (seeds "
+                  + ", ".join(f"{g.mean():.3f}" for g in goods) + ")", flush=True)
+            print(f"{kind:8s} {'':34s} failures: {reasons.get(name, {})}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
