@@ -3,7 +3,8 @@
 Loads the models `clicks.py --cache` trained, computes each click's window probabilities once (what
 `segment_at` does), then applies every variant to those same probabilities, so the variants are compared
 on identical model outputs. Reports, per model kind and variant, the fraction of clicks with IoU >= 0.5
-(each seed's in brackets) and, for the kept variant, why the failed clicks fail.
+(each seed's in brackets), why the failed clicks fail, and the post-processing's time per click
+(the variants interleaved click by click, so the machine's load hits them alike).
 
 Usage: python benchmarks/clicks_variants.py --cache /tmp/click-models16 --epochs 16 [--seeds 0 1 2]
 """
@@ -15,6 +16,7 @@ import pickle
 import time
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from napari_unet import interactive
 from napari_unet.postprocess import instance_labels, semantic_labels, split_objects
@@ -50,8 +52,14 @@ def semantic_split(h, sigma=0.5):
         v = labels[point]
         if not v:
             return np.zeros(labels.shape, bool)
-        parts = split_objects(labels == v, h=h, sigma=sigma)
-        return parts == parts[point]
+        # the connected region under the click alone, with 3 px of margin (as one_object did before)
+        components, _ = ndi.label(labels == v)
+        region = components == components[point]
+        box = tuple(slice(max(0, b.start - 3), b.stop + 3) for b in ndi.find_objects(region.astype(np.int8))[0])
+        parts = split_objects(region[box], h=h, sigma=sigma)
+        mask = np.zeros(labels.shape, bool)
+        mask[box] = parts == parts[tuple(p - b.start for p, b in zip(point, box))]
+        return mask
     return fn
 
 
@@ -120,27 +128,32 @@ def main():
     args = p.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} {machine()}; {args.epochs} epochs, touching={args.touching}")
     for kind in args.kinds:
-        per, reasons = {}, {}
+        per, reasons, seconds = {}, {}, {}
         names = {n: f for n, f in VARIANTS[kind].items() if not args.only or n in args.only}
         for s in args.seeds:
             model = trained(kind, s, args.epochs, args.cache)
             image, truth = make_nuclei((512, 512), seed=s + 100, touching=args.touching)
             clicks = windows(model, image, truth, os.path.join(args.cache, f"windows-{kind}-{s}-e{args.epochs}.pkl"))
-            for name, fn in names.items():
-                good = []
-                for prob, point, obj in clicks:
-                    mask = fn(prob.astype(np.float32), model.config.class_ids, point)
+            good = {name: [] for name in names}
+            for prob, point, obj in clicks:  # the variants interleaved click by click: their times pair up
+                prob = prob.astype(np.float32)
+                for name, fn in names.items():
+                    t0 = time.perf_counter()
+                    mask = fn(prob, model.config.class_ids, point)
+                    seconds.setdefault(name, []).append(time.perf_counter() - t0)
                     iou = (mask & obj).sum() / max((mask | obj).sum(), 1)
-                    good.append(iou >= 0.5)
+                    good[name].append(iou >= 0.5)
                     if iou < 0.5:
                         r = why(mask, obj)
                         reasons.setdefault(name, {}).setdefault(r, 0)
                         reasons[name][r] += 1
-                per.setdefault(name, []).append(np.asarray(good))
+            for name in names:
+                per.setdefault(name, []).append(np.asarray(good[name]))
         for name, goods in per.items():
             allg = np.concatenate(goods)
             print(f"{kind:8s} {name:34s} {allg.mean():.3f} of {allg.size}  (seeds "
-                  + ", ".join(f"{g.mean():.3f}" for g in goods) + ")", flush=True)
+                  + ", ".join(f"{g.mean():.3f}" for g in goods) + f"), post-processing median "
+                  f"{1000 * np.median(seconds[name]):.1f} ms, p95 {1000 * np.percentile(seconds[name], 95):.1f} ms", flush=True)
             print(f"{kind:8s} {'':34s} failures: {reasons.get(name, {})}", flush=True)
 
 

@@ -220,10 +220,10 @@ def split_at(mask: np.ndarray, point, h: float = SPLIT_HEIGHT, sigma: float = SP
     """The part of ``mask`` at ``point`` once split where touching objects meet, knowing the click is on it.
 
     As `napari_unet.postprocess.split_objects` (a distance-transform seeded watershed), except that the
-    maxima near the clicked object's centre are one seed: the distance map is climbed from the click to
-    its maximum, and every maximum within the object's inscribed radius there is the clicked object's
-    own. So an elongated or bumpy object is not cut around its centre, while the neighbours' seeds can
-    stand lower (``h``) and a bridge to them is cut.
+    seeds near the clicked object's centre are one: the centre is the top of the seed whose basin holds
+    the click, and every seed reaching within the object's inscribed radius there is the clicked
+    object's own. So an elongated or bumpy object is not cut around its centre, while the neighbours
+    keep their seeds (``h``) and a bridge to them is cut.
 
     Parameters
     ----------
@@ -254,17 +254,6 @@ def split_at(mask: np.ndarray, point, h: float = SPLIT_HEIGHT, sigma: float = SP
     return out
 
 
-def _climb(values: np.ndarray, point: tuple) -> tuple:
-    """From ``point``, step to the largest neighbour while it is larger: a local maximum of ``values``."""
-    while True:
-        box = tuple(slice(max(p - 1, 0), p + 2) for p in point)
-        around = values[box]
-        best = tuple(b.start + int(i) for b, i in zip(box, np.unravel_index(np.argmax(around), around.shape)))
-        if values[best] <= values[point]:
-            return point
-        point = best
-
-
 def _click_parts(mask: np.ndarray, point: tuple, h: float, sigma: float) -> tuple:
     """(watershed parts of ``mask``, the id of the clicked one): `split_at`'s work on a mask."""
     from scipy import ndimage as ndi
@@ -274,23 +263,24 @@ def _click_parts(mask: np.ndarray, point: tuple, h: float, sigma: float) -> tupl
     edt = ndi.distance_transform_edt(mask)
     dist = ndi.gaussian_filter(edt, sigma)
     peaks = h_maxima(dist, h).astype(bool) & mask
-    top = _climb(dist, point)
-    radius = edt[top]
-    d2 = sum((g - c) ** 2 for g, c in zip(np.indices(mask.shape, sparse=True), top))
-    # a maximum (a plateau) reaching within the inscribed radius of the clicked centre is its own
-    peak_ids, _ = ndi.label(peaks)
-    own = np.unique(peak_ids[peaks & (d2 <= radius ** 2)])
-    peaks &= ~np.isin(peak_ids, own[own > 0])
     # a connected part without a maximum is a seed of its own (a small blob is not flooded from next door)
     parts, _ = ndi.label(mask)
     has_peak = np.zeros(parts.max() + 1, bool)
     has_peak[parts[peaks]] = True
-    has_peak[[0, parts[point]]] = True
+    has_peak[0] = True
     seeds, n = ndi.label(peaks | ~has_peak[parts])
-    # the clicked object's seed: a disc of half its inscribed radius, so it floods from its centre
-    seeds[(d2 <= max(radius / 2, 1) ** 2) & mask & (seeds == 0)] = n + 1
-    ws = watershed(-dist, markers=seeds, mask=mask)
-    return ws, ws[point]
+    basins = watershed(-dist, markers=seeds, mask=mask)  # what split_objects gives
+    # the clicked object's centre: the top of the seed whose basin the click is in; every seed reaching
+    # within the object's inscribed radius there is the clicked object's own
+    mine = seeds == basins[point]
+    top = np.unravel_index(np.argmax(np.where(mine, dist, -np.inf)), mask.shape)
+    d2 = sum((g - c) ** 2 for g, c in zip(np.indices(mask.shape, sparse=True), top))
+    own = np.unique(seeds[(seeds > 0) & (d2 <= edt[top] ** 2)])
+    if own.size <= 1:
+        return basins, basins[point]
+    seeds[np.isin(seeds, own)] = own[0]
+    merged = watershed(-dist, markers=seeds, mask=mask)
+    return merged, merged[point]
 
 
 def region_box(region, shape) -> tuple:
