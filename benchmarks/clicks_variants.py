@@ -79,6 +79,17 @@ def semantic_click(h):
     return fn
 
 
+def with_reach(fn, reach):
+    """``fn`` with `interactive.CLICK_REACH` set to ``reach`` while it runs."""
+    def run(prob, class_ids, point):
+        saved, interactive.CLICK_REACH = interactive.CLICK_REACH, reach
+        try:
+            return fn(prob, class_ids, point)
+        finally:
+            interactive.CLICK_REACH = saved
+    return run
+
+
 def semantic_fallback(inner, low=0.1):
     """``inner``, or where the click is background: the region around it where the foreground is at least
     half as likely as at the click (when that is at least ``low``), split the same way."""
@@ -99,10 +110,12 @@ def instance_click(prob, class_ids, point):
 VARIANTS = {
     "semantic": {"split h=0.25": semantic_split(0.25), "split h=0.5": semantic_split(0.5),
                  "click split h=0.1": semantic_click(0.1), "click split h=0.25 (one_object)": semantic_click(0.25),
+                 **{f"click split h=0.25 reach={r}": with_reach(semantic_click(0.25), r) for r in (0.5, 0.7)},
                  "split h=0.25 + fallback": semantic_fallback(semantic_split(0.25)),
                  "click split h=0.25 + fallback": semantic_fallback(semantic_click(0.25))},
     "instance": {"instance_labels h=0.1": instance_split(0.1), "instance_labels h=0.25": instance_split(0.25),
-                 "click split h=0.25 (one_object)": instance_click},
+                 "click split h=0.25 (one_object)": instance_click,
+                 **{f"click split h=0.25 reach={r}": with_reach(instance_click, r) for r in (0.5, 0.7)}},
 }
 
 

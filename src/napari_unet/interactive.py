@@ -23,6 +23,8 @@ __all__ = ["SegmentHit", "segment_at", "one_object", "split_at", "window_around"
 #: touching nuclei (benchmarks/clicks.py: h=1 gave 0.83-0.87 of clicks one object, 0.25 gives 0.96+).
 SPLIT_HEIGHT = 0.25
 SPLIT_SIGMA = 0.5
+#: `split_at`: seeds within this fraction of the clicked object's inscribed radius of its centre are its own.
+CLICK_REACH = 0.7
 
 #: Window segmented around a click by a 2D model (rows, columns of the clicked plane)...
 DEFAULT_WINDOW_2D = (256, 256)
@@ -275,7 +277,7 @@ def _click_parts(mask: np.ndarray, point: tuple, h: float, sigma: float) -> tupl
     mine = seeds == basins[point]
     top = np.unravel_index(np.argmax(np.where(mine, dist, -np.inf)), mask.shape)
     d2 = sum((g - c) ** 2 for g, c in zip(np.indices(mask.shape, sparse=True), top))
-    own = np.unique(seeds[(seeds > 0) & (d2 <= edt[top] ** 2)])
+    own = np.unique(seeds[(seeds > 0) & (d2 <= (CLICK_REACH * edt[top]) ** 2)])
     if own.size <= 1:
         return basins, basins[point]
     seeds[np.isin(seeds, own)] = own[0]
