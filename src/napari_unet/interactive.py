@@ -23,7 +23,8 @@ __all__ = ["SegmentHit", "segment_at", "one_object", "split_at", "window_around"
 #: touching nuclei (benchmarks/clicks.py: h=1 gave 0.83-0.87 of clicks one object, 0.25 gives 0.96+).
 SPLIT_HEIGHT = 0.25
 SPLIT_SIGMA = 0.5
-#: `split_at`: seeds within this fraction of the clicked object's inscribed radius of its centre are its own.
+#: `split_at`: the seeds within this fraction of the clicked object's inscribed radius of its centre are
+#: its own (benchmarks/results/clicks.md: 0.7 kept; 1.0 merges more neighbours, 0.5 splits more).
 CLICK_REACH = 0.7
 
 #: Window segmented around a click by a 2D model (rows, columns of the clicked plane)...
