@@ -107,6 +107,23 @@ def instance_click(prob, class_ids, point):
     return interactive.one_object(prob, "instance", class_ids, point)[0]
 
 
+def instance_calibrated(prob, class_ids, point):
+    """The kept instance path on probabilities whose background is rescaled to the window's own levels:
+    the foreground threshold is halfway between the median background probability of the pixels the
+    model calls background and of those it calls foreground (0.5 for a confident model; higher for an
+    under-trained one whose background is 0.87, not 1), clipped to [0.5, 0.8]."""
+    fg = np.argmax(prob, axis=0) > 0
+    if fg.all() or not fg.any():
+        return instance_click(prob, class_ids, point)
+    t = float(np.clip((np.median(prob[0][~fg]) + np.median(prob[0][fg])) / 2, 0.5, 0.8))
+    # the same decision at threshold t: background scaled so that t becomes 0.5 (the rest renormalized)
+    scaled = prob.copy()
+    scaled[0] = prob[0] * 0.5 / t
+    rest = np.clip(1 - scaled[0], 0, None) / np.maximum(prob[1] + prob[2], 1e-6)
+    scaled[1:] = prob[1:] * rest
+    return instance_click(scaled, class_ids, point)
+
+
 VARIANTS = {
     "semantic": {"split h=0.25": semantic_split(0.25), "split h=0.5": semantic_split(0.5),
                  "click split h=0.1": semantic_click(0.1), "click split h=0.25 (one_object)": semantic_click(0.25),
@@ -115,6 +132,7 @@ VARIANTS = {
                  "click split h=0.25 + fallback": semantic_fallback(semantic_click(0.25))},
     "instance": {"instance_labels h=0.1": instance_split(0.1), "instance_labels h=0.25": instance_split(0.25),
                  "click split h=0.25 (one_object)": instance_click,
+                 "click split + calibrated background threshold": instance_calibrated,
                  **{f"click split h=0.25 reach={r}": with_reach(instance_click, r) for r in (0.5, 0.7)}},
 }
 

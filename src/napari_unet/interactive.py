@@ -224,8 +224,8 @@ def split_at(mask: np.ndarray, point, h: float = SPLIT_HEIGHT, sigma: float = SP
 
     As `napari_unet.postprocess.split_objects` (a distance-transform seeded watershed), except that the
     seeds near the clicked object's centre are one: the centre is the top of the seed whose basin holds
-    the click, and every seed reaching within the object's inscribed radius there is the clicked
-    object's own. So an elongated or bumpy object is not cut around its centre, while the neighbours
+    the click, and every seed reaching within `CLICK_REACH` (0.7) of the object's inscribed radius
+    there is the clicked object's own. So an elongated or bumpy object is not cut around its centre, while the neighbours
     keep their seeds (``h``) and a bridge to them is cut.
 
     Parameters
@@ -259,22 +259,14 @@ def split_at(mask: np.ndarray, point, h: float = SPLIT_HEIGHT, sigma: float = SP
 
 def _click_parts(mask: np.ndarray, point: tuple, h: float, sigma: float) -> tuple:
     """(watershed parts of ``mask``, the id of the clicked one): `split_at`'s work on a mask."""
-    from scipy import ndimage as ndi
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    edt = ndi.distance_transform_edt(mask)
-    dist = ndi.gaussian_filter(edt, sigma)
-    peaks = h_maxima(dist, h).astype(bool) & mask
-    # a connected part without a maximum is a seed of its own (a small blob is not flooded from next door)
-    parts, _ = ndi.label(mask)
-    has_peak = np.zeros(parts.max() + 1, bool)
-    has_peak[parts[peaks]] = True
-    has_peak[0] = True
-    seeds, n = ndi.label(peaks | ~has_peak[parts])
+    from .postprocess import distance_seeds
+
+    edt, dist, seeds = distance_seeds(mask, h, sigma)
     basins = watershed(-dist, markers=seeds, mask=mask)  # what split_objects gives
     # the clicked object's centre: the top of the seed whose basin the click is in; every seed reaching
-    # within the object's inscribed radius there is the clicked object's own
+    # within CLICK_REACH of the object's inscribed radius there is the clicked object's own
     mine = seeds == basins[point]
     top = np.unravel_index(np.argmax(np.where(mine, dist, -np.inf)), mask.shape)
     d2 = sum((g - c) ** 2 for g, c in zip(np.indices(mask.shape, sparse=True), top))
