@@ -14,7 +14,7 @@ import numpy as np
 
 from .conventions import BACKGROUND, NOT_ANNOTATED
 
-__all__ = ["SegmentHit", "segment_at", "one_object", "window_around", "default_window", "DEFAULT_WINDOW_2D",
+__all__ = ["SegmentHit", "segment_at", "one_object", "split_at", "window_around", "default_window", "DEFAULT_WINDOW_2D",
            "DEFAULT_WINDOW_3D", "region_box", "to_training_labels"]
 
 #: A click splits harder than `segment` (`napari_unet.postprocess.split_objects`): the height, in px of
@@ -23,6 +23,9 @@ __all__ = ["SegmentHit", "segment_at", "one_object", "window_around", "default_w
 #: touching nuclei (benchmarks/clicks.py: h=1 gave 0.83-0.87 of clicks one object, 0.25 gives 0.96+).
 SPLIT_HEIGHT = 0.25
 SPLIT_SIGMA = 0.5
+#: `split_at`: the seeds within this fraction of the clicked object's inscribed radius of its centre are
+#: its own (benchmarks/results/clicks.md: 0.7 kept; 1.0 merges more neighbours, 0.5 splits more).
+CLICK_REACH = 0.7
 
 #: Window segmented around a click by a 2D model (rows, columns of the clicked plane)...
 DEFAULT_WINDOW_2D = (256, 256)
@@ -43,8 +46,8 @@ class SegmentHit:
         Position of the window's first pixel in the image's spatial coordinates, leading stack/time
         indices included (so ``image[origin[:-mask.ndim] + window slices]`` is the window).
     value : int
-        Class id (semantic model, as written in segmentations) or instance id (instance model) under
-        the point; 0 for background.
+        Class id (semantic model, as written in segmentations) under the point, or 1 for an instance
+        model's object; 0 for background.
     seconds : float
         Time the call took (reading the window included).
     """
@@ -135,9 +138,9 @@ def segment_at(model, image, point, *, window=None, device="auto", channel_axis=
     Returns
     -------
     SegmentHit
-        Instance models: the object with the id under the point. Semantic models: the object of the
-        class under the point, its region split where touching objects meet (`split_objects`, as
-        instance post-processing splits touching objects), so a click gives one nucleus of a clump.
+        The one object under the point (`one_object`): semantic models, the region of the class under
+        the point split where touching objects meet (`split_at`), so a click gives one nucleus of a
+        clump; instance models, the object whose interior is under the point, split the same way.
     """
     from .data import as_channels_first
     from .predict import predict
@@ -163,9 +166,10 @@ def segment_at(model, image, point, *, window=None, device="auto", channel_axis=
 def one_object(prob: np.ndarray, mode: str, class_ids, point) -> tuple:
     """The object under ``point`` from a window's class probabilities, and its class or instance id.
 
-    Instance models: the window's instances (`instance_labels` with ``h=SPLIT_HEIGHT``). Semantic
-    models: the region of the class under the point split where touching objects meet
-    (`split_objects`), so a clump of nuclei of one class gives the clicked nucleus, never the clump.
+    Instance models: the interior under the point split by `split_at` and grown over its rim (as
+    `instance_labels` grows its cores); a point on a rim takes the window's instance there
+    (`instance_labels` with ``h=SPLIT_HEIGHT``). Semantic models: the region of the class under the point
+    split by `split_at`, so a clump of nuclei of one class gives the clicked nucleus, never the clump.
 
     Parameters
     ----------
@@ -181,28 +185,97 @@ def one_object(prob: np.ndarray, mode: str, class_ids, point) -> tuple:
     -------
     (ndarray of bool, int)
         The mask (all False on background) and the value: the class id as written in segmentations, or
-        the instance id in the window; 0 for background.
+        1 for an instance model's object; 0 for background.
     """
-    from scipy import ndimage as ndi
-
-    from .postprocess import instance_labels, semantic_labels, split_objects
+    from .postprocess import semantic_labels
 
     if mode == "instance":
-        labels = instance_labels(prob, h=SPLIT_HEIGHT)
-        value = int(labels[point])
-        return (labels == value) & (value > 0), value
+        mask = _instance_at(prob, point)
+        return mask, int(mask.any())
     labels = semantic_labels(prob, class_ids)
     value = int(labels[point])
     if not value:
         return np.zeros(labels.shape, bool), 0
+    return split_at(labels == value, point), value
+
+
+def _instance_at(prob: np.ndarray, point) -> np.ndarray:
+    """The instance model's object at ``point``: its interior split by `split_at`, grown over its rim."""
+    from scipy import ndimage as ndi
+
+    from .postprocess import instance_labels
+
+    foreground = prob[0] < 0.5
+    interior = (prob[1] > prob[2]) & (prob[1] > prob[0]) & foreground
+    if interior[point]:
+        parts, at = _click_parts(interior, point, SPLIT_HEIGHT, SPLIT_SIGMA)
+        # each foreground pixel goes to the nearest interior part (as instance_labels grows its cores)
+        _, nearest = ndi.distance_transform_edt(parts == 0, return_indices=True)
+        mask = (parts[tuple(nearest)] == at) & foreground
+    else:  # on a rim or an object without interior: the window's instance there
+        labels = instance_labels(prob, h=SPLIT_HEIGHT)
+        mask = (labels == labels[point]) & (labels[point] > 0)
+    pieces, _ = ndi.label(mask)
+    return (pieces == pieces[point]) & mask  # the connected piece under the click
+
+
+def split_at(mask: np.ndarray, point, h: float = SPLIT_HEIGHT, sigma: float = SPLIT_SIGMA) -> np.ndarray:
+    """The part of ``mask`` at ``point`` once split where touching objects meet, knowing the click is on it.
+
+    As `napari_unet.postprocess.split_objects` (a distance-transform seeded watershed), except that the
+    seeds near the clicked object's centre are one: the centre is the top of the seed whose basin holds
+    the click, and every seed reaching within `CLICK_REACH` (0.7) of the object's inscribed radius
+    there is the clicked object's own. So an elongated or bumpy object is not cut around its centre, while the neighbours
+    keep their seeds (``h``) and a bridge to them is cut.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+        Any number of dimensions; ``mask[point]`` True.
+    point : tuple of int
+    h, sigma : float
+        Height of the neighbours' seeds and smoothing of the distance map, as in `split_objects`.
+
+    Returns
+    -------
+    ndarray of bool
+        The clicked object (all False when ``mask[point]`` is False).
+    """
+    mask = np.asarray(mask, bool)
+    point = tuple(int(p) for p in point)
+    if not mask[point]:
+        return np.zeros(mask.shape, bool)
+    from scipy import ndimage as ndi
+
     # only the connected region under the point is split (a few px of margin for the smoothing): faster
-    components, _ = ndi.label(labels == value)
+    components, _ = ndi.label(mask)
     region = components == components[point]
     box = tuple(slice(max(0, s.start - 3), s.stop + 3) for s in ndi.find_objects(region.astype(np.int8))[0])
-    parts = split_objects(region[box], h=SPLIT_HEIGHT, sigma=SPLIT_SIGMA)
-    mask = np.zeros(labels.shape, bool)
-    mask[box] = parts == parts[tuple(p - b.start for p, b in zip(point, box))]
-    return mask, value
+    parts, at = _click_parts(region[box], tuple(p - b.start for p, b in zip(point, box)), h, sigma)
+    out = np.zeros(mask.shape, bool)
+    out[box] = parts == at
+    return out
+
+
+def _click_parts(mask: np.ndarray, point: tuple, h: float, sigma: float) -> tuple:
+    """(watershed parts of ``mask``, the id of the clicked one): `split_at`'s work on a mask."""
+    from skimage.segmentation import watershed
+
+    from .postprocess import distance_seeds
+
+    edt, dist, seeds = distance_seeds(mask, h, sigma)
+    basins = watershed(-dist, markers=seeds, mask=mask)  # what split_objects gives
+    # the clicked object's centre: the top of the seed whose basin the click is in; every seed reaching
+    # within CLICK_REACH of the object's inscribed radius there is the clicked object's own
+    mine = seeds == basins[point]
+    top = np.unravel_index(np.argmax(np.where(mine, dist, -np.inf)), mask.shape)
+    d2 = sum((g - c) ** 2 for g, c in zip(np.indices(mask.shape, sparse=True), top))
+    own = np.unique(seeds[(seeds > 0) & (d2 <= (CLICK_REACH * edt[top]) ** 2)])
+    if own.size <= 1:
+        return basins, basins[point]
+    seeds[np.isin(seeds, own)] = own[0]
+    merged = watershed(-dist, markers=seeds, mask=mask)
+    return merged, merged[point]
 
 
 def region_box(region, shape) -> tuple:

@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 
 from .conventions import written_labels
 
-__all__ = ["semantic_labels", "instance_labels", "split_objects"]
+__all__ = ["semantic_labels", "instance_labels", "split_objects", "distance_seeds"]
 
 
 def semantic_labels(prob: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
@@ -47,20 +47,32 @@ def split_objects(mask: np.ndarray, h: float = 1.0, sigma: float = 1.0) -> np.nd
     ndarray of int32
         0 outside the mask, 1..N blobs.
     """
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     mask = np.asarray(mask, bool)
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    dist = ndi.gaussian_filter(ndi.distance_transform_edt(mask), sigma)
+    _, dist, seeds = distance_seeds(mask, h, sigma)
+    return watershed(-dist, markers=seeds, mask=mask).astype(np.int32, copy=False)
+
+
+def distance_seeds(mask: np.ndarray, h: float, sigma: float) -> tuple:
+    """`split_objects`' seeds: (distance to the edge, its ``sigma``-smoothed map, labelled seeds).
+
+    Seeds are the maxima of the smoothed distance standing ``h`` above their surroundings; a connected
+    part of ``mask`` without one is a seed of its own.
+    """
+    from skimage.morphology import h_maxima
+
+    edt = ndi.distance_transform_edt(mask)
+    dist = ndi.gaussian_filter(edt, sigma)
     peaks = h_maxima(dist, h).astype(bool) & mask
     parts, _ = ndi.label(mask)
     has_peak = np.zeros(parts.max() + 1, bool)
     has_peak[parts[peaks]] = True
     has_peak[0] = True
     seeds, _ = ndi.label(peaks | ~has_peak[parts])
-    return watershed(-dist, markers=seeds, mask=mask).astype(np.int32, copy=False)
+    return edt, dist, seeds
 
 
 def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: float = 0.5,
