@@ -30,9 +30,10 @@ from napari_unet.synthetic import annotator_labels, make_nuclei, make_strokes
 
 
 def stand_in(seed, kind):
-    """Image, labels to train on, true labels: the hard stand-in trains on annotator outlines."""
-    image, truth = make_nuclei((512, 512), seed=seed, realism=kind)
-    return image, (truth if kind == "standard" else annotator_labels(truth, seed=seed)), truth
+    """Image, labels to train on, true labels: the hard stand-in trains on annotator outlines
+    (``hard-true``: the hard images with the true outlines, to see what the outlines alone cost)."""
+    image, truth = make_nuclei((512, 512), seed=seed, realism=kind.removesuffix("-true"))
+    return image, (annotator_labels(truth, seed=seed) if kind == "hard" else truth), truth
 
 
 def cached_train(models, name, *args, **kwargs):
@@ -69,7 +70,7 @@ def instance_run(seed, budget, base, depth, epochs=None, loss=None, kind="standa
 def sparse_run(seed, budget, base, depth, band, epochs=None, kind="standard", models=None):
     image, train_labels, _ = stand_in(seed, kind)
     strokes = make_strokes(train_labels, fraction=0.06, seed=seed)
-    test_img, test_truth = make_nuclei((512, 512), seed=seed + 100, realism=kind)
+    test_img, test_truth = make_nuclei((512, 512), seed=seed + 100, realism=kind.removesuffix("-true"))
     name = run_name("sparse", kind, seed, budget, base, depth, epochs, f"-band{band}")
     model = cached_train(models, name, image, strokes, mode="semantic", time_budget=None if epochs else budget,
                          epochs=epochs, base_channels=base, depth=depth, seed=seed, border_band=band)
@@ -92,8 +93,9 @@ def main():
     p.add_argument("--only", choices=["instance", "sparse"], default=None)
     p.add_argument("--loss", choices=["ce", "ce+dice"], default=None,
                    help="instance protocol: the training loss (default: the library's)")
-    p.add_argument("--stand-in", choices=["standard", "hard"], default="standard",
-                   help="the synthetic stand-in: standard, or hard (realism='hard', trained on annotator outlines)")
+    p.add_argument("--stand-in", choices=["standard", "hard", "hard-true"], default="standard",
+                   help="the synthetic stand-in: standard, or hard (realism='hard', trained on annotator "
+                        "outlines); hard-true: hard images, true outlines (an ablation)")
     p.add_argument("--models", default=None, help="directory where trained models are kept and reused")
     args = p.parse_args()
     common = dict(kind=args.stand_in, models=args.models)
