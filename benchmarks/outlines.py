@@ -6,6 +6,7 @@ script reuses the other's models). The probabilities of the right half are compu
 post-processing variant turns them into labels, scored with F1 at IoU 0.5 and mean F1 over IoU 0.5-0.9
 against the true labels. ``--tta`` also predicts with test-time augmentation (timed side by side with
 the plain prediction, alternating, median ratio) and scores both, for the instance and sparse models.
+``--test-seeds`` adds unseen test images (the right halves of those seeds' images) for each model.
 
 Usage: python benchmarks/outlines.py --models /tmp/standin-models --seeds 0 1 --epochs 20 [--tta]
        [--sparse-epochs 9] [--stand-ins standard hard]
@@ -149,6 +150,8 @@ def main():
     p.add_argument("--tta", action="store_true", help="also measure test-time augmentation")
     p.add_argument("--no-variants", action="store_true")
     p.add_argument("--reps", type=int, default=3, help="timing repetitions of plain vs TTA")
+    p.add_argument("--test-seeds", type=int, nargs="*", default=[],
+                   help="more test images per model (right halves of these seeds' images)")
     args = p.parse_args()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"depth {DEPTH} base {BASE}, instance {args.epochs * 10} steps, sparse {args.sparse_epochs * 10} steps",
@@ -157,23 +160,29 @@ def main():
         table = {}
         for seed in args.seeds:
             model, img, truth = instance_model(kind, seed, args.epochs, args.models)
-            if args.tta:
-                prob, prob_tta, ratio, span, _ = timed_pair(model, img, args.reps)
-                a, b = score(truth, instance_labels(prob)), score(truth, instance_labels(prob_tta))
-                print(f"{kind} seed {seed} instance TTA: F1@0.5 {a[0]:.3f} -> {b[0]:.3f}, mean F1 {a[1]:.3f} -> "
-                      f"{b[1]:.3f}; time x{ratio:.2f} (range {span[0]:.2f}-{span[1]:.2f})", flush=True)
-            else:
-                prob = nu.predict(model, img)
-            if not args.no_variants:
-                for name, fn in VARIANTS.items():
+            tests = [(seed, img, truth)]
+            for t in args.test_seeds:
+                image, true = make_nuclei((512, 512), seed=t, realism=kind)
+                tests.append((t, image[:, 256:], true[:, 256:]))
+            for t, img, truth in tests:
+                where = f"{kind} model {seed} test {t}"
+                if args.tta:
+                    prob, prob_tta, ratio, span, _ = timed_pair(model, img, args.reps)
+                    a, b = score(truth, instance_labels(prob)), score(truth, instance_labels(prob_tta))
+                    table.setdefault("TTA (8 views)", []).append(b)
+                    print(f"{where} instance TTA: F1@0.5 {a[0]:.3f} -> {b[0]:.3f}, mean F1 {a[1]:.3f} -> "
+                          f"{b[1]:.3f}; time x{ratio:.2f} (range {span[0]:.2f}-{span[1]:.2f})", flush=True)
+                else:
+                    prob = nu.predict(model, img)
+                for name, fn in VARIANTS.items() if not args.no_variants else [next(iter(VARIANTS.items()))]:
                     table.setdefault(name, []).append(score(truth, fn(prob)))
                     f, m = table[name][-1]
-                    print(f"{kind} seed {seed} {name}: F1@0.5 {f:.3f} mean F1 {m:.3f}", flush=True)
+                    print(f"{where} {name}: F1@0.5 {f:.3f} mean F1 {m:.3f}", flush=True)
             if args.tta:
                 model, img, truth = sparse_model(kind, seed, args.sparse_epochs, args.models)
                 prob, prob_tta, ratio, span, _ = timed_pair(model, img, args.reps)
                 lab = lambda q: np.argmax(q, 0)  # noqa: E731 - class 1 (index 1) is the nucleus
-                print(f"{kind} seed {seed} sparse TTA: foreground IoU {foreground_iou(truth, lab(prob)):.3f} -> "
+                print(f"{kind} model {seed} sparse TTA: foreground IoU {foreground_iou(truth, lab(prob)):.3f} -> "
                       f"{foreground_iou(truth, lab(prob_tta)):.3f}; time x{ratio:.2f} "
                       f"(range {span[0]:.2f}-{span[1]:.2f})", flush=True)
         for name, rows in table.items():

@@ -39,19 +39,23 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--sparse-epochs", type=int, default=9)
+    p.add_argument("--only", choices=["instance", "sparse"], default=None)
     args = p.parse_args()
+    nan = float("nan")
     rows = {}
     for seed in args.seeds:
-        inst = nu.load_model(os.path.join(args.models, run_name("instance", "hard", seed, None, 16, 4, args.epochs) + ".pt"))
-        sparse = nu.load_model(os.path.join(args.models, run_name("sparse", "hard", seed, None, 16, 4, args.sparse_epochs,
-                                                                  "-band3") + ".pt"))
+        path = os.path.join(args.models, run_name("instance", "hard", seed, None, 16, 4, args.epochs) + ".pt")
+        inst = nu.load_model(path) if args.only != "sparse" else None
+        path = os.path.join(args.models, run_name("sparse", "hard", seed, None, 16, 4, args.sparse_epochs, "-band3") + ".pt")
+        sparse = nu.load_model(path) if args.only != "instance" else None
         for name, real in configs().items():
             image, truth = make_nuclei((512, 512), seed=seed, realism=real)
             img, lab = image[:, 256:], truth[:, 256:]
-            pred = nu.segment(inst, img)
+            pred = nu.segment(inst, img) if inst is not None else None
             timg, ttruth = make_nuclei((512, 512), seed=seed + 100, realism=real)
             otsu = otsu_baseline(img)
-            r = (matching(lab, pred)["f1"], mean_f1(lab, pred), foreground_iou(ttruth, nu.segment(sparse, timg)),
+            r = (matching(lab, pred)["f1"] if inst else nan, mean_f1(lab, pred) if inst else nan,
+                 foreground_iou(ttruth, nu.segment(sparse, timg)) if sparse else nan,
                  matching(lab, otsu)["f1"], foreground_iou(ttruth, otsu_baseline(timg)))
             rows.setdefault(name, []).append(r)
             print(f"seed {seed} {name}: instance F1@0.5 {r[0]:.3f} mean F1 {r[1]:.3f} | sparse IoU {r[2]:.3f} | "
