@@ -80,7 +80,7 @@ class Realism:
 #: benchmarks/quality.py scores on it about what it scores on real held-out nuclei (see docs/quality.md).
 REALISM = {
     "standard": Realism(),
-    "hard": Realism(dim=0.08, clumps=0.2, defocus=0.2, debris=1.0),
+    "hard": Realism(dim=0.05, clumps=0.2, defocus=0.15, debris=0.3),
 }
 
 
