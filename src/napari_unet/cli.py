@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--channel-axis", type=int, default=None, help="axis of the image holding channels")
+    t.add_argument("--spacing", type=float, nargs="+", default=None, metavar="SIZE",
+                   help="voxel size per spatial axis, e.g. --spacing 3 1 1 (Z, Y, X) for planes 3x further apart "
+                        "than the pixels: a 3D model then pools Y and X first (default: isotropic)")
     t.add_argument("--max-classes", type=_positive_int, default=C.MAX_SEMANTIC_CLASSES,
                    help=f"semantic mode: the most painted classes accepted (default {C.MAX_SEMANTIC_CLASSES}; "
                         "more ids usually mean instance masks)")

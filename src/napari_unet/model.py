@@ -10,7 +10,8 @@ import torch
 from . import conventions
 from .unet import UNet
 
-__all__ = ["UNet", "Model", "ModelConfig", "halo_for_depth", "network_from_config"]
+__all__ = ["UNet", "Model", "ModelConfig", "halo_for_depth", "network_from_config", "network_kwargs",
+           "xy_pool_levels_for"]
 
 
 def halo_for_depth(depth: int) -> int:
@@ -25,10 +26,32 @@ def halo_for_depth(depth: int) -> int:
     return int(-(-raw // step) * step)
 
 
+def network_kwargs(config: "ModelConfig") -> dict:
+    """The `UNet` arguments of a configuration (also what a bioimage.io package's rdf passes)."""
+    kwargs = dict(dims=config.dims, in_channels=config.in_channels, num_classes=config.num_classes,
+                  depth=config.depth, base_channels=config.base_channels)
+    if config.xy_pool_levels:  # left out otherwise: packages of isotropic networks stay as they were
+        kwargs["xy_pool_levels"] = config.xy_pool_levels
+    return kwargs
+
+
 def network_from_config(config: "ModelConfig") -> UNet:
     """Build the (untrained) network described by a model configuration."""
-    return UNet(dims=config.dims, in_channels=config.in_channels, num_classes=config.num_classes,
-                depth=config.depth, base_channels=config.base_channels)
+    return UNet(**network_kwargs(config))
+
+
+def xy_pool_levels_for(spacing, depth: int) -> int:
+    """Poolings in Y and X only before Z is pooled too, for a (Z, Y, X) voxel ``spacing`` (nnU-Net's rule).
+
+    While the features' Z pitch is at least twice their XY pitch, a level pools Y and X only (which
+    doubles their pitch); then every axis is pooled. (3, 1, 1) gives 1, (5, 1, 1) gives 2, (1.5, 1, 1) 0.
+    """
+    z, xy = float(spacing[0]), float(min(spacing[1:]))
+    levels = 0
+    while levels < depth and z >= 2 * xy:
+        xy *= 2
+        levels += 1
+    return levels
 
 
 def _whole(name: str, value, low: int, high: int) -> int:
@@ -45,6 +68,10 @@ def _numbers(name: str, values, n: int) -> tuple:
     if len(out) != n or not all(np.isfinite(out)):
         raise ValueError(f"{name} must be {n} finite number(s) (one per input channel), got {values!r}")
     return out
+
+
+#: `ModelConfig` fields newer than the first model files, with the defaults that `to_dict` leaves out.
+_LATER_FIELDS = {"spacing": None, "xy_pool_levels": 0}
 
 
 @dataclass(frozen=True)
@@ -68,6 +95,11 @@ class ModelConfig:
         Per-channel intensities mapped to 0 and 1 by `Model.preprocess` (default: the identity).
     trained_steps, trained_seconds, best_val_loss, patch_size, batch_size, learning_rate, border_band
         The training record (summed over fine-tuning runs for steps and seconds).
+    spacing : tuple of float or None
+        Voxel size per spatial axis relative to the finest one (``(3, 1, 1)``: planes 3 px apart), as
+        declared at training; instance post-processing measures distances with it. None: isotropic.
+    xy_pool_levels : int
+        3D: poolings in Y and X only before Z is pooled (`UNet`; from ``spacing`` by `xy_pool_levels_for`).
     """
 
     mode: str = "semantic"
@@ -86,6 +118,8 @@ class ModelConfig:
     batch_size: int | None = None
     learning_rate: float | None = None
     border_band: int = 0
+    spacing: tuple | None = None
+    xy_pool_levels: int = 0
 
     def __post_init__(self):
         def put(name, value):
@@ -120,6 +154,9 @@ class ModelConfig:
         put("trained_seconds", float(self.trained_seconds))
         if self.patch_size is not None:
             put("patch_size", tuple(_whole("a patch size", p, 1, 2**16) for p in self.patch_size))
+        if self.spacing is not None:
+            put("spacing", relative_spacing(self.spacing, self.dims))
+        put("xy_pool_levels", _whole("xy_pool_levels", self.xy_pool_levels, 0, self.depth if self.dims == 3 else 0))
 
     @property
     def num_classes(self) -> int:
@@ -127,8 +164,16 @@ class ModelConfig:
         return len(self.class_ids)
 
     def to_dict(self) -> dict:
-        """Plain JSON-ready data (tuples as lists), as stored in model files."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Plain JSON-ready data (tuples as lists), as stored in model files.
+
+        The fields added after 0.1 are left out while they hold their defaults, so that a file of an
+        isotropic model still opens in the versions before them.
+        """
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        for name, default in _LATER_FIELDS.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -246,10 +291,25 @@ class Model:
             f"normalization: low {np.round(c.norm_low, 3).tolist()}, high {np.round(c.norm_high, 3).tolist()}",
             f"exact tiling halo: {self.halo} px",
         ]
+        if c.spacing is not None or c.xy_pool_levels:
+            lines.insert(1, f"voxel spacing (Z, Y, X, relative): {list(c.spacing or (1.0,) * c.dims)}; "
+                            f"poolings in Y and X only: {c.xy_pool_levels}")
         if c.trained_steps:
             lines.append(f"trained: {c.trained_steps} steps, {c.trained_seconds:.0f} s, "
                          f"best validation loss {c.best_val_loss}")
         return "\n".join(lines)
+
+
+def relative_spacing(spacing, dims: int) -> tuple:
+    """A voxel size (any unit) as floats relative to its finest axis; ValueError unless ``dims`` positive numbers."""
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != dims or not all(np.isfinite(values)) or min(values) <= 0:
+        raise ValueError(f"spacing must be {dims} positive voxel sizes, one per spatial axis (e.g. (3, 1, 1) "
+                         f"for planes 3 px apart), got {spacing!r}")
+    return tuple(round(v / min(values), 6) for v in values)
 
 
 def normalize(arr: np.ndarray, low, high) -> np.ndarray:

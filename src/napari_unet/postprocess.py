@@ -24,7 +24,7 @@ def semantic_labels(prob: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
     return written_labels(class_ids)[np.argmax(prob, axis=0)]
 
 
-def split_objects(mask: np.ndarray, h: float = 1.0, sigma: float = 1.0) -> np.ndarray:
+def split_objects(mask: np.ndarray, h: float = 1.0, sigma: float = 1.0, spacing=None) -> np.ndarray:
     """Split a binary mask into convex blobs at their necks: a distance-transform seeded watershed.
 
     A few pixels of bridge are enough to merge two touching nuclei into one connected region. Seeds are
@@ -41,6 +41,9 @@ def split_objects(mask: np.ndarray, h: float = 1.0, sigma: float = 1.0) -> np.nd
         Minimal height (px of distance) of a seed's maximum: larger merges more, smaller splits more.
     sigma : float
         Smoothing of the distance map (px) before its maxima are found.
+    spacing : sequence of float, optional
+        Voxel size per axis relative to the finest (`ModelConfig.spacing`): distances, ``h`` and
+        ``sigma`` are then in units of the finest axis. Default isotropic.
 
     Returns
     -------
@@ -52,20 +55,21 @@ def split_objects(mask: np.ndarray, h: float = 1.0, sigma: float = 1.0) -> np.nd
     mask = np.asarray(mask, bool)
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    _, dist, seeds = distance_seeds(mask, h, sigma)
+    _, dist, seeds = distance_seeds(mask, h, sigma, spacing)
     return watershed(-dist, markers=seeds, mask=mask).astype(np.int32, copy=False)
 
 
-def distance_seeds(mask: np.ndarray, h: float, sigma: float) -> tuple:
+def distance_seeds(mask: np.ndarray, h: float, sigma: float, spacing=None) -> tuple:
     """`split_objects`' seeds: (distance to the edge, its ``sigma``-smoothed map, labelled seeds).
 
     Seeds are the maxima of the smoothed distance standing ``h`` above their surroundings; a connected
-    part of ``mask`` without one is a seed of its own.
+    part of ``mask`` without one is a seed of its own. ``spacing`` as in `split_objects`.
     """
     from skimage.morphology import h_maxima
 
-    edt = ndi.distance_transform_edt(mask)
-    dist = ndi.gaussian_filter(edt, sigma)
+    spacing = _spacing(spacing, mask.ndim)
+    edt = ndi.distance_transform_edt(mask, sampling=spacing)
+    dist = ndi.gaussian_filter(edt, sigma if spacing is None else [sigma / s for s in spacing])
     peaks = h_maxima(dist, h).astype(bool) & mask
     parts, _ = ndi.label(mask)
     has_peak = np.zeros(parts.max() + 1, bool)
@@ -76,7 +80,7 @@ def distance_seeds(mask: np.ndarray, h: float, sigma: float) -> tuple:
 
 
 def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: float = 0.5,
-                    h: float = 1.0) -> np.ndarray:
+                    h: float = 1.0, spacing=None) -> np.ndarray:
     """Separate objects from background / interior / boundary probabilities with a seeded watershed.
 
     The interior mask (pixels where the interior is the most likely class) usually separates touching
@@ -98,6 +102,9 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
         Background probability under which a pixel is foreground.
     h : float
         Minimal height (px of distance) of a seed's maximum: larger merges more, smaller splits more.
+    spacing : sequence of float, optional
+        Voxel size per spatial axis relative to the finest (a model's ``config.spacing``): seeds and
+        the growth over the rims measure distances in these units. Default isotropic.
 
     Returns
     -------
@@ -115,12 +122,13 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
     if not foreground.any():
         return np.zeros(prob.shape[1:], np.int32)
     interior = (prob[1] > prob[2]) & (prob[1] > prob[0]) & foreground
-    cores = split_objects(interior, h=h)
+    spacing = _spacing(spacing, spatial)
+    cores = split_objects(interior, h=h, spacing=spacing)
     # grow the cores over the rest of the foreground (the rims): each pixel takes the label of the
     # nearest core pixel, so a rim pixel between two touching objects goes to the closer one
     fg_parts, _ = ndi.label(foreground)
     if cores.max() > 0:
-        _, nearest = ndi.distance_transform_edt(cores == 0, return_indices=True)
+        _, nearest = ndi.distance_transform_edt(cores == 0, sampling=spacing, return_indices=True)
         labels = np.where(foreground, cores[tuple(nearest)], 0)
         del nearest
     else:
@@ -136,3 +144,12 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
         too_small[0] = False
         labels[too_small[labels]] = 0
     return relabel_sequential(labels)[0].astype(np.int32, copy=False)
+
+
+def _spacing(spacing, ndim: int):
+    """None for isotropic voxels, else the spacing as a tuple of ``ndim`` floats (ValueError otherwise)."""
+    if spacing is None or all(float(v) == 1.0 for v in spacing):
+        return None  # the isotropic path, exactly as without a spacing
+    if len(spacing) != ndim:
+        raise ValueError(f"spacing must have one voxel size per spatial axis ({ndim}), got {list(spacing)}")
+    return tuple(float(v) for v in spacing)

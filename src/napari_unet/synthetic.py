@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from . import synthetic_realism as _real
+from .synthetic3d import volume_optics
 from .synthetic_realism import REALISM, Realism, annotator_labels
 
 __all__ = ["make_nuclei", "make_strokes", "make_sample", "Realism", "REALISM", "annotator_labels"]
@@ -187,13 +188,16 @@ def make_nuclei(
     touching: float = 0.3,
     dtype=np.uint16,
     realism: str | Realism = "standard",
+    spacing=None,
+    attenuation: float = 0.0,
+    depth_blur: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Simulate a widefield fluorescence image of stained nuclei with ground truth.
 
     Parameters
     ----------
     shape : tuple of int, default (512, 512)
-        ``(Y, X)`` for a 2D image or ``(Z, Y, X)`` for a 3D stack (isotropic voxels;
+        ``(Y, X)`` for a 2D image or ``(Z, Y, X)`` for a 3D stack (isotropic voxels unless ``spacing``;
         the optical blur is elongated along Z).
     density : float, optional
         Fraction of the image area (2D) or volume (3D) covered by nuclei.  Defaults
@@ -218,6 +222,16 @@ def make_nuclei(
         unlabelled debris (`napari_unet.synthetic_realism.REALISM` says how much); a
         `Realism` sets each one.  Train on `annotator_labels` of the result to also have imprecise
         outlines.
+    spacing : (int, int, int), optional
+        3D only: voxel size along (Z, Y, X) in units of the finest axis, e.g. ``(3, 1, 1)`` for a stack
+        whose planes are 3 px apart. Nuclei (``radius`` in those units), emission and blur are made on
+        the fine grid and every ``spacing``-th sample is kept. Default: isotropic voxels.
+    attenuation : float, default 0
+        3D only: fraction of the light lost at the deepest plane (exponential in depth; the camera
+        noise is added after, so deep planes are dimmer *and* noisier).
+    depth_blur : float, default 0
+        3D only: relative growth of the PSF from the top plane to the deepest one (0.5: 50 % wider).
+        With all three left out, the output is the plain isotropic stand-in (`napari_unet.synthetic3d`).
 
     Returns
     -------
@@ -244,6 +258,8 @@ def make_nuclei(
         raise ValueError(f"touching must be in [0, 1], got {touching}")
     dtype = np.dtype(dtype)
     real = _real.resolve_realism(realism)
+    optics = volume_optics(shape, spacing, attenuation, depth_blur)
+    shape = shape if optics is None else optics.physical_shape(shape)  # the fine grid the nuclei live on
     rng = np.random.default_rng(seed)
     # the realism pieces draw from their own streams: ``rng``'s sequence is the plain stand-in's
     dim_rng, defocus_rng, debris_rng, _ = _real.streams(seed)
@@ -260,8 +276,10 @@ def make_nuclei(
     signal = _real.defocus_some(signal, labels, real, defocus_rng)
     if real.debris > 0:
         signal += _real.debris(shape, real.debris, debris_rng)
-    signal = _optical_blur(signal)
-    expected = _expected_photons(signal, rng)
+    signal = _optical_blur(signal, optics)
+    expected = _expected_photons(signal, rng, optics)
+    if optics is not None:  # keep every spacing-th sample; nuclei between the planes kept may vanish
+        expected, labels = optics.sampled(expected), _relabel_consecutive(optics.sampled(labels))
     return _camera(expected, dtype, rng), labels
 
 
@@ -524,15 +542,17 @@ def _chromocenters(nuclei, labels, bright, rng) -> np.ndarray:
     return ndi.gaussian_filter(spots, spot_sigma) * (2 * np.pi * spot_sigma**2) ** (ndim / 2)
 
 
-def _optical_blur(signal) -> np.ndarray:
-    """Gaussian PSF, elongated along Z in 3D."""
+def _optical_blur(signal, optics=None) -> np.ndarray:
+    """Gaussian PSF, elongated along Z in 3D (and growing with depth when ``optics`` says so)."""
     ndim = signal.ndim
     sigma = (_PSF_SIGMA,) * ndim if ndim == 2 else (_PSF_SIGMA * _PSF_Z_FACTOR, _PSF_SIGMA, _PSF_SIGMA)
+    if optics is not None:
+        return optics.blur(signal, sigma)
     return ndi.gaussian_filter(signal, sigma, mode="reflect")
 
 
 # --------------------------------------------------------------------------- illumination and camera
-def _expected_photons(signal, rng) -> np.ndarray:
+def _expected_photons(signal, rng, optics=None) -> np.ndarray:
     """Mean photon count: uneven illumination of signal + autofluorescence, plus stray light."""
     plane = signal.shape[-2:]
     f = 0.6 * _smooth_field(rng, plane, max(plane) / 2.5) + 0.4 * _ramp(rng, plane)
@@ -540,9 +560,11 @@ def _expected_photons(signal, rng) -> np.ndarray:
     illum = (1.0 / _ILLUM_RANGE) * _ILLUM_RANGE**f  # min .. max spans _ILLUM_RANGE
     s = 0.5 * _smooth_field(rng, plane, max(plane) / 2.0) + 0.5 * _ramp(rng, plane)
     stray = _STRAY * s
-    if signal.ndim == 3:  # the same field on every Z plane
+    if signal.ndim == 3:  # the same field on every Z plane, dimmer with depth when ``optics`` says so
         illum = illum[None]
         stray = stray[None]
+        if optics is not None and optics.attenuation > 0:
+            illum = illum * optics.depth_profile(signal.shape[0])[:, None, None]
     return _PEAK_PHOTONS * (illum * (signal + _AUTOFLUO) + stray)
 
 

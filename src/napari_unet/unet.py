@@ -48,22 +48,29 @@ class UNet(nn.Module):
         Number of contraction (and expansion) blocks, i.e. of 2x2 poolings.
     base_channels : int
         Feature maps of the first block; they double at each level.
+    xy_pool_levels : int
+        3D only: the first this many poolings (and the matching up-convolutions) are 1x2x2, in Y and X
+        only, for stacks whose planes lie further apart than their pixels (nnU-Net's anisotropic
+        pooling): features then reach a roughly isotropic pitch before Z is pooled. 0 (the default)
+        pools every axis at every level.
 
     Notes
     -----
     BatchNorm is used (in eval mode at inference) because its statistics do not depend on the extent of
     the input: tiled inference then matches whole-image inference exactly. Input sizes must be multiples
-    of ``2**depth``; `napari_unet.predict` pads for you.
+    of ``2**depth`` (a multiple of what Z needs with ``xy_pool_levels``); `napari_unet.predict` pads for you.
     """
 
     def __init__(self, dims: int = 2, in_channels: int = 1, num_classes: int = 2,
-                 depth: int = DEFAULT_DEPTH, base_channels: int = DEFAULT_BASE_CHANNELS):
+                 depth: int = DEFAULT_DEPTH, base_channels: int = DEFAULT_BASE_CHANNELS, xy_pool_levels: int = 0):
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {dims!r}")
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth!r}")
-        self.dims, self.depth = dims, depth
+        if not 0 <= xy_pool_levels <= (depth if dims == 3 else 0):
+            raise ValueError(f"xy_pool_levels must be from 0 to depth ({depth}) in 3D and 0 in 2D, got {xy_pool_levels!r}")
+        self.dims, self.depth, self.xy_pool_levels = dims, depth, xy_pool_levels
         Conv = _conv(dims)
         Pool = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
         UpConv = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
@@ -73,12 +80,13 @@ class UNet(nn.Module):
         for w in widths[:-1]:
             self.down.append(_DoubleConv(dims, c, w))
             c = w
-        self.pool = Pool(2)
+        kernels = [(1, 2, 2) if level < xy_pool_levels else 2 for level in range(depth)]
+        self.pools = nn.ModuleList(Pool(k) for k in kernels)  # no weights: old files' keys are unchanged
         self.bottleneck = _DoubleConv(dims, widths[-2], widths[-1])
         self.up = nn.ModuleList()
         self.up_blocks = nn.ModuleList()
         for level in reversed(range(depth)):
-            self.up.append(UpConv(widths[level + 1], widths[level], 2, stride=2))
+            self.up.append(UpConv(widths[level + 1], widths[level], kernels[level], stride=kernels[level]))
             self.up_blocks.append(_DoubleConv(dims, 2 * widths[level], widths[level]))
         self.head = Conv(widths[0], num_classes, 1)
         self._init_weights()
@@ -98,10 +106,10 @@ class UNet(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, *spatial) normalized input -> (N, K, *spatial) class logits (TorchScript-able)."""
         skips = []
-        for block in self.down:
+        for block, pool in zip(self.down, self.pools):
             x = block(x)
             skips.append(x)
-            x = self.pool(x)
+            x = pool(x)
         x = self.bottleneck(x)
         for upconv, block in zip(self.up, self.up_blocks):
             x = torch.cat([skips.pop(), upconv(x)], dim=1)

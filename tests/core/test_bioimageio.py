@@ -241,3 +241,18 @@ def test_onnx_weights_pass_bioimageio_cores_model_test(tmp_path):
     failed = [(d.name, [e.msg[:200] for e in d.errors]) for d in summary.details if d.status != "passed"]
     assert summary.status == "passed", failed
     assert any("onnx" in d.name for d in summary.details)
+
+
+def test_anisotropic_3d_model_package_runs_its_shipped_network(tmp_path):
+    """1x2x2 pooling reaches the package: the rdf passes it to the shipped unet.py, whose outputs match."""
+    import bioimageio.core
+
+    from .test_anisotropy import aniso_model
+
+    model = aniso_model(seed=4)
+    path = export_package(model, tmp_path / "aniso.zip")
+    assert read_rdf(path)["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["xy_pool_levels"] == 1
+    assert nu.load_model(path).config == model.config
+    summary = bioimageio.core.test_model(path)
+    assert summary.status == "passed", [(d.name, [e.msg[:200] for e in d.errors]) for d in summary.details
+                                        if d.status != "passed"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model import Model
+from ..model import Model, network_kwargs
 from ..modelfile import check_file_output
 from ..outputs import atomic_path
 from ..unet import UNetProbabilities
@@ -151,8 +151,7 @@ def _test_input(model: Model, image) -> np.ndarray:
 
 def _package_network(model: Model) -> UNetProbabilities:
     c = model.config
-    net = UNetProbabilities(dims=c.dims, in_channels=c.in_channels, num_classes=c.num_classes, depth=c.depth,
-                            base_channels=c.base_channels)
+    net = UNetProbabilities(**network_kwargs(c))
     net.load_state_dict(model.network.state_dict(), strict=True)
     return net.eval()
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..model import Model
+from ..model import Model, network_kwargs
 from ..modelfile import MAGIC
 from ._describe import declared_halo, default_description, default_name, identifier, valid_sizes
 from ._read import CONFIG_KEY, PACKAGE_FORMAT_VERSION
@@ -138,8 +138,7 @@ def _weights(v0_5, model: Model, files):
     version = v0_5.Version(torch.__version__.split("+")[0])
     arch = v0_5.ArchitectureFromFileDescr(
         source=files.architecture, callable=v0_5.Identifier("UNetProbabilities"),
-        kwargs={"dims": c.dims, "in_channels": c.in_channels, "num_classes": c.num_classes, "depth": c.depth,
-                "base_channels": c.base_channels})
+        kwargs=network_kwargs(c))
     onnx = (None if files.onnx is None else
             v0_5.OnnxWeightsDescr(source=files.onnx, opset_version=ONNX_OPSET, parent="pytorch_state_dict"))
     return v0_5.WeightsDescr(

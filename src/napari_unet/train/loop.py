@@ -68,7 +68,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                channel_axis: int | None = None, patch_size: int | Sequence[int] | None = None,
                batch_size: int | None = None, learning_rate: float | None = None,
                validation_fraction: float = VALIDATION_FRACTION, border_band: int = BORDER_BAND,
-               max_classes: int = C.MAX_SEMANTIC_CLASSES, loss: str = "ce", stop=None, ranks=None):
+               max_classes: int = C.MAX_SEMANTIC_CLASSES, loss: str = "ce", spacing=None, stop=None, ranks=None):
     """Train a UNet on painted annotations, yielding `TrainEvent` progress reports.
 
     Parameters
@@ -109,6 +109,11 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
     loss : {"ce", "ce+dice"}
         Cross-entropy, or cross-entropy + soft Dice of the non-background classes (see
         `napari_unet.train.masked_loss`).
+    spacing : sequence of float, optional
+        Voxel size per spatial axis (any unit; ``(3, 1, 1)`` or ``(2.0, 0.65, 0.65)`` for planes 3x further
+        apart than the pixels). A 3D network then pools Y and X only until the features are about
+        isotropic (`napari_unet.model.xy_pool_levels_for`), and instance post-processing measures
+        distances in these units. Recorded in the model; default isotropic.
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
     ranks : napari_unet.train.distributed.Ranks, optional
@@ -127,7 +132,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         images, labels, mode=mode, dims=dims, depth=depth, base_channels=base_channels, time_budget=time_budget,
         epochs=epochs, init=init, device=device, seed=seed, channel_axis=channel_axis, patch_size=patch_size,
         batch_size=batch_size, learning_rate=learning_rate, validation_fraction=validation_fraction,
-        border_band=border_band, max_classes=max_classes, loss=loss)
+        border_band=border_band, max_classes=max_classes, loss=loss, spacing=spacing)
     with thread_policy(device=settings.device):
         trainer = Trainer(settings, annotated, start_time, ranks=ranks)
         yield TrainEvent("start", elapsed=trainer.elapsed(), message=trainer.summary)

@@ -11,7 +11,7 @@ import torch
 from .. import conventions as C
 from ..data import AnnotatedItems, collect_annotated, compute_normalization
 from ..device import resolve_device
-from ..model import Model, ModelConfig
+from ..model import Model, ModelConfig, relative_spacing, xy_pool_levels_for
 
 __all__ = ["TrainSettings", "resolve_settings", "default_patch_size", "default_batch_size",
            "default_learning_rate", "VALIDATION_FRACTION", "BORDER_BAND", "LOSSES"]
@@ -158,12 +158,17 @@ def _resolve_classes(mode, seen, init, max_classes=C.MAX_SEMANTIC_CLASSES) -> tu
     return tuple(seen)
 
 
-def _resolve_config(annotated: AnnotatedItems, mode, dims, depth, base_channels, class_ids, init) -> ModelConfig:
-    """``init``'s configuration, or a new network's with the images' normalization."""
+def _resolve_config(annotated: AnnotatedItems, mode, dims, depth, base_channels, class_ids, init,
+                    spacing=None) -> ModelConfig:
+    """``init``'s configuration, or a new network's with the images' normalization (and voxel spacing)."""
+    spacing = None if spacing is None else relative_spacing(spacing, dims)
     if init is not None:
         if init.in_channels != annotated.n_channels:
             raise ValueError(f"the model takes {init.in_channels} channel(s) but the images have "
                              f"{annotated.n_channels}")
+        if spacing is not None and spacing != (init.config.spacing or (1.0,) * dims):
+            raise ValueError(f"the model to continue from was trained for voxel spacing "
+                             f"{list(init.config.spacing or (1.0,) * dims)}, not {list(spacing)}: leave spacing out")
         return init.config
     for name, v in (("depth", depth), ("base_channels", base_channels)):
         if not _whole(v):
@@ -171,7 +176,8 @@ def _resolve_config(annotated: AnnotatedItems, mode, dims, depth, base_channels,
     low, high = compute_normalization([(img, idx) for img, _, idx in annotated.items])
     return ModelConfig(mode=mode, dims=dims, depth=depth, base_channels=base_channels,
                        in_channels=annotated.n_channels, class_ids=tuple(class_ids), norm_low=tuple(low),
-                       norm_high=tuple(high))
+                       norm_high=tuple(high), spacing=spacing,
+                       xy_pool_levels=xy_pool_levels_for(spacing, depth) if spacing and dims == 3 else 0)
 
 
 def _resolve_patch(patch_size, dims, device, align, item_shapes) -> tuple:
@@ -191,7 +197,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
                      base_channels=C.DEFAULT_BASE_CHANNELS, time_budget=None, epochs=None, init=None,
                      device="auto", seed=None, channel_axis=None, patch_size=None, batch_size=None,
                      learning_rate=None, validation_fraction=VALIDATION_FRACTION, border_band=BORDER_BAND,
-                     max_classes=C.MAX_SEMANTIC_CLASSES, loss="ce"):
+                     max_classes=C.MAX_SEMANTIC_CLASSES, loss="ce", spacing=None):
     """Validate a training request and resolve its defaults, once.
 
     Parameters are those of `napari_unet.train.iter_train` (``stop`` aside).
@@ -217,7 +223,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
         time_budget = C.DEFAULT_TIME_BUDGET
     annotated = collect_annotated(images, labels, dims, channel_axis, mode)
     class_ids = _resolve_classes(mode, annotated.classes, init, max_classes)
-    config = _resolve_config(annotated, mode, dims, depth, base_channels, class_ids, init)
+    config = _resolve_config(annotated, mode, dims, depth, base_channels, class_ids, init, spacing)
     patch = _resolve_patch(patch_size, dims, dev, 2 ** config.depth, annotated.item_shapes)
     band = border_band if (mode == "semantic" and class_ids[0] == C.BACKGROUND) else 0
     settings = TrainSettings(
