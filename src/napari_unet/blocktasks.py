@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import blockwise as bw
+from .postprocess import item_spacing
 
 __all__ = ["BlockJob", "predict_blocks", "pair_block", "relabel_block", "check_worker", "sha256", "DONE_PREDICTED",
            "DONE_FINAL"]
@@ -194,7 +195,7 @@ def _write_block(job: BlockJob, plan, k: int, values: np.ndarray, inner: tuple) 
     if job.probabilities_path:
         _open(job.probabilities_path)[(slice(None),) + index + core] = values[(slice(None),) + inner]
     if job.instance:
-        pieces = bw.label_block(values, inner)
+        pieces = bw.label_block(values, inner, spacing=item_spacing(plan.model.config.spacing, plan.item_shape))
         _open(Path(job.partial) / "pieces.zarr")[index + core] = pieces.labels
         _save_faces(job, k, pieces)
     elif job.labels:

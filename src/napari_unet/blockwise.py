@@ -44,6 +44,7 @@ from itertools import product
 import numpy as np
 
 from .blockmerge import block_neighbours, face_pairs, merge_blocks, relabel
+from .postprocess import item_spacing
 from .predict.region import region_predictions
 
 __all__ = ["BlockLabels", "block_grid", "core_region", "context_region", "default_block", "default_margin",
@@ -118,7 +119,8 @@ class BlockLabels:
     faces: dict
 
 
-def label_block(prob: np.ndarray, core: tuple, *, threshold: float = 0.5, h: float = 1.0) -> BlockLabels:
+def label_block(prob: np.ndarray, core: tuple, *, threshold: float = 0.5, h: float | None = None,
+                spacing=None) -> BlockLabels:
     """Label a block from the probabilities of its context (pure: arrays in, arrays out).
 
     Parameters
@@ -128,12 +130,13 @@ def label_block(prob: np.ndarray, core: tuple, *, threshold: float = 0.5, h: flo
     core : tuple of slice
         The block's core, relative to the context. A side where the context extends past the core is
         a face with a neighbour.
-    threshold, h :
-        As in `napari_unet.postprocess.instance_labels`.
+    threshold, h, spacing :
+        As in `napari_unet.postprocess.instance_labels` (``h`` None: its default).
     """
-    from .postprocess import instance_labels
+    from .postprocess import SEED_HEIGHT, instance_labels
 
-    context = instance_labels(prob, min_size=1, threshold=threshold, h=h)
+    context = instance_labels(prob, min_size=1, threshold=threshold, h=SEED_HEIGHT if h is None else h,
+                              spacing=spacing)
     inside = context[core]
     ids = np.unique(inside)
     ids = ids[ids > 0]
@@ -202,11 +205,12 @@ def _run_local(plan, labels_out, probabilities_out, block, margin):
     message = (f"{plan.describe()}; block {'x'.join(map(str, block))}" + (f", margin {margin}" if margin else ""))
     return _blocks(plan.items, plan.item_shape, predictions, labels_out, probabilities_out, block, margin,
                    None if not plan.labels or margin else written_labels(model.config.class_ids),
-                   plan.min_size or (12 if model.dims == 2 else 40), message, plan.stitch_planes)
+                   plan.min_size or (12 if model.dims == 2 else 40), message, plan.stitch_planes,
+                   item_spacing(model.config.spacing, plan.item_shape))
 
 
 def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block, margin, class_lut, min_size,
-            message, stitch=None):
+            message, stitch=None, spacing=None):
     """The local driver: every block in order, faces merged as soon as both sides are done.
 
     ``margin`` > 0: instance labels; else ``class_lut`` (class index -> written label) or no labels.
@@ -241,7 +245,7 @@ def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block
         if probabilities_out is not None:
             probabilities_out[(slice(None),) + index + core] = values[(slice(None),) + inner]
         if instance:
-            pieces = label_block(values, inner)
+            pieces = label_block(values, inner, spacing=spacing)
             if links is not None:  # the previous plane's pieces, at the same place, are written already
                 links.put(k, *links.count(k, pieces.labels, core, item_shape,
                                           lambda j: np.asarray(labels_out[items[j] + core])))
@@ -277,7 +281,8 @@ def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block
                        probabilities=probabilities_out)
 
 
-def instance_labels_blockwise(prob: np.ndarray, block, margin: int = 64, min_size: int | None = None) -> np.ndarray:
+def instance_labels_blockwise(prob: np.ndarray, block, margin: int = 64, min_size: int | None = None,
+                              spacing=None) -> np.ndarray:
     """`napari_unet.postprocess.instance_labels` of given probabilities, computed block by block.
 
     The same blocks, faces and merge as `iter_blockwise`, on probabilities already in memory (or any
@@ -292,6 +297,8 @@ def instance_labels_blockwise(prob: np.ndarray, block, margin: int = 64, min_siz
     margin : int
     min_size : int, optional
         Default 12 in 2D, 40 in 3D, as `instance_labels`.
+    spacing : sequence of float, optional
+        Voxel size per axis, as `instance_labels`.
     """
     spatial = tuple(np.shape(prob)[1:])
     dims = len(spatial)
@@ -300,7 +307,8 @@ def instance_labels_blockwise(prob: np.ndarray, block, margin: int = 64, min_siz
         raise ValueError(f"margin must be at least 1 px for instance labels, got {margin}")
     out = np.zeros(spatial, np.int32)
     events = _blocks([()], spatial, lambda i, region: np.asarray(prob[(slice(None),) + region], np.float32), out,
-                     None, block, int(margin), None, min_size or (12 if dims == 2 else 40), "blockwise")
+                     None, block, int(margin), None, min_size or (12 if dims == 2 else 40), "blockwise",
+                     spacing=spacing)
     for _ in events:
         pass
     return out

@@ -47,6 +47,14 @@ def test_blockwise_instance_labels_are_the_whole_image_partition(shape, radius, 
     assert set(np.unique(blockwise)) == set(range(int(blockwise.max()) + 1))  # ids 1..N, each used
 
 
+def test_blockwise_labels_of_an_anisotropic_stack_use_its_spacing_like_the_whole_stack():
+    _, truth = make_nuclei((12, 64, 64), seed=3, radius=(5, 8), spacing=(3, 1, 1), touching=0.6)
+    prob = perfect_probabilities(truth)
+    whole = instance_labels(prob, spacing=(3, 1, 1))
+    assert not same_partition(whole, instance_labels(prob))  # the spacing matters on these objects
+    assert same_partition(whole, instance_labels_blockwise(prob, 16, margin=16, spacing=(3, 1, 1)))
+
+
 @pytest.mark.parametrize("shape, block", [((192, 200), 32), ((40, 72, 72), 12)])
 def test_objects_larger_than_a_block_come_out_whole(shape, block):
     _, truth = make_nuclei(shape, seed=5, radius=(40, 60) if len(shape) == 2 else (17, 22))

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..conventions import written_labels
 from ..outputs import release_pages
-from ..postprocess import instance_labels
+from ..postprocess import instance_labels, item_spacing
 from ..stitch import PlaneStitcher
 
 __all__ = ["Sink", "ProbabilitiesSink", "SemanticLabelsSink", "InstanceLabelsSink", "Tee"]
@@ -89,7 +89,7 @@ class InstanceLabelsSink(Sink):
     def __init__(self, out, item_shape: tuple, num_classes: int, min_size: int | None = None,
                  stitch_planes: float | None = None, spacing=None):
         self.out, self.item_shape, self.num_classes, self.min_size = out, tuple(item_shape), num_classes, min_size
-        self.spacing = spacing if spacing is not None and len(spacing) == len(self.item_shape) else None
+        self.spacing = item_spacing(spacing, self.item_shape)
         self.buffers: dict = {}
         self.next_id = 1
         self.stitcher = PlaneStitcher(stitch_planes) if stitch_planes else None
