@@ -23,12 +23,12 @@ from napari_unet.metrics import foreground_iou, matching, mean_f1, otsu_baseline
 from napari_unet.synthetic import make_nuclei, make_strokes
 
 
-def instance_run(seed, budget, base, depth, epochs=None, loss=None):
+def instance_run(seed, budget, base, depth, epochs=None, loss=None, **opts):
     image, truth = make_nuclei((512, 512), seed=seed)
     train_img, train_lab = image[:, :256], truth[:, :256]
     test_img, test_lab = image[:, 256:], truth[:, 256:]
     model = nu.train(train_img, train_lab, mode="instance", time_budget=None if epochs else budget, epochs=epochs,
-                     base_channels=base, depth=depth, seed=seed, **({} if loss is None else dict(loss=loss)))
+                     base_channels=base, depth=depth, seed=seed, **({} if loss is None else dict(loss=loss)), **opts)
     pred = nu.segment(model, test_img)
     otsu_pred = otsu_baseline(test_img)
     return dict(ours=matching(test_lab, pred)["f1"], otsu=matching(test_lab, otsu_pred)["f1"],
@@ -36,12 +36,12 @@ def instance_run(seed, budget, base, depth, epochs=None, loss=None):
                 steps=model.config.trained_steps)
 
 
-def sparse_run(seed, budget, base, depth, band, epochs=None):
+def sparse_run(seed, budget, base, depth, band, epochs=None, **opts):
     image, truth = make_nuclei((512, 512), seed=seed)
     strokes = make_strokes(truth, fraction=0.06, seed=seed)
     test_img, test_truth = make_nuclei((512, 512), seed=seed + 100)
     model = nu.train(image, strokes, mode="semantic", time_budget=None if epochs else budget, epochs=epochs,
-                     base_channels=base, depth=depth, seed=seed, border_band=band)
+                     base_channels=base, depth=depth, seed=seed, border_band=band, **opts)
     pred = nu.segment(model, test_img)
     return dict(ours=foreground_iou(test_truth, pred), otsu=foreground_iou(test_truth, otsu_baseline(test_img)),
                 steps=model.config.trained_steps, annotated=float((strokes > 0).mean()))
@@ -61,17 +61,20 @@ def main():
     p.add_argument("--only", choices=["instance", "sparse"], default=None)
     p.add_argument("--loss", choices=["ce", "ce+dice"], default=None,
                    help="instance protocol: the training loss (default: the library's)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training option passed to nu.train in both protocols, e.g. edge_weight=3 (repeatable)")
     args = p.parse_args()
+    opts = {k: _value(v) for k, v in (o.split("=", 1) for o in args.opt)}
     print(f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, base_channels={args.base_channels}, depth={args.depth}"
-          + (f", loss={args.loss}" if args.loss else ""))
+          + (f", loss={args.loss}" if args.loss else "") + "".join(f", {k}={v!r}" for k, v in opts.items()))
     if args.only in (None, "sparse"):
         rows = []
         for s in args.seeds:
-            r = sparse_run(s, args.sparse_budget, args.base_channels, args.depth, band=3, epochs=args.epochs)
+            r = sparse_run(s, args.sparse_budget, args.base_channels, args.depth, band=3, epochs=args.epochs, **opts)
             if args.naive:
                 r["naive"] = sparse_run(s, args.sparse_budget, args.base_channels, args.depth, band=0,
-                                        epochs=args.epochs)["ours"]
+                                        epochs=args.epochs, **opts)["ours"]
             rows.append(r)
             print(f"sparse seed {s}: foreground IoU ours {r['ours']:.3f}  otsu {r['otsu']:.3f}"
                   + (f"  naive masked UNet {r['naive']:.3f}" if args.naive else "")
@@ -82,7 +85,7 @@ def main():
         rows = []
         for s in args.seeds:
             r = instance_run(s, args.instance_budget, args.base_channels, args.depth, epochs=args.epochs,
-                             loss=args.loss)
+                             loss=args.loss, **opts)
             rows.append(r)
             print(f"instance seed {s}: F1@0.5 ours {r['ours']:.3f}  otsu {r['otsu']:.3f}  |  mean F1 0.5-0.9 "
                   f"ours {r['ours_mean']:.3f}  otsu {r['otsu_mean']:.3f}  ({r['steps']} steps)", flush=True)
@@ -90,6 +93,14 @@ def main():
               f"otsu {np.mean([r['otsu'] for r in rows]):.3f}  |  mean F1 0.5-0.9 ours "
               f"{np.mean([r['ours_mean'] for r in rows]):.3f}  otsu {np.mean([r['otsu_mean'] for r in rows]):.3f}",
               flush=True)
+
+
+def _value(text):
+    """A number when it reads as one, else the string (``augment=elastic,blur``)."""
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return text
 
 
 if __name__ == "__main__":

@@ -68,6 +68,12 @@ class ModelConfig:
         Per-channel intensities mapped to 0 and 1 by `Model.preprocess` (default: the identity).
     trained_steps, trained_seconds, best_val_loss, patch_size, batch_size, learning_rate, border_band
         The training record (summed over fine-tuning runs for steps and seconds).
+    loss, edge_weight, instance_boundary, augment
+        The training choices of the last run (docs/training-quality.md): loss (`conventions.LOSSES`),
+        cross-entropy weight along class changes, how the instance boundary class is drawn
+        (`conventions.INSTANCE_BOUNDARIES`), extra augmentations (`conventions.AUGMENTATIONS`). Files
+        written before they were stored read as the defaults, which is what those models were trained with
+        unless ``loss="ce+dice"`` was asked for.
     """
 
     mode: str = "semantic"
@@ -86,6 +92,10 @@ class ModelConfig:
     batch_size: int | None = None
     learning_rate: float | None = None
     border_band: int = 0
+    loss: str = conventions.LOSSES[0]
+    edge_weight: float = 1.0
+    instance_boundary: str = conventions.INSTANCE_BOUNDARIES[0]
+    augment: tuple = ()
 
     def __post_init__(self):
         def put(name, value):
@@ -120,6 +130,21 @@ class ModelConfig:
         put("trained_seconds", float(self.trained_seconds))
         if self.patch_size is not None:
             put("patch_size", tuple(_whole("a patch size", p, 1, 2**16) for p in self.patch_size))
+        self._check_choices(put)
+
+    def _check_choices(self, put):
+        for name, allowed in (("loss", conventions.LOSSES), ("instance_boundary", conventions.INSTANCE_BOUNDARIES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
+        w = self.edge_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float, np.number)) or not (np.isfinite(w) and w >= 1):
+            raise ValueError(f"edge_weight must be a number of at least 1 (1: no extra weight), got {w!r}")
+        put("edge_weight", float(w))
+        aug = (self.augment,) if isinstance(self.augment, str) else tuple(self.augment)
+        unknown = [a for a in aug if a not in conventions.AUGMENTATIONS]
+        if unknown:
+            raise ValueError(f"augment must name some of {', '.join(conventions.AUGMENTATIONS)}, got {unknown}")
+        put("augment", tuple(a for a in conventions.AUGMENTATIONS if a in aug))  # one order, no repeats
 
     @property
     def num_classes(self) -> int:
@@ -249,6 +274,9 @@ class Model:
         if c.trained_steps:
             lines.append(f"trained: {c.trained_steps} steps, {c.trained_seconds:.0f} s, "
                          f"best validation loss {c.best_val_loss}")
+            lines.append(f"training choices: loss {c.loss}, edge weight {c.edge_weight:g}, "
+                         + (f"boundary {c.instance_boundary}, " if c.mode == "instance" else "")
+                         + f"extra augmentation {', '.join(c.augment) or 'none'}")
         return "\n".join(lines)
 
 
