@@ -7,11 +7,17 @@ Two protocols from the project's quality targets:
 * sparse: strokes on 6% of the pixels of one image, ``--sparse-budget`` s of training (default 60)
   -> foreground IoU on another, unseen image. ``--naive`` also trains with the border band disabled.
 
+``--stand-in hard`` uses the harder stand-in (``make_nuclei(realism="hard")``: dim nuclei, clumps, defocus,
+debris) and trains on imprecise annotator outlines (`annotator_labels`; strokes are painted from them too),
+scoring on the true labels. ``--models DIR`` keeps the trained models there and reuses them.
+
 Usage: python benchmarks/quality.py [--seeds 0 1 2] [--base-channels 32] [--naive] [--only sparse]
+       [--stand-in standard|hard] [--models DIR]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -20,15 +26,40 @@ import torch
 
 import napari_unet as nu
 from napari_unet.metrics import foreground_iou, matching, mean_f1, otsu_baseline
-from napari_unet.synthetic import make_nuclei, make_strokes
+from napari_unet.synthetic import annotator_labels, make_nuclei, make_strokes
 
 
-def instance_run(seed, budget, base, depth, epochs=None, loss=None, **opts):
-    image, truth = make_nuclei((512, 512), seed=seed)
-    train_img, train_lab = image[:, :256], truth[:, :256]
+def stand_in(seed, kind):
+    """Image, labels to train on, true labels: the hard stand-in trains on annotator outlines
+    (``hard-true``: the hard images with the true outlines, to see what the outlines alone cost)."""
+    image, truth = make_nuclei((512, 512), seed=seed, realism=kind.removesuffix("-true"))
+    return image, (annotator_labels(truth, seed=seed) if kind == "hard" else truth), truth
+
+
+def cached_train(models, name, *args, **kwargs):
+    """`nu.train`, or the model saved under ``models/name.pt`` by an earlier run with the same settings."""
+    path = models and os.path.join(models, name + ".pt")
+    if path and os.path.exists(path):
+        return nu.load_model(path)
+    model = nu.train(*args, **kwargs)
+    if path:
+        os.makedirs(models, exist_ok=True)
+        nu.save_model(model, path)
+    return model
+
+
+def run_name(protocol, kind, seed, budget, base, depth, epochs, extra=""):
+    return f"{protocol}-{kind}-s{seed}-{f'e{epochs}' if epochs else f't{budget:g}'}-d{depth}b{base}{extra}"
+
+
+def instance_run(seed, budget, base, depth, epochs=None, loss=None, kind="standard", models=None, **opts):
+    image, train_labels, truth = stand_in(seed, kind)
+    train_img, train_lab = image[:, :256], train_labels[:, :256]
     test_img, test_lab = image[:, 256:], truth[:, 256:]
-    model = nu.train(train_img, train_lab, mode="instance", time_budget=None if epochs else budget, epochs=epochs,
-                     base_channels=base, depth=depth, seed=seed, **({} if loss is None else dict(loss=loss)), **opts)
+    name = run_name("instance", kind, seed, budget, base, depth, epochs, (f"-{loss}" if loss else "") + _tag(opts))
+    model = cached_train(models, name, train_img, train_lab, mode="instance", time_budget=None if epochs else budget,
+                         epochs=epochs, base_channels=base, depth=depth, seed=seed,
+                         **({} if loss is None else dict(loss=loss)), **opts)
     pred = nu.segment(model, test_img)
     otsu_pred = otsu_baseline(test_img)
     return dict(ours=matching(test_lab, pred)["f1"], otsu=matching(test_lab, otsu_pred)["f1"],
@@ -36,12 +67,13 @@ def instance_run(seed, budget, base, depth, epochs=None, loss=None, **opts):
                 steps=model.config.trained_steps)
 
 
-def sparse_run(seed, budget, base, depth, band, epochs=None, **opts):
-    image, truth = make_nuclei((512, 512), seed=seed)
-    strokes = make_strokes(truth, fraction=0.06, seed=seed)
-    test_img, test_truth = make_nuclei((512, 512), seed=seed + 100)
-    model = nu.train(image, strokes, mode="semantic", time_budget=None if epochs else budget, epochs=epochs,
-                     base_channels=base, depth=depth, seed=seed, border_band=band, **opts)
+def sparse_run(seed, budget, base, depth, band, epochs=None, kind="standard", models=None, **opts):
+    image, train_labels, _ = stand_in(seed, kind)
+    strokes = make_strokes(train_labels, fraction=0.06, seed=seed)
+    test_img, test_truth = make_nuclei((512, 512), seed=seed + 100, realism=kind.removesuffix("-true"))
+    name = run_name("sparse", kind, seed, budget, base, depth, epochs, f"-band{band}" + _tag(opts))
+    model = cached_train(models, name, image, strokes, mode="semantic", time_budget=None if epochs else budget,
+                         epochs=epochs, base_channels=base, depth=depth, seed=seed, border_band=band, **opts)
     pred = nu.segment(model, test_img)
     return dict(ours=foreground_iou(test_truth, pred), otsu=foreground_iou(test_truth, otsu_baseline(test_img)),
                 steps=model.config.trained_steps, annotated=float((strokes > 0).mean()))
@@ -61,20 +93,27 @@ def main():
     p.add_argument("--only", choices=["instance", "sparse"], default=None)
     p.add_argument("--loss", choices=["ce", "ce+dice"], default=None,
                    help="instance protocol: the training loss (default: the library's)")
+    p.add_argument("--stand-in", choices=["standard", "hard", "hard-true"], default="standard",
+                   help="the synthetic stand-in: standard, or hard (realism='hard', trained on annotator "
+                        "outlines); hard-true: hard images, true outlines (an ablation)")
+    p.add_argument("--models", default=None, help="directory where trained models are kept and reused")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a training option passed to nu.train in both protocols, e.g. edge_weight=3 (repeatable)")
     args = p.parse_args()
     opts = {k: _value(v) for k, v in (o.split("=", 1) for o in args.opt)}
+    common = dict(kind=args.stand_in, models=args.models, **opts)
     print(f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} torch threads, base_channels={args.base_channels}, depth={args.depth}"
+          f"{torch.get_num_threads()} torch threads, base_channels={args.base_channels}, depth={args.depth}, "
+          f"stand-in {args.stand_in}"
           + (f", loss={args.loss}" if args.loss else "") + "".join(f", {k}={v!r}" for k, v in opts.items()))
     if args.only in (None, "sparse"):
         rows = []
         for s in args.seeds:
-            r = sparse_run(s, args.sparse_budget, args.base_channels, args.depth, band=3, epochs=args.epochs, **opts)
+            r = sparse_run(s, args.sparse_budget, args.base_channels, args.depth, band=3, epochs=args.epochs,
+                           **common)
             if args.naive:
                 r["naive"] = sparse_run(s, args.sparse_budget, args.base_channels, args.depth, band=0,
-                                        epochs=args.epochs, **opts)["ours"]
+                                        epochs=args.epochs, **common)["ours"]
             rows.append(r)
             print(f"sparse seed {s}: foreground IoU ours {r['ours']:.3f}  otsu {r['otsu']:.3f}"
                   + (f"  naive masked UNet {r['naive']:.3f}" if args.naive else "")
@@ -85,7 +124,7 @@ def main():
         rows = []
         for s in args.seeds:
             r = instance_run(s, args.instance_budget, args.base_channels, args.depth, epochs=args.epochs,
-                             loss=args.loss, **opts)
+                             loss=args.loss, **common)
             rows.append(r)
             print(f"instance seed {s}: F1@0.5 ours {r['ours']:.3f}  otsu {r['otsu']:.3f}  |  mean F1 0.5-0.9 "
                   f"ours {r['ours_mean']:.3f}  otsu {r['otsu_mean']:.3f}  ({r['steps']} steps)", flush=True)
@@ -101,6 +140,10 @@ def _value(text):
         return float(text) if "." in text else int(text)
     except ValueError:
         return text
+
+
+def _tag(opts):
+    return "".join(f"-{k}{v}" for k, v in sorted(opts.items())).replace(",", "+")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="2D instance model on a z-stack: link each plane's objects to the previous plane's "
                         "(at least OVERLAP of the smaller object inside the other, default "
                         f"{DEFAULT_STITCH_THRESHOLD}) so each object gets one 3D id")
+    r.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average 8 turned/mirrored views of each tile (8x the time)")
     r.add_argument("--block", type=_positive_int, default=None,
                    help="process blocks of N px per side (instance labels of any size; on a cluster a multiple of "
                         "the output chunks: 512 in 2D, 64 in 3D)")
@@ -170,7 +172,7 @@ def _predict(args):
     try:
         plan = plan_prediction(model, image, labels=True, probabilities=bool(args.probabilities), tile=args.tile,
                                batch_size=args.batch_size, device=args.device, channel_axis=channel_axis,
-                               stitch_planes=args.stitch_planes)
+                               stitch_planes=args.stitch_planes, tta=args.tta)
     except ValueError as exc:
         if declared is None:
             raise
@@ -208,7 +210,8 @@ def _predict_on_cluster(args):
 
     events = iter_segment(args.model, args.input, out=args.output, probabilities_out=args.probabilities,
                           client=args.scheduler, workers=args.workers, block=args.block, tile=args.tile,
-                          batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis)
+                          batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis,
+                          tta=args.tta)
     first = next(events)
     print(first.message, file=sys.stderr, flush=True)
     _drain_predict(events)

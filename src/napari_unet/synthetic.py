@@ -24,7 +24,10 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["make_nuclei", "make_strokes", "make_sample"]
+from . import synthetic_realism as _real
+from .synthetic_realism import REALISM, Realism, annotator_labels
+
+__all__ = ["make_nuclei", "make_strokes", "make_sample", "Realism", "REALISM", "annotator_labels"]
 
 # --------------------------------------------------------------------------- constants
 #: Default fraction of the image area (2D) or volume (3D) covered by nuclei.
@@ -183,6 +186,7 @@ def make_nuclei(
     seed: int | None = None,
     touching: float = 0.3,
     dtype=np.uint16,
+    realism: str | Realism = "standard",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Simulate a widefield fluorescence image of stained nuclei with ground truth.
 
@@ -208,6 +212,12 @@ def make_nuclei(
         Data type of ``image``.  Integer types hold camera ADU (offset 100, gain 1);
         types with a small range (e.g. uint8) are rescaled to fit.  Float types hold
         the same ADU values without rounding.
+    realism : {"standard", "hard"} or Realism, default "standard"
+        What of real images' difficulty to add: ``"standard"`` is the plain stand-in (the same output
+        as always for a given seed); ``"hard"`` adds dim nuclei, clumps, out-of-focus nuclei and
+        unlabelled debris (`napari_unet.synthetic_realism.REALISM` says how much); a
+        `Realism` sets each one.  Train on `annotator_labels` of the result to also have imprecise
+        outlines.
 
     Returns
     -------
@@ -233,23 +243,30 @@ def make_nuclei(
     if not 0 <= touching <= 1:
         raise ValueError(f"touching must be in [0, 1], got {touching}")
     dtype = np.dtype(dtype)
+    real = _real.resolve_realism(realism)
     rng = np.random.default_rng(seed)
+    # the realism pieces draw from their own streams: ``rng``'s sequence is the plain stand-in's
+    dim_rng, defocus_rng, debris_rng, _ = _real.streams(seed)
 
     # The stages below draw from ``rng`` in this fixed order; reordering them would
     # change every image generated so far.
-    labels, dmap, nuclei = _layout(shape, float(density), radius, float(touching), rng)
+    touching, pair = _real.clump_layout(real, float(touching))
+    labels, dmap, nuclei = _layout(shape, float(density), radius, touching, rng, pair)
     labels = _relabel_consecutive(labels)
-    bright = _brightness(int(labels.max()), rng)
+    bright = _real.dim_some(_brightness(int(labels.max()), rng), real.dim, dim_rng)
     signal = _emission(labels, dmap, bright, rng)
     signal *= 1.0 - ndi.gaussian_filter(_nucleoli(nuclei, shape, rng), 0.8)
     signal += _chromocenters(nuclei, labels, bright, rng)
+    signal = _real.defocus_some(signal, labels, real, defocus_rng)
+    if real.debris > 0:
+        signal += _real.debris(shape, real.debris, debris_rng)
     signal = _optical_blur(signal)
     expected = _expected_photons(signal, rng)
     return _camera(expected, dtype, rng), labels
 
 
 # --------------------------------------------------------------------------- layout
-def _layout(shape, density, radius, touching, rng):
+def _layout(shape, density, radius, touching, rng, pair=0.75):
     """Place nuclei; returns ``labels`` (int32), ``dmap`` (normalised distance) and nuclei."""
     ndim = len(shape)
     rmin, rmax = float(radius[0]), float(radius[1])
@@ -261,7 +278,7 @@ def _layout(shape, density, radius, touching, rng):
     pack = _Packing(shape)
     failures = 0
     while pack.covered < target and failures < _MAX_FAILURES:
-        nuc, parent = _propose(pack, shape, rmin, rmax, touching, rng)
+        nuc, parent = _propose(pack, shape, rmin, rmax, touching, rng, pair)
         if _try_place(pack, nuc, parent, shape, min_area):
             failures = 0
         else:
@@ -301,7 +318,7 @@ def _new_geometry(center, rmin, rmax, rng) -> _Nucleus:
     return _Nucleus(center, rot, axes, harm)
 
 
-def _propose(pack: _Packing, shape, rmin, rmax, touching, rng):
+def _propose(pack: _Packing, shape, rmin, rmax, touching, rng, pair=0.75):
     """Next candidate ``(nucleus, parent)``: touching a parent, near another nucleus, or anywhere.
 
     ``parent`` is the index of the nucleus it is meant to touch, -1 for none.
@@ -310,15 +327,15 @@ def _propose(pack: _Packing, shape, rmin, rmax, touching, rng):
     n = len(pack.nuclei)
     # attach while the number of touching nuclei lags behind the requested fraction
     if n > 0 and touching > 0 and pack.n_touching < touching * (n + 1.5):
-        return _propose_touching(pack, rmin, rmax, rng)
+        return _propose_touching(pack, rmin, rmax, rng, pair)
     if n > 0 and rng.random() < _NEAR:
         return _propose_near(pack.nuclei, rmin, rmax, rng), -1
     return _new_geometry(rng.uniform(0, 1, ndim) * np.asarray(shape), rmin, rmax, rng), -1
 
 
-def _propose_touching(pack: _Packing, rmin, rmax, rng):
+def _propose_touching(pack: _Packing, rmin, rmax, rng, pair=0.75):
     """Candidate slightly overlapping a chosen parent, so that the two share a border."""
-    parent = _pick_parent(pack.neighbours, rng)
+    parent = _pick_parent(pack.neighbours, rng, pair)
     p = pack.nuclei[parent]
     ndim = len(p.center)
     u = rng.standard_normal(ndim)
@@ -332,10 +349,10 @@ def _propose_touching(pack: _Packing, rmin, rmax, rng):
     return nuc, parent
 
 
-def _pick_parent(neighbours: list[set], rng) -> int:
-    """Index of the nucleus to touch: mostly an isolated one (pairs), sometimes any (clusters)."""
+def _pick_parent(neighbours: list[set], rng, pair=0.75) -> int:
+    """Index of the nucleus to touch: an isolated one (a pair) with probability ``pair``, else any (clusters)."""
     isolated = [i for i in range(len(neighbours)) if not neighbours[i]]
-    if isolated and rng.random() < 0.75:
+    if isolated and rng.random() < pair:
         return int(isolated[rng.integers(len(isolated))])
     return int(rng.integers(len(neighbours)))
 

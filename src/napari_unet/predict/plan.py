@@ -77,6 +77,8 @@ class PredictionPlan:
         ``workers`` forward passes run at once (CPU), each with ``threads`` torch threads.
     stitch_planes : float or None
         2D instance model on a stack: objects are linked across planes at this overlap (`napari_unet.stitch`).
+    tta : bool
+        Test-time augmentation: probabilities averaged over 8 turned/mirrored views (`napari_unet.predict.tta`).
     """
 
     model: Model
@@ -95,6 +97,7 @@ class PredictionPlan:
     workers: int = 1
     threads: int = 1
     stitch_planes: float | None = None
+    tta: bool = False
 
     @property
     def total_tiles(self) -> int:
@@ -116,6 +119,7 @@ class PredictionPlan:
         size = "x".join(map(str, self.tile_size)) if self.tile_size and len(self.tiles) > 1 else "whole image"
         par = f", {self.workers} workers x {self.threads} threads" if self.workers > 1 else ""
         linked = f", objects linked across planes (overlap >= {self.stitch_planes:g})" if self.stitch_planes else ""
+        linked += ", test-time augmentation (8 views)" if self.tta else ""
         pixels = math.prod(self.shape)  # said before anything runs: a crafted file's absurd size shows here
         amount = f"{pixels / 1e9:.1f} G" if pixels >= 1e9 else f"{pixels / 1e6:.1f} M" if pixels >= 1e6 else f"{pixels}"
         return (f"{'x'.join(map(str, self.shape))} ({amount} pixels): {len(self.items)} item(s) x "
@@ -287,7 +291,8 @@ def _positive(value, what: str) -> int:
 def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = False, tile="auto",
                     batch_size: int | None = None, device="auto", channel_axis: int | None = None,
                     halo: int | None = None, min_size: int | None = None,
-                    workers: int | None = None, stitch_planes: float | None = None) -> PredictionPlan:
+                    workers: int | None = None, stitch_planes: float | None = None,
+                    tta: bool = False) -> PredictionPlan:
     """Check a prediction's inputs and outputs and plan its tiles; nothing is computed or written.
 
     Parameters
@@ -320,6 +325,9 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
         2D instance models on stacks (``(..., Z, Y, X)``): link each plane's objects to the previous
         plane's (overlap at least this; True: `napari_unet.stitch.DEFAULT_STITCH_THRESHOLD`), so an object
         seen in several planes gets one 3D id. Off by default: a time series is not a z-stack.
+    tta : bool
+        Test-time augmentation: average the probabilities over the 8 quarter turns and mirror images of
+        each tile (in the YX plane). 8 forward passes instead of one; off by default.
 
     Raises
     ------
@@ -347,7 +355,9 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
     batches = -(-len(tiles) * len(items) // batch_size)
     n_workers = max(1, min(n_workers, batches))
     threads = max(1, torch.get_num_threads() // n_workers) if dev.type == "cpu" else torch.get_num_threads()
+    if not isinstance(tta, (bool, np.bool_)):
+        raise TypeError(f"tta must be True or False, got {tta!r}")
     _check_some_finite(img, items, item_shape)  # before the caller creates any output file
     return PredictionPlan(model, dev, img, items, item_shape, tiles, tile_sizes, halo, batch_size, spatial,
                           labels=bool(labels), probabilities=bool(probabilities), min_size=min_size,
-                          workers=n_workers, threads=threads, stitch_planes=stitch)
+                          workers=n_workers, threads=threads, stitch_planes=stitch, tta=bool(tta))

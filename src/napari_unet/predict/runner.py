@@ -8,6 +8,7 @@ import torch
 from ..device import autocast, free_memory, is_out_of_memory
 from ..tiling import plan_tiles
 from .network import network_memory_format
+from .tta import averaged_views
 
 __all__ = ["DeviceRunner", "HostResult", "smaller_tile"]
 
@@ -52,30 +53,40 @@ class DeviceRunner:
     halo, align, dims : int
     warn : callable
         Receives a message when recovery changes how the work is done.
+    tta : bool
+        Average the probabilities over the 8 quarter turns and mirror images of each tile
+        (`napari_unet.predict.tta`): 8 forward passes per tile.
     """
 
     def __init__(self, net, device, *, output: str = "probabilities", halo: int, align: int, dims: int,
-                 warn=print):
+                 warn=print, tta: bool = False):
         if output not in ("probabilities", "classes"):
             raise ValueError(f"output must be 'probabilities' or 'classes', got {output!r}")
         self.net, self.dev, self.output = net, device, output
         self.halo, self.align, self.dims = halo, align, dims
         self.fmt = network_memory_format(net) if net is not None else None
         self.warn = warn
+        self.tta = bool(tta)
         self.max_batch: int | None = None
         self.sub_tile: tuple | None = None
         self.lock = threading.Lock()
         if device.type == "cuda":
             self.out_stream = torch.cuda.Stream(device)
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.fmt is not None:
             x = x.contiguous(memory_format=self.fmt)
         with autocast(self.dev):
-            logits = self.net(x)
+            return self.net(x)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tta:
+            scores = averaged_views(lambda v: torch.softmax(self._logits(v).float(), dim=1), x)
+        else:
+            scores = self._logits(x)  # the argmax of the logits is the argmax of the probabilities
         if self.output == "classes":
-            return logits.argmax(1).to(torch.uint8 if logits.shape[1] <= 256 else torch.int32)
-        return torch.softmax(logits.float(), dim=1)
+            return scores.argmax(1).to(torch.uint8 if scores.shape[1] <= 256 else torch.int32)
+        return scores if self.tta else torch.softmax(scores.float(), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the network on a batch ``(N, C, *tile)`` on the device."""
