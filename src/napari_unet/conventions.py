@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = ["NOT_ANNOTATED", "BACKGROUND", "IGNORE", "INSTANCE_CLASS_IDS", "INSTANCE_CLASS_NAMES", "MODES",
            "DEFAULT_DEPTH", "DEFAULT_BASE_CHANNELS", "DEFAULT_TIME_BUDGET", "MAX_SEMANTIC_CLASSES", "interactive_network",
-           "LOSSES", "INSTANCE_BOUNDARIES", "AUGMENTATIONS",
+           "LOSSES", "DEFAULT_LOSS", "INSTANCE_BOUNDARIES", "AUGMENTATIONS",
            "class_names", "written_labels", "labels_dtype_for"]
 
 #: Semantic labels: a pixel nobody painted.
@@ -41,6 +41,9 @@ DEFAULT_TIME_BUDGET = 60.0
 #: Training choices stored in a model's configuration (docs/training-quality.md): the loss, how the
 #: instance boundary class is drawn, and the optional extra augmentations (the first of each: the default).
 LOSSES = ("ce", "ce+dice")
+#: The loss of a new model (benchmarks/results/training.md). Older model files without a stored loss were
+#: trained with "ce" (the first of LOSSES), and read so.
+DEFAULT_LOSS = "ce"
 INSTANCE_BOUNDARIES = ("inner", "thick", "touching")
 AUGMENTATIONS = ("elastic", "blur", "contrast")
 

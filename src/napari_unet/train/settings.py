@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -244,7 +244,9 @@ def resolve_choices(init=None, **asked) -> dict:
     """The training choices (loss, edge_weight, instance_boundary, augment): as asked, else ``init``'s
     (fine-tuning goes on as the model was trained), else the library's defaults; checked."""
     base = init.config if init is not None else ModelConfig()
-    out = {k: getattr(base, k) if v is None else v for k, v in asked.items()}
+    # a new model's default loss is stated in conventions; ModelConfig's default is what older files mean
+    defaults = dict(asdict(base), **({} if init is not None else dict(loss=C.DEFAULT_LOSS)))
+    out = {k: defaults[k] if v is None else v for k, v in asked.items()}
     if isinstance(out["augment"], str):
         out["augment"] = tuple(a.strip() for a in out["augment"].split(",") if a.strip() not in ("", "none"))
     try:
