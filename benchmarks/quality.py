@@ -52,14 +52,14 @@ def run_name(protocol, kind, seed, budget, base, depth, epochs, extra=""):
     return f"{protocol}-{kind}-s{seed}-{f'e{epochs}' if epochs else f't{budget:g}'}-d{depth}b{base}{extra}"
 
 
-def instance_run(seed, budget, base, depth, epochs=None, loss=None, kind="standard", models=None):
+def instance_run(seed, budget, base, depth, epochs=None, loss=None, kind="standard", models=None, **opts):
     image, train_labels, truth = stand_in(seed, kind)
     train_img, train_lab = image[:, :256], train_labels[:, :256]
     test_img, test_lab = image[:, 256:], truth[:, 256:]
-    name = run_name("instance", kind, seed, budget, base, depth, epochs, f"-{loss}" if loss else "")
+    name = run_name("instance", kind, seed, budget, base, depth, epochs, (f"-{loss}" if loss else "") + _tag(opts))
     model = cached_train(models, name, train_img, train_lab, mode="instance", time_budget=None if epochs else budget,
                          epochs=epochs, base_channels=base, depth=depth, seed=seed,
-                         **({} if loss is None else dict(loss=loss)))
+                         **({} if loss is None else dict(loss=loss)), **opts)
     pred = nu.segment(model, test_img)
     otsu_pred = otsu_baseline(test_img)
     return dict(ours=matching(test_lab, pred)["f1"], otsu=matching(test_lab, otsu_pred)["f1"],
@@ -67,13 +67,13 @@ def instance_run(seed, budget, base, depth, epochs=None, loss=None, kind="standa
                 steps=model.config.trained_steps)
 
 
-def sparse_run(seed, budget, base, depth, band, epochs=None, kind="standard", models=None):
+def sparse_run(seed, budget, base, depth, band, epochs=None, kind="standard", models=None, **opts):
     image, train_labels, _ = stand_in(seed, kind)
     strokes = make_strokes(train_labels, fraction=0.06, seed=seed)
     test_img, test_truth = make_nuclei((512, 512), seed=seed + 100, realism=kind.removesuffix("-true"))
-    name = run_name("sparse", kind, seed, budget, base, depth, epochs, f"-band{band}")
+    name = run_name("sparse", kind, seed, budget, base, depth, epochs, f"-band{band}" + _tag(opts))
     model = cached_train(models, name, image, strokes, mode="semantic", time_budget=None if epochs else budget,
-                         epochs=epochs, base_channels=base, depth=depth, seed=seed, border_band=band)
+                         epochs=epochs, base_channels=base, depth=depth, seed=seed, border_band=band, **opts)
     pred = nu.segment(model, test_img)
     return dict(ours=foreground_iou(test_truth, pred), otsu=foreground_iou(test_truth, otsu_baseline(test_img)),
                 steps=model.config.trained_steps, annotated=float((strokes > 0).mean()))
@@ -97,12 +97,15 @@ def main():
                    help="the synthetic stand-in: standard, or hard (realism='hard', trained on annotator "
                         "outlines); hard-true: hard images, true outlines (an ablation)")
     p.add_argument("--models", default=None, help="directory where trained models are kept and reused")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training option passed to nu.train in both protocols, e.g. edge_weight=3 (repeatable)")
     args = p.parse_args()
-    common = dict(kind=args.stand_in, models=args.models)
+    opts = {k: _value(v) for k, v in (o.split("=", 1) for o in args.opt)}
+    common = dict(kind=args.stand_in, models=args.models, **opts)
     print(f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, base_channels={args.base_channels}, depth={args.depth}, "
           f"stand-in {args.stand_in}"
-          + (f", loss={args.loss}" if args.loss else ""))
+          + (f", loss={args.loss}" if args.loss else "") + "".join(f", {k}={v!r}" for k, v in opts.items()))
     if args.only in (None, "sparse"):
         rows = []
         for s in args.seeds:
@@ -129,6 +132,18 @@ def main():
               f"otsu {np.mean([r['otsu'] for r in rows]):.3f}  |  mean F1 0.5-0.9 ours "
               f"{np.mean([r['ours_mean'] for r in rows]):.3f}  otsu {np.mean([r['otsu_mean'] for r in rows]):.3f}",
               flush=True)
+
+
+def _value(text):
+    """A number when it reads as one, else the string (``augment=elastic,blur``)."""
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return text
+
+
+def _tag(opts):
+    return "".join(f"-{k}{v}" for k, v in sorted(opts.items())).replace(",", "+")
 
 
 if __name__ == "__main__":

@@ -64,8 +64,9 @@ def _train_run(args, images, labels, init, out, ranks):
         for event in iter_train(images, labels, mode=args.mode, dims=args.dims, depth=args.depth,
                                 base_channels=args.base_channels, time_budget=args.time_budget,
                                 epochs=args.epochs, init=init, device=args.device, seed=args.seed,
-                                channel_axis=args.channel_axis, max_classes=args.max_classes,
-                                spacing=args.spacing, stop=stop,
+                                channel_axis=args.channel_axis, max_classes=args.max_classes, loss=args.loss,
+                                edge_weight=args.edge_weight, instance_boundary=args.instance_boundary,
+                                augment=args.augment, spacing=args.spacing, stop=stop,
                                 ranks=ranks):
             last = event
             if event.kind == "start":

@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-classes", type=_positive_int, default=C.MAX_SEMANTIC_CLASSES,
                    help=f"semantic mode: the most painted classes accepted (default {C.MAX_SEMANTIC_CLASSES}; "
                         "more ids usually mean instance masks)")
+    t.add_argument("--loss", choices=C.LOSSES, default=None, help="training loss (default ce; a fine-tuned model's)")
+    t.add_argument("--edge-weight", type=float, default=None, help="cross-entropy weight (>= 1) of pixels along "
+                   "class changes: the outlines (default 1)")
+    t.add_argument("--instance-boundary", choices=C.INSTANCE_BOUNDARIES, default=None,
+                   help="instance mode: how the boundary class is drawn (default inner)")
+    t.add_argument("--augment", default=None, metavar="NAMES", help="extra augmentations, comma-separated: "
+                   f"{', '.join(C.AUGMENTATIONS)}, or none (default none)")
 
     r = sub.add_parser("predict", help="segment an image with a trained model")
     r.add_argument("model", help="model file")

@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = ["NOT_ANNOTATED", "BACKGROUND", "IGNORE", "INSTANCE_CLASS_IDS", "INSTANCE_CLASS_NAMES", "MODES",
            "DEFAULT_DEPTH", "DEFAULT_BASE_CHANNELS", "DEFAULT_TIME_BUDGET", "MAX_SEMANTIC_CLASSES", "interactive_network",
+           "LOSSES", "DEFAULT_LOSS", "INSTANCE_BOUNDARIES", "AUGMENTATIONS",
            "class_names", "written_labels", "labels_dtype_for"]
 
 #: Semantic labels: a pixel nobody painted.
@@ -37,6 +38,14 @@ DEFAULT_BASE_CHANNELS = 16
 MAX_SEMANTIC_CLASSES = 16
 #: Seconds of training when neither a time budget nor a number of epochs is given.
 DEFAULT_TIME_BUDGET = 60.0
+#: Training choices stored in a model's configuration (docs/training-quality.md): the loss, how the
+#: instance boundary class is drawn, and the optional extra augmentations (the first of each: the default).
+LOSSES = ("ce", "ce+dice")
+#: The loss of a new model (benchmarks/results/training.md). Older model files without a stored loss were
+#: trained with "ce" (the first of LOSSES), and read so.
+DEFAULT_LOSS = "ce"
+INSTANCE_BOUNDARIES = ("inner", "thick", "touching")
+AUGMENTATIONS = ("elastic", "blur", "contrast")
 
 
 def interactive_network(has_gpu: bool) -> tuple[int, int]:

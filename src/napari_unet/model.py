@@ -71,7 +71,8 @@ def _numbers(name: str, values, n: int) -> tuple:
 
 
 #: `ModelConfig` fields newer than the first model files, with the defaults that `to_dict` leaves out.
-_LATER_FIELDS = {"spacing": None, "xy_pool_levels": 0}
+_LATER_FIELDS = {"spacing": None, "xy_pool_levels": 0, "loss": "ce", "edge_weight": 1.0, "instance_boundary": "inner",
+                 "augment": []}  # as to_dict writes them (lists for tuples)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,12 @@ class ModelConfig:
         declared at training; instance post-processing measures distances with it. None: isotropic.
     xy_pool_levels : int
         3D: poolings in Y and X only before Z is pooled (`UNet`; from ``spacing`` by `xy_pool_levels_for`).
+    loss, edge_weight, instance_boundary, augment
+        The training choices of the last run (docs/training-quality.md): loss (`conventions.LOSSES`),
+        cross-entropy weight along class changes, how the instance boundary class is drawn
+        (`conventions.INSTANCE_BOUNDARIES`), extra augmentations (`conventions.AUGMENTATIONS`). Files
+        written before they were stored read as the defaults, which is what those models were trained with
+        unless ``loss="ce+dice"`` was asked for.
     """
 
     mode: str = "semantic"
@@ -120,6 +127,10 @@ class ModelConfig:
     border_band: int = 0
     spacing: tuple | None = None
     xy_pool_levels: int = 0
+    loss: str = conventions.LOSSES[0]
+    edge_weight: float = 1.0
+    instance_boundary: str = conventions.INSTANCE_BOUNDARIES[0]
+    augment: tuple = ()
 
     def __post_init__(self):
         def put(name, value):
@@ -157,6 +168,21 @@ class ModelConfig:
         if self.spacing is not None:
             put("spacing", relative_spacing(self.spacing, self.dims))
         put("xy_pool_levels", _whole("xy_pool_levels", self.xy_pool_levels, 0, self.depth if self.dims == 3 else 0))
+        self._check_choices(put)
+
+    def _check_choices(self, put):
+        for name, allowed in (("loss", conventions.LOSSES), ("instance_boundary", conventions.INSTANCE_BOUNDARIES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
+        w = self.edge_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float, np.number)) or not (np.isfinite(w) and w >= 1):
+            raise ValueError(f"edge_weight must be a number of at least 1 (1: no extra weight), got {w!r}")
+        put("edge_weight", float(w))
+        aug = (self.augment,) if isinstance(self.augment, str) else tuple(self.augment)
+        unknown = [a for a in aug if a not in conventions.AUGMENTATIONS]
+        if unknown:
+            raise ValueError(f"augment must name some of {', '.join(conventions.AUGMENTATIONS)}, got {unknown}")
+        put("augment", tuple(a for a in conventions.AUGMENTATIONS if a in aug))  # one order, no repeats
 
     @property
     def num_classes(self) -> int:
@@ -297,6 +323,9 @@ class Model:
         if c.trained_steps:
             lines.append(f"trained: {c.trained_steps} steps, {c.trained_seconds:.0f} s, "
                          f"best validation loss {c.best_val_loss}")
+            lines.append(f"training choices: loss {c.loss}, edge weight {c.edge_weight:g}, "
+                         + (f"boundary {c.instance_boundary}, " if c.mode == "instance" else "")
+                         + f"extra augmentation {', '.join(c.augment) or 'none'}")
         return "\n".join(lines)
 
 

@@ -9,9 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..conventions import IGNORE
+from ..conventions import AUGMENTATIONS, IGNORE
 
-__all__ = ["PatchSampler", "crop_patch", "augment_patch"]
+__all__ = ["PatchSampler", "crop_patch", "augment_patch", "augment_extra"]
 
 
 def crop_patch(image: np.ndarray, target: np.ndarray, center: Sequence[int], patch_size: Sequence[int],
@@ -39,8 +39,12 @@ def crop_patch(image: np.ndarray, target: np.ndarray, center: Sequence[int], pat
     return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(tgt)
 
 
-def augment_patch(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator):
-    """Flips, 90 degree rotations in the last two axes (when square), gamma, scale/shift, noise."""
+def augment_patch(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator, extra: Sequence[str] = ()):
+    """Flips, 90 degree rotations in the last two axes (when square), gamma, scale/shift, noise.
+
+    ``extra``: the optional augmentations of `augment_extra` too (none draws nothing from ``rng``, so
+    runs without them are reproduced exactly).
+    """
     sp = tgt.ndim
     for axis in range(sp):
         if rng.random() < 0.5:
@@ -49,6 +53,8 @@ def augment_patch(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator):
         k = int(rng.integers(4))
         img, tgt = np.rot90(img, k, axes=(-2, -1)), np.rot90(tgt, k, axes=(-2, -1))
     img = np.ascontiguousarray(img)
+    if extra:
+        img, tgt = augment_extra(img, np.ascontiguousarray(tgt), rng, extra)
     # intensity: gamma on the normalized range, then scale/shift per channel, then noise
     if rng.random() < 0.3:
         gamma = float(np.exp(rng.uniform(-0.4, 0.4)))
@@ -59,6 +65,40 @@ def augment_patch(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator):
     if rng.random() < 0.5:
         img = img + rng.normal(0, rng.uniform(0.01, 0.08), size=img.shape).astype(np.float32)
     return img.astype(np.float32, copy=False), np.ascontiguousarray(tgt)
+
+
+def augment_extra(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator, names: Sequence[str]):
+    """The optional augmentations (`napari_unet.conventions.AUGMENTATIONS`), each on about half the patches.
+
+    ``"elastic"``: a smooth random deformation (displacements of up to ~4 px, interpolated from a
+    3-point grid per axis), the same for image (linear) and targets (nearest); ``"blur"``: Gaussian blur of
+    sigma 0.5-1.5 px; ``"contrast"``: a smooth multiplicative intensity field (about 0.7-1.4 across the
+    patch), like uneven illumination. All are cheap on a CPU (docs/training-quality.md).
+    """
+    from scipy import ndimage as ndi
+
+    unknown = sorted(set(names) - set(AUGMENTATIONS))
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}: choose from {', '.join(AUGMENTATIONS)}")
+    shape = tgt.shape
+    if "elastic" in names and rng.random() < 0.5:
+        grid = [_smooth_field(rng, shape, 2.0) for _ in shape]
+        coords = np.indices(shape, dtype=np.float32) + np.stack(grid)
+        img = np.stack([ndi.map_coordinates(c, coords, order=1, mode="reflect") for c in img])
+        tgt = ndi.map_coordinates(tgt, coords, order=0, mode="reflect")
+    if "blur" in names and rng.random() < 0.5:
+        img = ndi.gaussian_filter(img, sigma=(0,) + (float(rng.uniform(0.5, 1.5)),) * len(shape))
+    if "contrast" in names and rng.random() < 0.5:
+        img = img * np.exp(_smooth_field(rng, shape, 0.15))[None]
+    return img.astype(np.float32, copy=False), tgt
+
+
+def _smooth_field(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
+    """Normal(0, sigma) values on a 3-point grid per axis, interpolated (cubic) to ``shape``: float32."""
+    from scipy import ndimage as ndi
+
+    coarse = rng.normal(0, sigma, size=(3,) * len(shape))
+    return ndi.zoom(coarse, [s / 3 for s in shape], order=3, mode="nearest", grid_mode=True).astype(np.float32)
 
 
 class PatchSampler:
@@ -74,12 +114,14 @@ class PatchSampler:
         Probability that a patch is centred on an annotated pixel of a randomly chosen class.
     augment : bool
         Apply `augment_patch` to every patch.
+    extra : sequence of str
+        The optional augmentations to add (`augment_extra`).
     """
 
     def __init__(self, items, patch_size, rng, annotated_fraction: float = 0.9, augment: bool = True,
-                 max_coords: int = 200_000):
+                 max_coords: int = 200_000, extra: Sequence[str] = ()):
         self.items, self.patch_size, self.rng = items, tuple(patch_size), rng
-        self.annotated_fraction, self.augment = annotated_fraction, augment
+        self.annotated_fraction, self.augment, self.extra = annotated_fraction, augment, tuple(extra)
         self.n_classes = max(int(it.target.max()) for it in items) + 1
         # flat indices of annotated pixels per (class, item), subsampled to bound memory
         self.coords = [[] for _ in range(self.n_classes)]
@@ -117,7 +159,7 @@ class PatchSampler:
             item = self.items[i]
             img, tgt = crop_patch(item.image, item.target, center, self.patch_size, self.rng)
             if self.augment:
-                img, tgt = augment_patch(img, tgt, self.rng)
+                img, tgt = augment_patch(img, tgt, self.rng, self.extra)
             imgs.append(img)
             tgts.append(tgt)
         return np.stack(imgs), np.stack(tgts)

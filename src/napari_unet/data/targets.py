@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..conventions import IGNORE
+from ..conventions import IGNORE, INSTANCE_BOUNDARIES
 
 __all__ = ["semantic_targets", "instance_targets", "add_border_band", "TrainItem", "prepare_items"]
 
@@ -31,20 +31,42 @@ def semantic_targets(labels: np.ndarray, class_ids: Sequence[int]) -> np.ndarray
     return np.where(ids[order][pos] == labels, order[pos], IGNORE).astype(np.int64)
 
 
-def instance_targets(labels: np.ndarray) -> np.ndarray:
+def instance_targets(labels: np.ndarray, boundary: str = "inner") -> np.ndarray:
     """Background (0) / interior (1) / boundary (2) from instance ids.
 
-    The boundary is each object's inner rim (pixels touching another id or background), so touching
-    objects are separated by two rim pixels that the network learns to find.
+    Parameters
+    ----------
+    labels : ndarray of int
+        Instance ids, 0 = background.
+    boundary : {"inner", "thick", "touching"}
+        How the boundary class is drawn (`napari_unet.conventions.INSTANCE_BOUNDARIES`). ``"inner"``: each
+        object's inner rim, 1 px (pixels 4-connected to another id or the background), so touching objects
+        are separated by two rim pixels; ``"thick"``: the inner rim 2 px wide; ``"touching"``: only the
+        rim where an object touches another object (an outline against the background stays interior).
+        The rim is always inside its object: prediction counts it as foreground.
     """
-    from skimage.segmentation import find_boundaries
-
     fg = labels > 0
-    rim = find_boundaries(labels, mode="inner", connectivity=1) & fg
+    lab = np.asarray(labels)
+    if boundary == "touching":
+        above = np.where(fg, lab, lab.max(initial=0) + 1).astype(np.int64)  # the background never the min
+        low = ndi.minimum_filter(above, footprint=_cross(lab.ndim, 1))
+        high = ndi.maximum_filter(lab.astype(np.int64), footprint=_cross(lab.ndim, 1))
+        rim = fg & ((low < lab) | (high > lab))
+    elif boundary in ("inner", "thick"):
+        foot = _cross(lab.ndim, 1 if boundary == "inner" else 2)
+        # a pixel within the footprint of another id (or the background): min or max differs from its own
+        rim = fg & ((ndi.minimum_filter(lab, footprint=foot) != lab) | (ndi.maximum_filter(lab, footprint=foot) != lab))
+    else:
+        raise ValueError(f"boundary must be one of {', '.join(map(repr, INSTANCE_BOUNDARIES))}, got {boundary!r}")
     out = np.zeros(labels.shape, dtype=np.int64)
     out[fg] = 1
     out[rim] = 2
     return out
+
+
+def _cross(ndim: int, radius: int) -> np.ndarray:
+    """The diamond (city-block ball) of ``radius``: the pixels within ``radius`` 4-connected steps."""
+    return ndi.iterate_structure(ndi.generate_binary_structure(ndim, 1), radius)
 
 
 def add_border_band(target: np.ndarray, intensity: np.ndarray, width: int, background: int = 0,
@@ -121,7 +143,7 @@ def _validation_blocks(shape, block: int, fraction: float, rng: np.random.Genera
 
 def prepare_items(annotated, mode: str, class_ids: Sequence[int], norm, patch_size: Sequence[int],
                   border_band: int, validation_fraction: float, rng: np.random.Generator,
-                  min_validation_pixels: int = 200) -> list[TrainItem]:
+                  min_validation_pixels: int = 200, boundary: str = "inner") -> list[TrainItem]:
     """Cut annotated regions out of items and build their targets.
 
     Parameters
@@ -132,7 +154,8 @@ def prepare_items(annotated, mode: str, class_ids: Sequence[int], norm, patch_si
 
     Only the bounding box of the annotations plus half a patch of context is kept, so a sparse
     annotation of a huge stack costs little memory. When ``validation_fraction > 0`` and there are enough
-    annotations, random blocks are held out: their targets move to ``val_target``.
+    annotations, random blocks are held out: their targets move to ``val_target``. ``boundary``: the
+    instance boundary class (`instance_targets`).
     """
     from ..model import normalize
 
@@ -150,7 +173,7 @@ def prepare_items(annotated, mode: str, class_ids: Sequence[int], norm, patch_si
             target = semantic_targets(lab, class_ids)
             target = add_border_band(target, img.mean(axis=0), border_band, background=0)
         else:
-            target = instance_targets(lab)
+            target = instance_targets(lab, boundary)
         items.append(TrainItem(img, target))
     if validation_fraction > 0:
         _split_validation(items, validation_fraction, len(patch_size), rng, min_validation_pixels)

@@ -68,7 +68,8 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                channel_axis: int | None = None, patch_size: int | Sequence[int] | None = None,
                batch_size: int | None = None, learning_rate: float | None = None,
                validation_fraction: float = VALIDATION_FRACTION, border_band: int = BORDER_BAND,
-               max_classes: int = C.MAX_SEMANTIC_CLASSES, loss: str = "ce", spacing=None, stop=None, ranks=None):
+               max_classes: int = C.MAX_SEMANTIC_CLASSES, loss: str | None = None, edge_weight: float | None = None,
+               instance_boundary: str | None = None, augment=None, spacing=None, stop=None, ranks=None):
     """Train a UNet on painted annotations, yielding `TrainEvent` progress reports.
 
     Parameters
@@ -106,7 +107,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         background are trained as background (see `napari_unet.data.add_border_band`). 0 disables.
     max_classes : int
         Semantic mode: the most classes accepted (more ids: instance masks, for ``mode="instance"``).
-    loss : {"ce", "ce+dice"}
+    loss : {"ce", "ce+dice"}, optional
         Cross-entropy, or cross-entropy + soft Dice of the non-background classes (see
         `napari_unet.train.masked_loss`).
     spacing : sequence of float, optional
@@ -114,6 +115,16 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         apart than the pixels). A 3D network then pools Y and X only until the features are about
         isotropic (`napari_unet.model.xy_pool_levels_for`), and instance post-processing measures
         distances in these units. Recorded in the model; default isotropic.
+    edge_weight : float, optional
+        Cross-entropy weight (>= 1) of the pixels along a change of class, on both sides: the outlines.
+    instance_boundary : {"inner", "thick", "touching"}, optional
+        Instance mode: how the boundary class is drawn (`napari_unet.data.instance_targets`).
+    augment : str or sequence of str, optional
+        Extra augmentations (``"elastic"``, ``"blur"``, ``"contrast"``; a comma-separated string is fine;
+        ``()`` for none). See `napari_unet.data.augment_extra`.
+
+        These four training choices are stored in the model's configuration; left out, they are
+        ``init``'s when fine-tuning, else the defaults (docs/training-quality.md, "Training choices").
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
     ranks : napari_unet.train.distributed.Ranks, optional
@@ -132,7 +143,8 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         images, labels, mode=mode, dims=dims, depth=depth, base_channels=base_channels, time_budget=time_budget,
         epochs=epochs, init=init, device=device, seed=seed, channel_axis=channel_axis, patch_size=patch_size,
         batch_size=batch_size, learning_rate=learning_rate, validation_fraction=validation_fraction,
-        border_band=border_band, max_classes=max_classes, loss=loss, spacing=spacing)
+        border_band=border_band, max_classes=max_classes, loss=loss, edge_weight=edge_weight,
+        instance_boundary=instance_boundary, augment=augment, spacing=spacing)
     with thread_policy(device=settings.device):
         trainer = Trainer(settings, annotated, start_time, ranks=ranks)
         yield TrainEvent("start", elapsed=trainer.elapsed(), message=trainer.summary)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ __all__ = ["TrainSettings", "resolve_settings", "default_patch_size", "default_b
 VALIDATION_FRACTION = 0.15
 BORDER_BAND = 3
 #: Training losses (`napari_unet.train.masked_loss`): cross-entropy, or cross-entropy + soft Dice.
-LOSSES = ("ce", "ce+dice")
+LOSSES = C.LOSSES
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,12 @@ class TrainSettings:
         The model fine-tuning starts from (never modified).
     loss : {"ce", "ce+dice"}
         The training (and validation) loss.
+    edge_weight : float
+        Cross-entropy weight of the pixels along class changes (1: none).
+    instance_boundary : {"inner", "thick", "touching"}
+        Instance mode: how the boundary class is drawn (`napari_unet.data.instance_targets`).
+    augment : tuple of str
+        The optional extra augmentations (`napari_unet.data.augment_extra`).
     """
 
     mode: str
@@ -72,6 +78,9 @@ class TrainSettings:
     config: ModelConfig
     init: Model | None = None
     loss: str = "ce"
+    edge_weight: float = 1.0
+    instance_boundary: str = "inner"
+    augment: tuple = ()
 
     @property
     def align(self) -> int:
@@ -197,7 +206,8 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
                      base_channels=C.DEFAULT_BASE_CHANNELS, time_budget=None, epochs=None, init=None,
                      device="auto", seed=None, channel_axis=None, patch_size=None, batch_size=None,
                      learning_rate=None, validation_fraction=VALIDATION_FRACTION, border_band=BORDER_BAND,
-                     max_classes=C.MAX_SEMANTIC_CLASSES, loss="ce", spacing=None):
+                     max_classes=C.MAX_SEMANTIC_CLASSES, loss=None, edge_weight=None, instance_boundary=None,
+                     augment=None, spacing=None):
     """Validate a training request and resolve its defaults, once.
 
     Parameters are those of `napari_unet.train.iter_train` (``stop`` aside).
@@ -214,8 +224,8 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
     """
     _check_request(mode, dims, time_budget, epochs, init)
     _check_optional(batch_size, learning_rate, validation_fraction, border_band)
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
+    choices = resolve_choices(init, loss=loss, edge_weight=edge_weight, instance_boundary=instance_boundary,
+                              augment=augment)
     if init is not None:
         dims = init.dims
     dev = resolve_device(device)
@@ -232,5 +242,22 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
         batch_size=int(batch_size) if batch_size is not None else default_batch_size(dims, dev),
         learning_rate=float(learning_rate) if learning_rate is not None else default_learning_rate(init is not None),
         validation_fraction=float(validation_fraction), border_band=int(band), class_ids=class_ids,
-        config=config, init=init, loss=loss)
+        config=config, init=init, **choices)
     return settings, annotated
+
+
+def resolve_choices(init=None, **asked) -> dict:
+    """The training choices (loss, edge_weight, instance_boundary, augment): as asked, else ``init``'s
+    (fine-tuning goes on as the model was trained), else the library's defaults; checked."""
+    base = init.config if init is not None else ModelConfig()
+    # a new model's default loss is stated in conventions; ModelConfig's default is what older files mean
+    defaults = dict(asdict(base), **({} if init is not None else dict(loss=C.DEFAULT_LOSS)))
+    out = {k: defaults[k] if v is None else v for k, v in asked.items()}
+    if isinstance(out["augment"], str):
+        out["augment"] = tuple(a.strip() for a in out["augment"].split(",") if a.strip() not in ("", "none"))
+    try:
+        # ModelConfig checks them, once, in one place
+        checked = replace(base, **out)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+    return {k: getattr(checked, k) for k in out}

@@ -16,7 +16,7 @@ from ..model import Model, network_from_config
 from ..publish import uninterruptible
 from .settings import TrainSettings
 
-__all__ = ["Trainer", "StepResult", "learning_rate_at", "masked_cross_entropy", "masked_loss"]
+__all__ = ["Trainer", "StepResult", "learning_rate_at", "masked_cross_entropy", "masked_loss", "edge_pixels"]
 
 
 def learning_rate_at(fraction: float, base_lr: float, warmup: float = 0.05, floor: float = 0.05) -> float:
@@ -27,27 +27,54 @@ def learning_rate_at(fraction: float, base_lr: float, warmup: float = 0.05, floo
     return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor):
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, edge_weight: float = 1.0):
     """Cross-entropy averaged over annotated pixels (IGNORE pixels carry no loss).
+
+    With ``edge_weight`` above 1, pixels next to a change of class (`edge_pixels`) weigh that much more
+    and the loss is the weighted mean.
 
     Returns
     -------
     (torch.Tensor, int)
         The loss and the number of annotated pixels it averages.
     """
-    n_valid = (target >= 0).sum()
-    loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum")
-    return loss / n_valid.clamp_min(1), int(n_valid)
+    valid = target >= 0
+    n_valid = valid.sum()
+    if edge_weight == 1.0:
+        loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum")
+        return loss / n_valid.clamp_min(1), int(n_valid)
+    per_pixel = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="none")
+    weight = torch.where(edge_pixels(target), float(edge_weight), 1.0) * valid
+    return (per_pixel * weight).sum() / weight.sum().clamp_min(1), int(n_valid)
 
 
-def masked_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce"):
+def edge_pixels(target: torch.Tensor) -> torch.Tensor:
+    """Annotated pixels with a 4-connected neighbour of another annotated class: both sides of an outline.
+
+    ``target`` is (N, *spatial); the result is a boolean tensor of the same shape.
+    """
+    edge = torch.zeros_like(target, dtype=torch.bool)
+    for axis in range(1, target.ndim):
+        n = target.shape[axis]
+        if n < 2:
+            continue
+        a, b = target.narrow(axis, 0, n - 1), target.narrow(axis, 1, n - 1)
+        change = (a != b) & (a >= 0) & (b >= 0)
+        edge.narrow(axis, 0, n - 1).logical_or_(change)
+        edge.narrow(axis, 1, n - 1).logical_or_(change)
+    return edge
+
+
+def masked_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce", edge_weight: float = 1.0):
     """The training loss ``kind`` over annotated pixels: ``"ce"`` (cross-entropy) or ``"ce+dice"``.
 
     ``"ce+dice"`` adds 1 - soft Dice of the non-background classes (channels 1..), pooled over the batch's
     annotated pixels as nnU-Net does, so thin, rare classes (the instance boundary) weigh as much as the
-    large ones. Returns the loss and the number of annotated pixels, as `masked_cross_entropy`.
+    large ones. ``edge_weight`` weighs the cross-entropy of the pixels along class changes
+    (`masked_cross_entropy`). Returns the loss and the number of annotated pixels, as
+    `masked_cross_entropy`.
     """
-    ce, n_valid = masked_cross_entropy(logits, target)
+    ce, n_valid = masked_cross_entropy(logits, target, edge_weight)
     if kind == "ce" or logits.shape[1] < 2:
         return ce, n_valid
     valid = (target >= 0).unsqueeze(1)
@@ -146,8 +173,9 @@ class Trainer:
     def _set_items(self, annotated: AnnotatedItems, patch_size) -> None:
         s = self.settings
         items = prepare_items(annotated.items, s.mode, s.class_ids, (s.config.norm_low, s.config.norm_high),
-                              patch_size, s.border_band, s.validation_fraction, self.rng)
-        sampler = PatchSampler(items, patch_size, self._sampler_rng)  # raises before anything is replaced
+                              patch_size, s.border_band, s.validation_fraction, self.rng,
+                              boundary=s.instance_boundary)
+        sampler = PatchSampler(items, patch_size, self._sampler_rng, extra=s.augment)  # raises before anything is replaced
         self.items, self.sampler = items, sampler
         self.val_batches = sampler.validation_batches(s.batch_size, n_patches=max(s.batch_size, 8))
         if self.ranks is not None and not self.ranks.is_main:
@@ -231,7 +259,7 @@ class Trainer:
         dev = self.settings.device
         with autocast(dev):
             logits = self._forward(self._to_device(x, layout=True))
-        loss, n_valid = masked_loss(logits, self._to_device(y), self.settings.loss)
+        loss, n_valid = masked_loss(logits, self._to_device(y), self.settings.loss, self.settings.edge_weight)
         self.optimizer.zero_grad(set_to_none=True)
         if n_valid or self.ranks is not None:  # every rank joins the gradients' all-reduce
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -281,7 +309,7 @@ class Trainer:
             with torch.inference_mode(), autocast(self.settings.device):
                 for x, y in self.val_batches:
                     loss, n = masked_loss(net(self._to_device(x, layout=True)), self._to_device(y),
-                                          self.settings.loss)
+                                          self.settings.loss, self.settings.edge_weight)
                     total += float(loss) * n
                     count += n
         finally:
@@ -325,7 +353,8 @@ class Trainer:
                        trained_seconds=config.trained_seconds + self.elapsed(), best_val_loss=self.best_val_loss,
                        patch_size=tuple(s.patch_size),
                        batch_size=int(self.batch_size), learning_rate=float(s.learning_rate),
-                       border_band=int(s.border_band))
+                       border_band=int(s.border_band), loss=s.loss, edge_weight=float(s.edge_weight),
+                       instance_boundary=s.instance_boundary, augment=tuple(s.augment))
 
     def finish(self, stopped: bool = False) -> Model:
         """The trained `Model`: the best weights seen, on the CPU, contiguous, in eval mode.
