@@ -158,12 +158,15 @@ def segment_at(model, image, point, *, window=None, device="auto", channel_axis=
     prob = predict(model, pixels, tile=None, device=device, channel_axis=0)
     n_lead = len(spatial) - model.dims
     local = tuple(int(p) - k.start for p, k in zip(list(point)[n_lead:], key[n_lead:]))
-    mask, value = one_object(prob, model.mode, model.config.class_ids, local)
+    from .postprocess import item_spacing
+
+    mask, value = one_object(prob, model.mode, model.config.class_ids, local,
+                             spacing=item_spacing(model.config.spacing, prob.shape[1:]))
     origin = tuple(key[:n_lead]) + tuple(k.start for k in key[n_lead:])
     return SegmentHit(mask, origin, value, time.perf_counter() - t0)
 
 
-def one_object(prob: np.ndarray, mode: str, class_ids, point) -> tuple:
+def one_object(prob: np.ndarray, mode: str, class_ids, point, spacing=None) -> tuple:
     """The object under ``point`` from a window's class probabilities, and its class or instance id.
 
     Instance models: the interior under the point split by `split_at` and grown over its rim (as
@@ -180,6 +183,8 @@ def one_object(prob: np.ndarray, mode: str, class_ids, point) -> tuple:
         The model's painted class ids (semantic).
     point : tuple of int
         Position in the window.
+    spacing : sequence of float, optional
+        Voxel size per axis (`ModelConfig.spacing`): distances are measured in those units.
 
     Returns
     -------
@@ -190,16 +195,16 @@ def one_object(prob: np.ndarray, mode: str, class_ids, point) -> tuple:
     from .postprocess import semantic_labels
 
     if mode == "instance":
-        mask = _instance_at(prob, point)
+        mask = _instance_at(prob, point, spacing)
         return mask, int(mask.any())
     labels = semantic_labels(prob, class_ids)
     value = int(labels[point])
     if not value:
         return np.zeros(labels.shape, bool), 0
-    return split_at(labels == value, point), value
+    return split_at(labels == value, point, spacing=spacing), value
 
 
-def _instance_at(prob: np.ndarray, point) -> np.ndarray:
+def _instance_at(prob: np.ndarray, point, spacing=None) -> np.ndarray:
     """The instance model's object at ``point``: its interior split by `split_at`, grown over its rim."""
     from scipy import ndimage as ndi
 
@@ -208,18 +213,19 @@ def _instance_at(prob: np.ndarray, point) -> np.ndarray:
     foreground = prob[0] < 0.5
     interior = (prob[1] > prob[2]) & (prob[1] > prob[0]) & foreground
     if interior[point]:
-        parts, at = _click_parts(interior, point, SPLIT_HEIGHT, SPLIT_SIGMA)
+        parts, at = _click_parts(interior, point, SPLIT_HEIGHT, SPLIT_SIGMA, spacing)
         # each foreground pixel goes to the nearest interior part (as instance_labels grows its cores)
-        _, nearest = ndi.distance_transform_edt(parts == 0, return_indices=True)
+        _, nearest = ndi.distance_transform_edt(parts == 0, sampling=spacing, return_indices=True)
         mask = (parts[tuple(nearest)] == at) & foreground
     else:  # on a rim or an object without interior: the window's instance there
-        labels = instance_labels(prob, h=SPLIT_HEIGHT)
+        labels = instance_labels(prob, h=SPLIT_HEIGHT, spacing=spacing)
         mask = (labels == labels[point]) & (labels[point] > 0)
     pieces, _ = ndi.label(mask)
     return (pieces == pieces[point]) & mask  # the connected piece under the click
 
 
-def split_at(mask: np.ndarray, point, h: float = SPLIT_HEIGHT, sigma: float = SPLIT_SIGMA) -> np.ndarray:
+def split_at(mask: np.ndarray, point, h: float = SPLIT_HEIGHT, sigma: float = SPLIT_SIGMA,
+             spacing=None) -> np.ndarray:
     """The part of ``mask`` at ``point`` once split where touching objects meet, knowing the click is on it.
 
     As `napari_unet.postprocess.split_objects` (a distance-transform seeded watershed), except that the
@@ -235,6 +241,8 @@ def split_at(mask: np.ndarray, point, h: float = SPLIT_HEIGHT, sigma: float = SP
     point : tuple of int
     h, sigma : float
         Height of the neighbours' seeds and smoothing of the distance map, as in `split_objects`.
+    spacing : sequence of float, optional
+        Voxel size per axis, as in `split_objects`: distances in those units.
 
     Returns
     -------
@@ -251,25 +259,26 @@ def split_at(mask: np.ndarray, point, h: float = SPLIT_HEIGHT, sigma: float = SP
     components, _ = ndi.label(mask)
     region = components == components[point]
     box = tuple(slice(max(0, s.start - 3), s.stop + 3) for s in ndi.find_objects(region.astype(np.int8))[0])
-    parts, at = _click_parts(region[box], tuple(p - b.start for p, b in zip(point, box)), h, sigma)
+    parts, at = _click_parts(region[box], tuple(p - b.start for p, b in zip(point, box)), h, sigma, spacing)
     out = np.zeros(mask.shape, bool)
     out[box] = parts == at
     return out
 
 
-def _click_parts(mask: np.ndarray, point: tuple, h: float, sigma: float) -> tuple:
+def _click_parts(mask: np.ndarray, point: tuple, h: float, sigma: float, spacing=None) -> tuple:
     """(watershed parts of ``mask``, the id of the clicked one): `split_at`'s work on a mask."""
     from skimage.segmentation import watershed
 
     from .postprocess import distance_seeds
 
-    edt, dist, seeds = distance_seeds(mask, h, sigma)
+    edt, dist, seeds = distance_seeds(mask, h, sigma, spacing)
     basins = watershed(-dist, markers=seeds, mask=mask)  # what split_objects gives
     # the clicked object's centre: the top of the seed whose basin the click is in; every seed reaching
     # within CLICK_REACH of the object's inscribed radius there is the clicked object's own
     mine = seeds == basins[point]
     top = np.unravel_index(np.argmax(np.where(mine, dist, -np.inf)), mask.shape)
-    d2 = sum((g - c) ** 2 for g, c in zip(np.indices(mask.shape, sparse=True), top))
+    step = spacing or (1.0,) * mask.ndim  # edt is in these units: so is the reach
+    d2 = sum(((g - c) * v) ** 2 for g, c, v in zip(np.indices(mask.shape, sparse=True), top, step))
     own = np.unique(seeds[(seeds > 0) & (d2 <= (CLICK_REACH * edt[top]) ** 2)])
     if own.size <= 1:
         return basins, basins[point]

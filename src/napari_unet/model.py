@@ -341,6 +341,35 @@ def relative_spacing(spacing, dims: int) -> tuple:
     return tuple(round(v / min(values), 6) for v in values)
 
 
+def spacing_from_scales(scales, dims: int):
+    """The voxel spacing a new model trains with, from its images' voxel sizes (napari layers' ``scale``).
+
+    Parameters
+    ----------
+    scales : sequence of sequences of float
+        One voxel size per image (its last ``dims`` entries are the spatial axes).
+    dims : int
+
+    Returns
+    -------
+    tuple of float or None
+        `relative_spacing` of the common voxel size; None for 2D or isotropic voxels.
+
+    Raises
+    ------
+    ValueError
+        When the images have different voxel sizes.
+    """
+    if dims != 3:
+        return None
+    found = {relative_spacing(tuple(s)[-dims:], dims) for s in scales if len(s) >= dims}  # else: not 3D images
+    if len(found) > 1:
+        raise ValueError(f"the images have different voxel sizes {sorted(found)}: train on images of one voxel size "
+                         "(or set the layers' scale alike)")
+    spacing = found.pop() if found else None
+    return None if dims != 3 or spacing is None or len(set(spacing)) == 1 else spacing
+
+
 def normalize(arr: np.ndarray, low, high) -> np.ndarray:
     """Map per-channel intensities ``low -> 0`` and ``high -> 1`` (float32, channel axis first)."""
     low = np.asarray(low, dtype=np.float32).reshape((-1,) + (1,) * (arr.ndim - 1))

@@ -158,3 +158,27 @@ def test_seeds_use_the_voxel_spacing():
     np.testing.assert_array_equal(instance_labels(prob, spacing=None), instance_labels(prob, spacing=(1, 1, 1)))
     with pytest.raises(ValueError, match="spacing"):
         instance_labels(prob, spacing=(3, 1))
+
+
+def test_a_new_3d_model_takes_the_voxel_size_its_images_declare():
+    from napari_unet.model import spacing_from_scales
+
+    assert spacing_from_scales([(2.0, 0.5, 0.5)], 3) == (4.0, 1.0, 1.0)
+    assert spacing_from_scales([(1, 2.0, 0.5, 0.5), (2.0, 0.5, 0.5)], 3) == (4.0, 1.0, 1.0)  # leading axes ignored
+    assert spacing_from_scales([(0.3, 0.3, 0.3)], 3) is None  # isotropic: the plain network
+    assert spacing_from_scales([(2.0, 0.5, 0.5)], 2) is None  # a 2D model has no z spacing
+    with pytest.raises(ValueError, match="different voxel sizes"):
+        spacing_from_scales([(2.0, 0.5, 0.5), (1.0, 0.5, 0.5)], 3)
+
+
+def test_a_click_on_nuclei_stacked_along_z_gets_the_one_clicked_with_the_spacing():
+    from napari_unet.interactive import one_object, split_at
+
+    mask = _stacked_nuclei()
+    top = (3, 12, 12)  # the centre of the upper nucleus (fine plane 10)
+    assert split_at(mask, top).sum() == mask.sum()  # counted in planes: both
+    own = split_at(mask, top, spacing=(3, 1, 1))
+    assert 0.35 < own.sum() / mask.sum() < 0.65 and own[top] and not own[8, 12, 12]
+    prob = np.stack([~mask, mask, np.zeros_like(mask)]).astype(np.float32)
+    got, value = one_object(prob, "instance", (1, 2, 3), top, spacing=(3, 1, 1))
+    assert value == 1 and not got[8, 12, 12] and got[top]

@@ -162,8 +162,8 @@ def test_3d_model_on_a_volume(plugin_viewer, qtbot, notifications):
     viewer, train, segment = plugin_viewer
     volume, strokes, _ = make_sample((16, 64, 64), seed=3)
     viewer.layers.clear()
-    viewer.add_image(volume, name="volume")
-    viewer.add_labels(strokes, name="strokes")
+    viewer.add_image(volume, name="volume", scale=(2.0, 0.65, 0.65))  # planes 3x further apart than pixels
+    viewer.add_labels(strokes, name="strokes", scale=(2.0, 0.65, 0.65))
     set_tiny(train, budget=1.5)
     train.dims.value = 3
     train.reset_choices()
@@ -171,6 +171,7 @@ def test_3d_model_on_a_volume(plugin_viewer, qtbot, notifications):
     wait_until(qtbot, lambda: not train.running, timeout=90)
     assert not messages(notifications, "error"), messages(notifications, "error")
     assert STORE.model is not None and STORE.model.dims == 3
+    assert STORE.model.config.spacing == (round(2.0 / 0.65, 6), 1.0, 1.0)  # the layers' voxel size
     qtbot.mouseClick(segment.segment_button.native, LEFT)
     wait_until(qtbot, lambda: not segment.running, timeout=90)
     seg = viewer.layers["volume segmentation"]

@@ -257,6 +257,10 @@ class TrainWidget(JobWidget):
                       init=init, device=self.device.value, channel_axis=channel_axis,
                       patch_size=self.patch_size.value or None, batch_size=self.batch_size.value or None,
                       learning_rate=self.learning_rate.value or None)
+        if init is None:  # a new 3D model learns the voxel size the image layers declare (their scale)
+            from napari_unet.model import spacing_from_scales
+
+            kwargs["spacing"] = spacing_from_scales([layer.scale for layer in layers[::2]], self.dims.value)
         work = partial(_training, images, labels, kwargs)
         if self.live.value:
             del kwargs["time_budget"]
