@@ -269,6 +269,16 @@ def make_nuclei(
     touching, pair = _real.clump_layout(real, float(touching))
     labels, dmap, nuclei = _layout(shape, float(density), radius, touching, rng, pair)
     labels = _relabel_consecutive(labels)
+    signal = _optical_blur(_signal(labels, dmap, nuclei, shape, real, rng, dim_rng, defocus_rng, debris_rng), optics)
+    expected = _expected_photons(signal, rng, optics)
+    if optics is not None:  # keep every spacing-th sample; nuclei between the planes kept may vanish
+        expected, labels = optics.sampled(expected), _relabel_consecutive(optics.sampled(labels))
+    return _camera(expected, dtype, rng), labels
+
+
+def _signal(labels, dmap, nuclei, shape, real, rng, dim_rng, defocus_rng, debris_rng) -> np.ndarray:
+    """The emitted light before the optics: nuclei (brightness, texture, nucleoli, chromocenters), with
+    the realism pieces (dim nuclei, defocus, debris) drawn from their own streams."""
     bright = _real.dim_some(_brightness(int(labels.max()), rng), real.dim, dim_rng)
     signal = _emission(labels, dmap, bright, rng)
     signal *= 1.0 - ndi.gaussian_filter(_nucleoli(nuclei, shape, rng), 0.8)
@@ -276,11 +286,7 @@ def make_nuclei(
     signal = _real.defocus_some(signal, labels, real, defocus_rng)
     if real.debris > 0:
         signal += _real.debris(shape, real.debris, debris_rng)
-    signal = _optical_blur(signal, optics)
-    expected = _expected_photons(signal, rng, optics)
-    if optics is not None:  # keep every spacing-th sample; nuclei between the planes kept may vanish
-        expected, labels = optics.sampled(expected), _relabel_consecutive(optics.sampled(labels))
-    return _camera(expected, dtype, rng), labels
+    return signal
 
 
 # --------------------------------------------------------------------------- layout

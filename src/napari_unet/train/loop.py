@@ -148,18 +148,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
     with thread_policy(device=settings.device):
         trainer = Trainer(settings, annotated, start_time, ranks=ranks)
         yield TrainEvent("start", elapsed=trainer.elapsed(), message=trainer.summary)
-        fraction, stopped = 0.0, False
-        try:
-            while True:
-                fraction, stopping = _progress(trainer, stop, ranks)
-                if fraction >= 1.0:
-                    break
-                if stopping:
-                    stopped = True
-                    break
-                yield from _step(trainer, fraction)
-        except KeyboardInterrupt:  # Ctrl-C inside a step: finish with the best model so far
-            stopped = True
+        fraction, stopped = yield from _steps(trainer, stop, ranks)
         model = trainer.finish(stopped)
     elapsed = trainer.elapsed()
     yield TrainEvent("done", step=trainer.step_count, fraction=fraction if stopped else 1.0, elapsed=elapsed,
@@ -167,6 +156,21 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                      model=model, stopped=stopped,
                      message=f"{'stopped' if stopped else 'finished'} after {trainer.step_count} steps in "
                              f"{elapsed:.1f} s")
+
+
+def _steps(trainer: Trainer, stop, ranks):
+    """Step until done or asked to stop, yielding the steps' events; returns (fraction, stopped)."""
+    fraction = 0.0
+    try:
+        while True:
+            fraction, stopping = _progress(trainer, stop, ranks)
+            if fraction >= 1.0:
+                return fraction, False
+            if stopping:
+                return fraction, True
+            yield from _step(trainer, fraction)
+    except KeyboardInterrupt:  # Ctrl-C inside a step: finish with the best model so far
+        return fraction, True
 
 
 def _progress(trainer: Trainer, stop, ranks) -> tuple:
