@@ -128,9 +128,11 @@ def test_a_small_file_declaring_a_huge_network_is_refused_before_it_is_built(tmp
     config.update(depth=7, base_channels=512)  # ~3.5 G parameters if it were built
     payload["config"] = json.dumps(config)
     torch.save(payload, tmp_path / "huge.pt")
-    code = ("import resource, sys, napari_unet as nu\n"
+    # VmHWM is the peak of this process's own memory. ru_maxrss is not: Linux carries the parent's
+    # peak over exec, so after a long test session it reported pytest's gigabytes, not the child's.
+    code = ("import re, sys, napari_unet as nu\n"
             "try:\n    nu.load_model(sys.argv[1])\nexcept ValueError as e:\n    print(e)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "huge.pt")], capture_output=True, text=True,
                        timeout=300)
     message, peak_kib = r.stdout.strip().splitlines()
