@@ -81,3 +81,21 @@ def ratio_summary(times: dict, num: str, den: str) -> str:
     """Median (min-max) of the per-repetition ratio num/den."""
     r = np.array(times[num]) / np.array(times[den])
     return f"{np.median(r):.2f}x ({r.min():.2f}-{r.max():.2f})"
+
+
+def training_options(pairs) -> dict:
+    """``--opt KEY=VALUE`` arguments as keyword arguments of `napari_unet.train`: numbers when they read
+    as one, else strings (``augment=elastic,blur``)."""
+    options = {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        try:
+            options[key] = float(text) if "." in text else int(text)
+        except ValueError:
+            options[key] = text
+    return options
+
+
+def options_tag(options: dict) -> str:
+    """A file-name tag of training options (``-edge_weight3-lossce+dice``): models cached per setting."""
+    return "".join(f"-{k}{v}" for k, v in sorted(options.items())).replace(",", "+")

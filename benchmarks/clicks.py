@@ -7,7 +7,7 @@ point (the maximum of its distance transform). Reports the fraction of clicks wh
 with the clicked nucleus (all of them, and the touching ones alone), and the median / 95th percentile
 latency of a click.
 
-Usage: python benchmarks/clicks.py [--seeds 0 1 2] [--epochs 8] [--cache /tmp/click-models] [--kinds semantic]
+Usage: python benchmarks/clicks.py [--seeds 0 1 2] [--epochs 8] [--cache /tmp/click-models] [--kinds semantic] [--opt edge_weight=3]
 """
 from __future__ import annotations
 
@@ -22,22 +22,23 @@ import napari_unet as nu
 from napari_unet.conventions import interactive_network
 from napari_unet.synthetic import make_nuclei, make_strokes
 
-from _common import machine
+from _common import machine, options_tag, training_options
 
 
-def trained(kind, seed, epochs, cache):
+def trained(kind, seed, epochs, cache, **options):
     """A model trained on image ``seed``: strokes (semantic) or the dense masks (instance).
 
     A fixed number of epochs (10 steps each here), not a time budget: the machine is shared, and a busy
     minute once gave 12 steps where a quiet one gives about 80.
     """
-    path = os.path.join(cache, f"{kind}-{seed}-e{epochs}.pt") if cache else None
+    path = os.path.join(cache, f"{kind}-{seed}-e{epochs}{options_tag(options)}.pt") if cache else None
     if path and os.path.exists(path):
         return nu.load_model(path)
     depth, base = interactive_network(False)
     image, truth = make_nuclei((512, 512), seed=seed)
     labels = make_strokes(truth, fraction=0.06, seed=seed) if kind == "semantic" else truth
-    model = nu.train(image, labels, mode=kind, epochs=epochs, depth=depth, base_channels=base, seed=seed)
+    model = nu.train(image, labels, mode=kind, epochs=epochs, depth=depth, base_channels=base, seed=seed,
+                     **options)
     if path:
         os.makedirs(cache, exist_ok=True)
         nu.save_model(model, path)
@@ -84,13 +85,17 @@ def main():
     p.add_argument("--touching", type=float, default=0.6)
     p.add_argument("--cache", default=None, help="folder keeping the trained models between runs")
     p.add_argument("--kinds", nargs="+", choices=["semantic", "instance"], default=["semantic", "instance"])
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training option passed to nu.train, e.g. edge_weight=3 (repeatable)")
     args = p.parse_args()
+    options = training_options(args.opt)
     print(f"# {time.strftime('%Y-%m-%d')} {machine()}; network {interactive_network(False)}, "
-          f"{args.epochs} epochs of training, touching={args.touching}")
+          f"{args.epochs} epochs of training, touching={args.touching}"
+          + "".join(f", {k}={v!r}" for k, v in options.items()))
     for kind in args.kinds:
         rows, lat = [], []
         for s in args.seeds:
-            model = trained(kind, s, args.epochs, args.cache)
+            model = trained(kind, s, args.epochs, args.cache, **options)
             image, truth = make_nuclei((512, 512), seed=s + 100, touching=args.touching)
             ids, ious, secs, found = click_all(model, image, truth)
             touch = np.isin(ids, list(touching_ids(truth)))

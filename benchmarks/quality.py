@@ -28,6 +28,8 @@ import napari_unet as nu
 from napari_unet.metrics import foreground_iou, matching, mean_f1, otsu_baseline
 from napari_unet.synthetic import annotator_labels, make_nuclei, make_strokes
 
+from _common import options_tag, training_options
+
 
 def stand_in(seed, kind):
     """Image, labels to train on, true labels: the hard stand-in trains on annotator outlines
@@ -56,7 +58,8 @@ def instance_run(seed, budget, base, depth, epochs=None, loss=None, kind="standa
     image, train_labels, truth = stand_in(seed, kind)
     train_img, train_lab = image[:, :256], train_labels[:, :256]
     test_img, test_lab = image[:, 256:], truth[:, 256:]
-    name = run_name("instance", kind, seed, budget, base, depth, epochs, (f"-{loss}" if loss else "") + _tag(opts))
+    tag = (f"-{loss}" if loss else "") + options_tag(opts)
+    name = run_name("instance", kind, seed, budget, base, depth, epochs, tag)
     model = cached_train(models, name, train_img, train_lab, mode="instance", time_budget=None if epochs else budget,
                          epochs=epochs, base_channels=base, depth=depth, seed=seed,
                          **({} if loss is None else dict(loss=loss)), **opts)
@@ -71,7 +74,7 @@ def sparse_run(seed, budget, base, depth, band, epochs=None, kind="standard", mo
     image, train_labels, _ = stand_in(seed, kind)
     strokes = make_strokes(train_labels, fraction=0.06, seed=seed)
     test_img, test_truth = make_nuclei((512, 512), seed=seed + 100, realism=kind.removesuffix("-true"))
-    name = run_name("sparse", kind, seed, budget, base, depth, epochs, f"-band{band}" + _tag(opts))
+    name = run_name("sparse", kind, seed, budget, base, depth, epochs, f"-band{band}" + options_tag(opts))
     model = cached_train(models, name, image, strokes, mode="semantic", time_budget=None if epochs else budget,
                          epochs=epochs, base_channels=base, depth=depth, seed=seed, border_band=band, **opts)
     pred = nu.segment(model, test_img)
@@ -100,7 +103,7 @@ def main():
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a training option passed to nu.train in both protocols, e.g. edge_weight=3 (repeatable)")
     args = p.parse_args()
-    opts = {k: _value(v) for k, v in (o.split("=", 1) for o in args.opt)}
+    opts = training_options(args.opt)
     common = dict(kind=args.stand_in, models=args.models, **opts)
     print(f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, base_channels={args.base_channels}, depth={args.depth}, "
@@ -132,18 +135,6 @@ def main():
               f"otsu {np.mean([r['otsu'] for r in rows]):.3f}  |  mean F1 0.5-0.9 ours "
               f"{np.mean([r['ours_mean'] for r in rows]):.3f}  otsu {np.mean([r['otsu_mean'] for r in rows]):.3f}",
               flush=True)
-
-
-def _value(text):
-    """A number when it reads as one, else the string (``augment=elastic,blur``)."""
-    try:
-        return float(text) if "." in text else int(text)
-    except ValueError:
-        return text
-
-
-def _tag(opts):
-    return "".join(f"-{k}{v}" for k, v in sorted(opts.items())).replace(",", "+")
 
 
 if __name__ == "__main__":
