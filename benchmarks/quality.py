@@ -54,15 +54,14 @@ def run_name(protocol, kind, seed, budget, base, depth, epochs, extra=""):
     return f"{protocol}-{kind}-s{seed}-{f'e{epochs}' if epochs else f't{budget:g}'}-d{depth}b{base}{extra}"
 
 
-def instance_run(seed, budget, base, depth, epochs=None, loss=None, kind="standard", models=None, **opts):
+def instance_run(seed, budget, base, depth, epochs=None, kind="standard", models=None, **opts):
     image, train_labels, truth = stand_in(seed, kind)
     train_img, train_lab = image[:, :256], train_labels[:, :256]
     test_img, test_lab = image[:, 256:], truth[:, 256:]
-    tag = (f"-{loss}" if loss else "") + options_tag(opts)
-    name = run_name("instance", kind, seed, budget, base, depth, epochs, tag)
+    name = run_name("instance", kind, seed, budget, base, depth, epochs, options_tag(opts))
     model = cached_train(models, name, train_img, train_lab, mode="instance", time_budget=None if epochs else budget,
                          epochs=epochs, base_channels=base, depth=depth, seed=seed,
-                         **({} if loss is None else dict(loss=loss)), **opts)
+                         **opts)
     pred = nu.segment(model, test_img)
     otsu_pred = otsu_baseline(test_img)
     return dict(ours=matching(test_lab, pred)["f1"], otsu=matching(test_lab, otsu_pred)["f1"],
@@ -127,7 +126,7 @@ def main():
         rows = []
         for s in args.seeds:
             r = instance_run(s, args.instance_budget, args.base_channels, args.depth, epochs=args.epochs,
-                             loss=args.loss, **common)
+                             **dict(common, **({"loss": args.loss} if args.loss else {})))
             rows.append(r)
             print(f"instance seed {s}: F1@0.5 ours {r['ours']:.3f}  otsu {r['otsu']:.3f}  |  mean F1 0.5-0.9 "
                   f"ours {r['ours_mean']:.3f}  otsu {r['otsu_mean']:.3f}  ({r['steps']} steps)", flush=True)
