@@ -75,9 +75,12 @@ def _margin_map(p: np.ndarray) -> np.ndarray:
         raise ValueError("probabilities contain NaN or infinite values: predict them again")
     if (p < 0).any():
         raise ValueError("probabilities contain negative values: pass probabilities (softmax), not logits")
-    top = np.partition(p, (p.shape[0] - 2, p.shape[0] - 1), axis=0)[-2:]
+    first, second = np.maximum(p[0], p[1]), np.minimum(p[0], p[1])
+    for c in p[2:]:  # K is small: a running top two is cheaper than sorting along the class axis
+        second = np.maximum(second, np.minimum(first, c))
+        first = np.maximum(first, c)
     total = p.sum(axis=0)
-    margin = np.divide(top[-1] - top[-2], total, out=np.zeros_like(total), where=total > 0)
+    margin = np.divide(first - second, total, out=np.zeros_like(total), where=total > 0)
     return np.clip(1.0 - margin, 0.0, 1.0)
 
 
