@@ -9,7 +9,9 @@ annotator's class (1 background, 2 nucleus), placed
   hesitation map on the training image (what the napari view shows);
 * ``random``: the same dabs at random unannotated pixels;
 * ``mistakes``: the largest wrong regions (the oracle of ``correction_loop.py``, which needs the truth);
-* ``none``: nothing painted (the fine-tuning steps alone),
+* ``none``: nothing painted (the fine-tuning steps alone);
+* ``true-mistakes`` (not run by default): the largest regions wrong against the TRUE labels, painted
+  with the true class (an annotator without outline errors),
 
 and each is fine-tuned the same number of epochs from the trained model (``init=``). Foreground IoU is
 scored on the unseen image seed+100 against the TRUE labels. Models are kept in ``--models`` and reused.
@@ -36,7 +38,7 @@ from _common import alternate, machine, ratio_summary
 from correction_loop import correct_largest_mistakes
 from quality import cached_train, run_name, stand_in
 
-ARMS = ("hesitation", "random", "mistakes", "none")
+ARMS = ("hesitation", "random", "mistakes", "none", "true-mistakes")
 
 
 def dab(shape, centre, radius):
@@ -61,12 +63,12 @@ def paint_dabs(strokes, centres, annotator, budget_fraction, radius):
     return corrected, painted
 
 
-def corrections(arm, strokes, annotator, prediction, probabilities, budget, radius, seed):
+def corrections(arm, strokes, annotator, truth, prediction, probabilities, budget, radius, seed):
     """The strokes after the arm's correction round, and the pixels it painted."""
     if arm == "none":
         return strokes.copy(), 0
-    if arm == "mistakes":
-        return correct_largest_mistakes(strokes, prediction, annotator, budget)
+    if arm in ("mistakes", "true-mistakes"):
+        return correct_largest_mistakes(strokes, prediction, annotator if arm == "mistakes" else truth, budget)
     dabs = int(2 * budget * strokes.size / (np.pi * radius**2)) + 1  # more than the budget can take
     if arm == "hesitation":
         centres = suggest_strokes(hesitation(probabilities), strokes, count=dabs, radius=radius)
@@ -77,7 +79,7 @@ def corrections(arm, strokes, annotator, prediction, probabilities, budget, radi
 
 
 def run_seed(seed, args):
-    image, annotator, _ = stand_in(seed, "hard")
+    image, annotator, truth = stand_in(seed, "hard")
     strokes = make_strokes(annotator, fraction=0.06, seed=seed)
     test_image, test_truth = make_nuclei((512, 512), seed=seed + 100, realism="hard")
     common = dict(mode="semantic", base_channels=args.base_channels, depth=args.depth, seed=seed, border_band=3)
@@ -92,7 +94,7 @@ def run_seed(seed, args):
           f"({time.perf_counter() - t0:.0f} s) -> IoU {before:.3f}", flush=True)
     for arm in args.arms:
         t0 = time.perf_counter()
-        corrected, painted = corrections(arm, strokes, annotator, prediction, probabilities, args.correct,
+        corrected, painted = corrections(arm, strokes, annotator, truth, prediction, probabilities, args.correct,
                                          args.radius, seed)
         tuned = cached_train(args.models, f"{name}-{arm}{args.correct:g}r{args.radius}-ft{args.finetune_epochs}",
                              image, corrected, init=model, epochs=args.finetune_epochs,
@@ -137,7 +139,7 @@ def main():
     p.add_argument("--radius", type=int, default=5, help="brush radius of the dabs (px)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS[:4]))
     p.add_argument("--models", default=os.path.join(tempfile.gettempdir(), "napari-unet-uncertainty-models"),
                    help="directory where trained models are kept and reused")
     p.add_argument("--preview-cost", type=int, default=0, metavar="REPS",

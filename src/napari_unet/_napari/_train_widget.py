@@ -136,7 +136,8 @@ class TrainWidget(JobWidget):
         self.export_button = PushButton(text="Export for bioimage.io…")
         self.model_info = fixed_label(Label(label="Model", value=STORE.describe()))
         self.extend([self.pairs, self.add_pair_button, self.mode, self.time_budget, self.continue_training,
-                     self.live, self.show_hesitation, self.advanced_toggle, self.advanced, self.train_button, self.progress, self.status,
+                     self.live, self.show_hesitation, self.advanced_toggle, self.advanced, self.train_button,
+                     self.progress, self.status,
                      self.plot_box, Container(widgets=[self.save_button, self.load_button, self.export_button],
                                               layout="horizontal", labels=False), self.model_info])
         self.add_pair()
