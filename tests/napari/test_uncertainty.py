@@ -61,6 +61,10 @@ def test_on_a_stack_the_view_covers_the_displayed_plane(plugin_viewer, qtbot, no
     assert layer.data.shape == (1,) + plane.shape and layer.translate[0] == 2  # drawn on plane 2
     np.testing.assert_allclose(layer.data[0], predict_hesitation(model, plane[:, ::-1]), atol=1e-5)
     assert not [m for s, m in notifications if "error" in s]
+    train.rows()[0].image.value = viewer.layers["nuclei"]
+    STORE.set(random_model(dims=3), "test")  # a 3D model cannot map a 2D image: said, nothing drawn
+    wait_until(qtbot, lambda: any("spatial axes" in m for s, m in notifications if "error" in s), timeout=30)
+    assert uncertainty_name("nuclei") not in viewer.layers
 
 
 def test_in_live_mode_each_preview_brings_the_map_of_the_window_on_screen(plugin_viewer, qtbot, notifications):

@@ -10,7 +10,7 @@ from napari.utils.notifications import show_info
 
 from napari_unet.conventions import interactive_network
 
-from ._base import JobWidget, report_start_error
+from ._base import JobWidget
 
 from ._jobs import Job
 from ._layers import drop_channel_axis, fixed_label, image_array, labels_array, same_layer, set_progress
@@ -228,18 +228,11 @@ class TrainWidget(JobWidget):
             self.refresh_hesitation()
 
     def refresh_hesitation(self):
-        """Compute where the current model hesitates on the first image (its displayed plane) in the
-        background; the layer "<image> uncertainty" shows it. Returns the job (None without a model)."""
+        """Map where the current model hesitates on the first image (its displayed plane), in the
+        background, into "<image> uncertainty"; returns the job (None when it cannot start)."""
         row = self.rows()[0]
-        if STORE.model is None or row.image.value is None:
-            self.status.value = "the uncertainty view shows once there is a model: train or load one"
-            return None
-        try:
-            return self.uncertainty.compute(self.viewer, row.image.value, row.labels.value, STORE.model,
-                                            parse_channel_axis(self.channel_axis.value), self.device.value)
-        except Exception as exc:  # noqa: BLE001 - shown, never a crashed viewer
-            report_start_error(NAME, exc)
-            return None
+        return self.uncertainty.refresh(self.viewer, row.image.value, row.labels.value, STORE.model,
+                                        parse_channel_axis(self.channel_axis.value), self.device.value, self.status)
 
     # ------------------------------------------------------------------------------------- training
     def _training_inputs(self):
@@ -336,10 +329,8 @@ class TrainWidget(JobWidget):
         set_progress(self.progress, round(100 * update.fraction))
         if self._live is not None and update.kind in ("labels", "preview"):
             self.status.value = self._live.on_update(update) or self.status.value
-            if update.kind == "preview" and update.data.hesitation is not None and self.show_hesitation.value:
-                image, labels_layer = self._live.pairs[0]
-                self.uncertainty.show(self.viewer, image, labels_layer, update.data.request.key,
-                                      update.data.hesitation, self._live.channel_axis)
+            if update.kind == "preview" and self.show_hesitation.value:
+                self.uncertainty.show_live(self.viewer, self._live, update.data)
             return
         if update.kind == "start":
             self.status.value = update.message

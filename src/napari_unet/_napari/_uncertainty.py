@@ -16,6 +16,7 @@ from napari_unet.predict import iter_predict
 from napari_unet.progress import until
 from napari_unet.uncertainty import hesitation
 
+from ._base import report_start_error
 from ._layers import image_array, same_layer, spatial_geometry, spatial_shape
 from ._lifecycle import weak_method
 
@@ -126,6 +127,23 @@ class UncertaintyView:
             self.job.stop.set()
         if self.layer is not None:
             self.layer.visible = False
+
+    def show_live(self, viewer, session, preview):
+        """Draw the map a live run's `Preview` brought (if any) over the session's first image."""
+        if preview.hesitation is not None:
+            image, labels_layer = session.pairs[0]
+            self.show(viewer, image, labels_layer, preview.request.key, preview.hesitation, session.channel_axis)
+
+    def refresh(self, viewer, image, labels_layer, model, channel_axis, device, status):
+        """`compute`, or why not in the ``status`` label / a notification; returns the job or None."""
+        if model is None or image is None:
+            status.value = "the uncertainty view shows once there is a model: train or load one"
+            return None
+        try:
+            return self.compute(viewer, image, labels_layer, model, channel_axis, device)
+        except Exception as exc:  # noqa: BLE001 - shown, never a crashed viewer
+            report_start_error(self.runner.name, exc)
+            return None
 
     def compute(self, viewer, image, labels_layer, model, channel_axis, device="auto"):
         """Start a one-shot map of the displayed plane of ``image`` with ``model``; returns the job.
