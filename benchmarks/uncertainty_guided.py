@@ -78,6 +78,18 @@ def corrections(arm, strokes, annotator, truth, prediction, probabilities, budge
     return paint_dabs(strokes, centres, annotator, budget, radius)
 
 
+def painted_info(corrected, strokes, prediction, truth):
+    """What a correction painted: its share of nucleus, of pixels the model had wrong (true labels), and of
+    pixels whose painted class contradicts the true labels (the annotator's outline errors)."""
+    new = corrected != strokes
+    if not new.any():
+        return "nothing"
+    nucleus, true_fg = corrected[new] == 2, truth[new] > 0
+    wrong = (prediction[new] > 0) != true_fg
+    return (f"{100 * nucleus.mean():.0f}% nucleus, {100 * wrong.mean():.0f}% where the model was wrong, "
+            f"{100 * (nucleus != true_fg).mean():.0f}% against the truth")
+
+
 def run_seed(seed, args):
     image, annotator, truth = stand_in(seed, "hard")
     strokes = make_strokes(annotator, fraction=0.06, seed=seed)
@@ -101,7 +113,8 @@ def run_seed(seed, args):
                              **{k: v for k, v in common.items() if k not in ("mode", "base_channels", "depth")})
         after = foreground_iou(test_truth, nu.segment(tuned, test_image))
         row[arm], row[arm + "_px"] = after, painted / strokes.size
-        print(f"  {arm:10s}: painted {100 * painted / strokes.size:.2f}% more -> IoU {after:.3f} "
+        info = painted_info(corrected, strokes, prediction, truth)
+        print(f"  {arm:10s}: painted {100 * painted / strokes.size:.2f}% more ({info}) -> IoU {after:.3f} "
               f"({after - before:+.3f}; {time.perf_counter() - t0:.0f} s)", flush=True)
     return row
 
