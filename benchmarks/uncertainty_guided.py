@@ -11,7 +11,8 @@ annotator's class (1 background, 2 nucleus), placed
 * ``mistakes``: the largest wrong regions (the oracle of ``correction_loop.py``, which needs the truth);
 * ``none``: nothing painted (the fine-tuning steps alone);
 * ``true-mistakes`` (not run by default): the largest regions wrong against the TRUE labels, painted
-  with the true class (an annotator without outline errors),
+  with the true class (an annotator without outline errors);
+* ``mixed`` (not run by default): dabs alternately at the hesitant spots and at random places,
 
 and each is fine-tuned the same number of epochs from the trained model (``init=``). Foreground IoU is
 scored on the unseen image seed+100 against the TRUE labels. Models are kept in ``--models`` and reused.
@@ -38,7 +39,7 @@ from _common import alternate, machine, ratio_summary
 from correction_loop import correct_largest_mistakes
 from quality import cached_train, run_name, stand_in
 
-ARMS = ("hesitation", "random", "mistakes", "none", "true-mistakes")
+ARMS = ("hesitation", "random", "mistakes", "none", "true-mistakes", "mixed")
 
 
 def dab(shape, centre, radius):
@@ -70,11 +71,13 @@ def corrections(arm, strokes, annotator, truth, prediction, probabilities, budge
     if arm in ("mistakes", "true-mistakes"):
         return correct_largest_mistakes(strokes, prediction, annotator if arm == "mistakes" else truth, budget)
     dabs = int(2 * budget * strokes.size / (np.pi * radius**2)) + 1  # more than the budget can take
-    if arm == "hesitation":
-        centres = suggest_strokes(hesitation(probabilities), strokes, count=dabs, radius=radius)
-    else:
-        free = np.argwhere(strokes == 0)
-        centres = free[np.random.default_rng(seed).choice(len(free), size=dabs, replace=False)]
+    hesitant = suggest_strokes(hesitation(probabilities), strokes, count=dabs, radius=radius)
+    free = np.argwhere(strokes == 0)
+    chance = free[np.random.default_rng(seed).choice(len(free), size=dabs, replace=False)]
+    centres = {"hesitation": hesitant, "random": chance}.get(arm)
+    if arm == "mixed":
+        n = min(len(hesitant), len(chance))
+        centres = np.stack([hesitant[:n], chance[:n]], axis=1).reshape(-1, strokes.ndim)
     return paint_dabs(strokes, centres, annotator, budget, radius)
 
 
