@@ -77,6 +77,7 @@ class LiveSession:
         self._request = None
         self._changed_at = None
         self.version = 0
+        self.hesitation = False  # also ask the run for where the model hesitates (the Train widget's checkbox)
         self.taken, self.preview_times, self.preview_seconds = [], [], []
         self.preview_layer = None
         self._settle = QTimer(singleShot=True, interval=SETTLE_MS)
@@ -114,6 +115,11 @@ class LiveSession:
         self.updates.put(LabelsUpdate(tuple(copies), self.version, changed_at or time.perf_counter()))
 
     # ------------------------------------------------------------------------------------- preview
+    def want_hesitation(self, on: bool) -> None:
+        """Ask the run for the hesitation map with each preview (or no longer)."""
+        self.hesitation = bool(on)
+        self._send_view()
+
     def _send_view(self) -> None:
         request = self.view_request()
         if request is not None and request != self._request:
@@ -147,7 +153,7 @@ class LiveSession:
         else:
             for a in displayed:
                 center[a] = shape[a] // 2
-        return PreviewRequest(0, preview_window(center, visible, shape, self.dims))
+        return PreviewRequest(0, preview_window(center, visible, shape, self.dims), self.hesitation)
 
     def show_preview(self, preview, count: bool = True) -> None:
         """Draw a `Preview` into the "<image> preview" layer (made below the annotations if needed)."""

@@ -20,6 +20,7 @@ from ._model_files import export_current_model, load_model_file, save_current_mo
 from ._pickers import PairRow, auto_choices, channel_axis_choices, device_choices, has_gpu, parse_channel_axis
 from ._plot import LossPlot
 from ._store import STORE
+from ._uncertainty import UncertaintyView
 
 __all__ = ["TrainWidget"]
 
@@ -99,6 +100,12 @@ class TrainWidget(JobWidget):
         self.live = CheckBox(text="Live: train while I paint", value=False,
                              tooltip="Train until Stop; new strokes join the training within seconds, and a "
                                      "preview of the model's segmentation of what is on screen is shown")
+        self.show_hesitation = CheckBox(text="Show where the model hesitates", value=False,
+                                        tooltip="A layer '<image> uncertainty': bright where the model is unsure "
+                                                "between two classes, i.e. where a stroke helps most.\n"
+                                                "Live: refreshed with each preview; otherwise computed for the "
+                                                "displayed plane whenever the model changes")
+        self.uncertainty = UncertaintyView(self.runner)
         self.advanced_toggle = PushButton(text="▸ Advanced settings")
         self.dims = ComboBox(label="Model", choices=[("2D (plane by plane)", 2), ("3D", 3)], value=2)
         depth, base = interactive_network(has_gpu())
@@ -129,7 +136,8 @@ class TrainWidget(JobWidget):
         self.export_button = PushButton(text="Export for bioimage.io…")
         self.model_info = fixed_label(Label(label="Model", value=STORE.describe()))
         self.extend([self.pairs, self.add_pair_button, self.mode, self.time_budget, self.continue_training,
-                     self.live, self.advanced_toggle, self.advanced, self.train_button, self.progress, self.status,
+                     self.live, self.show_hesitation, self.advanced_toggle, self.advanced, self.train_button,
+                     self.progress, self.status,
                      self.plot_box, Container(widgets=[self.save_button, self.load_button, self.export_button],
                                               layout="horizontal", labels=False), self.model_info])
         self.add_pair()
@@ -138,6 +146,7 @@ class TrainWidget(JobWidget):
         self.advanced_toggle.changed.connect(self._toggle_advanced)
         self.train_button.changed.connect(self._on_run_clicked)
         self.live.changed.connect(self._on_live_toggled)
+        self.show_hesitation.changed.connect(self._on_hesitation_toggled)
         self.save_button.changed.connect(self.save_model)
         self.load_button.changed.connect(self.load_model)
         self.export_button.changed.connect(self.export_model)
@@ -192,6 +201,8 @@ class TrainWidget(JobWidget):
             self.continue_training.enabled = model is not None
             if model is None:
                 self.continue_training.value = False
+            if self.show_hesitation.value and model is not None and STORE.source != "live training":
+                self.refresh_hesitation()  # a live run's previews bring their own maps
         except RuntimeError:  # the Qt widgets were deleted with the viewer before this object
             self.shutdown()
 
@@ -206,6 +217,22 @@ class TrainWidget(JobWidget):
         self.mode.value = mode
         if STORE.model is not None:
             self.continue_training.value = True
+
+    # ------------------------------------------------------------------------------------- uncertainty
+    def _on_hesitation_toggled(self, on: bool):
+        if self._live is not None:
+            self._live.want_hesitation(on)
+        if not on:
+            self.uncertainty.hide()
+        elif self._live is None:
+            self.refresh_hesitation()
+
+    def refresh_hesitation(self):
+        """Map where the current model hesitates on the first image (its displayed plane), in the
+        background, into "<image> uncertainty"; returns the job (None when it cannot start)."""
+        row = self.rows()[0]
+        return self.uncertainty.refresh(self.viewer, row.image.value, row.labels.value, STORE.model,
+                                        parse_channel_axis(self.channel_axis.value), self.device.value, self.status)
 
     # ------------------------------------------------------------------------------------- training
     def _training_inputs(self):
@@ -266,6 +293,7 @@ class TrainWidget(JobWidget):
             del kwargs["time_budget"]
             self._live = LiveSession(self.viewer, list(zip(layers[::2], layers[1::2])), [np.shape(a) for a in images],
                                      channel_axis, init.dims if init is not None else kwargs["dims"], labels)
+            self._live.hesitation = self.show_hesitation.value
             work = partial(live_training, images, labels, kwargs, self._live.updates, self._live.previews)
         self._run = _TrainRun(offset=self.loss_plot.start_run() if init is not None else 0,
                               budget=kwargs.get("time_budget"))
@@ -301,6 +329,8 @@ class TrainWidget(JobWidget):
         set_progress(self.progress, round(100 * update.fraction))
         if self._live is not None and update.kind in ("labels", "preview"):
             self.status.value = self._live.on_update(update) or self.status.value
+            if update.kind == "preview" and self.show_hesitation.value:
+                self.uncertainty.show_live(self.viewer, self._live, update.data)
             return
         if update.kind == "start":
             self.status.value = update.message

@@ -82,20 +82,30 @@ class LabelsTaken:
 
 @dataclass(frozen=True)
 class PreviewRequest:
-    """What to preview: image ``image`` (index in the run's images) at ``key`` over its spatial axes."""
+    """What to preview: image ``image`` (index in the run's images) at ``key`` over its spatial axes.
+
+    ``hesitation``: also return where the model hesitates (`napari_unet.uncertainty.hesitation`),
+    from the same forward pass.
+    """
 
     image: int
     key: tuple
+    hesitation: bool = False
 
 
 @dataclass(frozen=True)
 class Preview:
-    """The ``data`` of a ``"preview"`` event: the current model's labels of a window, and that model."""
+    """The ``data`` of a ``"preview"`` event: the current model's labels of a window, and that model.
+
+    ``hesitation`` is the window's hesitation map (float32 in [0, 1], shaped like ``labels``) when the
+    request asked for it, else None.
+    """
 
     request: PreviewRequest
     labels: np.ndarray
     seconds: float
     model: Model
+    hesitation: np.ndarray | None = None
 
 
 def preview_window(center: Sequence[int], visible: Sequence[int], shape: Sequence[int], dims: int) -> tuple:
@@ -165,13 +175,18 @@ def _annotated_px(trainer: Trainer) -> int:
 
 
 def _preview(trainer: Trainer, sources, request: PreviewRequest) -> Preview:
-    from ..predict import segment
+    from ..predict import iter_predict
+    from ..progress import drain
+    from ..uncertainty import hesitation
 
     t0 = time.perf_counter()
     model = trainer.snapshot()
     pixels = np.asarray(sources[request.image][(slice(None),) + tuple(request.key)])
-    labels = segment(model, pixels, tile=None, device=trainer.settings.device, channel_axis=0)
-    return Preview(request, labels, time.perf_counter() - t0, model)
+    # labels and probabilities of the same forward pass: the map costs only its own arithmetic
+    done = drain(iter_predict(model, pixels, labels=True, probabilities=request.hesitation, tile=None,
+                              device=trainer.settings.device, channel_axis=0))
+    hesitant = hesitation(done.probabilities) if request.hesitation else None
+    return Preview(request, done.labels, time.perf_counter() - t0, model, hesitant)
 
 
 def iter_train_live(images, labels, *, updates: Latest, previews: Latest | None = None, stop=None,
