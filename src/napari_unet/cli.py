@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "more ids usually mean instance masks)")
     t.add_argument("--loss", choices=C.LOSSES, default=None, help="training loss (default ce; a fine-tuned model's)")
     t.add_argument("--edge-weight", type=float, default=None, help="cross-entropy weight (>= 1) of pixels along "
-                   "class changes: the outlines (default 1)")
+                   "class changes: the outlines (default: 3 for a new 2D instance model, else 1; "
+                   "fine-tuning keeps the model's)")
     t.add_argument("--instance-boundary", choices=C.INSTANCE_BOUNDARIES, default=None,
                    help="instance mode: how the boundary class is drawn (default inner)")
     t.add_argument("--augment", default=None, metavar="NAMES", help="extra augmentations, comma-separated: "

@@ -8,6 +8,7 @@ from napari_unet.cli import main
 from napari_unet.data import instance_targets
 from napari_unet.data.patches import augment_patch
 from napari_unet.model import ModelConfig
+from napari_unet.synthetic import make_nuclei
 from napari_unet.train import masked_loss
 from napari_unet.train.trainer import edge_pixels
 
@@ -41,6 +42,21 @@ def test_older_model_files_without_the_choices_read_as_the_defaults():
     chosen = ModelConfig(mode="instance", loss="ce+dice", augment=("blur",)).to_dict()
     assert (chosen["loss"], chosen["augment"]) == ("ce+dice", ["blur"])
     assert ModelConfig.from_dict(chosen).augment == ("blur",)
+
+
+def test_a_new_instance_model_weighs_its_outlines_and_fine_tuning_an_older_one_does_not(blobs):
+    image, strokes, truth = blobs
+    instance = nu.train(image, truth, mode="instance", epochs=1, seed=0, **TINY)
+    assert instance.config.edge_weight == 3.0  # conventions.DEFAULT_EDGE_WEIGHT: it is in the file
+    assert ModelConfig.from_dict(instance.config.to_dict()).edge_weight == 3.0
+    assert nu.train(image, strokes, epochs=1, seed=0, **TINY).config.edge_weight == 1.0
+    plain = nu.train(image, truth, mode="instance", epochs=1, seed=0, edge_weight=1, **TINY)
+    assert "edge_weight" not in plain.config.to_dict()  # as a file of before the default changed
+    tuned = nu.train(image, truth, mode="instance", epochs=1, seed=0, init=plain, patch_size=32, batch_size=2)
+    assert tuned.config.edge_weight == 1.0  # fine-tuning goes on as the model was trained
+    volume, masks = make_nuclei((8, 32, 32), seed=0)
+    assert nu.train(volume, masks, mode="instance", dims=3, epochs=1, seed=0, depth=2, base_channels=4,
+                    patch_size=(8, 32, 32), batch_size=1).config.edge_weight == 1.0  # 3D: weight 2 lost
 
 
 @pytest.mark.parametrize("fields,message", [

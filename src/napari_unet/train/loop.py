@@ -117,6 +117,8 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         distances in these units. Recorded in the model; default isotropic.
     edge_weight : float, optional
         Cross-entropy weight (>= 1) of the pixels along a change of class, on both sides: the outlines.
+        Default for a new model `conventions.default_edge_weight` (3 for 2D instance models, else 1);
+        fine-tuning keeps ``init``'s.
     instance_boundary : {"inner", "thick", "touching"}, optional
         Instance mode: how the boundary class is drawn (`napari_unet.data.instance_targets`).
     augment : str or sequence of str, optional

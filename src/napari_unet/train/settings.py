@@ -224,7 +224,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
     """
     _check_request(mode, dims, time_budget, epochs, init)
     _check_optional(batch_size, learning_rate, validation_fraction, border_band)
-    choices = resolve_choices(init, loss=loss, edge_weight=edge_weight, instance_boundary=instance_boundary,
+    choices = resolve_choices(init, mode, dims, loss=loss, edge_weight=edge_weight, instance_boundary=instance_boundary,
                               augment=augment)
     if init is not None:
         dims = init.dims
@@ -246,12 +246,13 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
     return settings, annotated
 
 
-def resolve_choices(init=None, **asked) -> dict:
+def resolve_choices(init=None, mode="semantic", dims=2, **asked) -> dict:
     """The training choices (loss, edge_weight, instance_boundary, augment): as asked, else ``init``'s
-    (fine-tuning goes on as the model was trained), else the library's defaults; checked."""
+    (fine-tuning goes on as the model was trained), else the library's defaults for a new ``mode``/``dims`` model; checked."""
     base = init.config if init is not None else ModelConfig()
-    # a new model's default loss is stated in conventions; ModelConfig's default is what older files mean
-    defaults = dict(asdict(base), **({} if init is not None else dict(loss=C.DEFAULT_LOSS)))
+    # a new model's defaults are stated in conventions; ModelConfig's defaults are what older files mean
+    new = dict(loss=C.DEFAULT_LOSS, edge_weight=C.default_edge_weight(mode, dims))
+    defaults = dict(asdict(base), **({} if init is not None else new))
     out = {k: defaults[k] if v is None else v for k, v in asked.items()}
     if isinstance(out["augment"], str):
         out["augment"] = tuple(a.strip() for a in out["augment"].split(",") if a.strip() not in ("", "none"))
