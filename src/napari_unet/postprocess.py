@@ -9,16 +9,12 @@ from scipy import ndimage as ndi
 from .conventions import written_labels
 
 __all__ = ["semantic_labels", "instance_labels", "split_objects", "distance_seeds", "SEED_HEIGHT", "item_spacing",
-           "ANISOTROPIC_3D_SIGMA", "FRAGMENT_FRACTION", "fragment_fraction"]
+           "FRAGMENT_FRACTION", "fragment_fraction"]
 
 #: How far (px of distance to the edge) a seed's maximum must stand above its surroundings in
 #: `instance_labels`: 0.5 splits touching nuclei that 1.0 merged, and was never worse on the outline
 #: measurements (BENCHMARKS.md, "Seed height").
 SEED_HEIGHT = 0.5
-#: Distance smoothing (px of the finest axis) for 3D items with a declared anisotropic spacing (else 1):
-#: fewer split nuclei and better outlines on both seeds of the anisotropic stand-in (mean F1 0.5-0.9
-#: 0.630 / 0.485 against 0.599 / 0.473 with 1.0; benchmarks/results/vol3d2.md).
-ANISOTROPIC_3D_SIGMA = 1.5
 #: Objects smaller than this fraction of the item's median object are fragments, dropped by default in
 #: 3D (and on the planes of a stitched stack): on the anisotropic stand-in most false objects are
 #: pieces of 40-300 voxels next to nuclei of ~800 (3D F1@0.5 0.816 -> 0.859 and 0.726 -> 0.809).
@@ -105,7 +101,7 @@ def distance_seeds(mask: np.ndarray, h: float, sigma: float, spacing=None) -> tu
 
 
 def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: float = 0.5,
-                    h: float = SEED_HEIGHT, spacing=None, sigma: float | None = None,
+                    h: float = SEED_HEIGHT, spacing=None, sigma: float = 1.0,
                     min_fraction: float | None = None) -> np.ndarray:
     """Separate objects from background / interior / boundary probabilities with a seeded watershed.
 
@@ -131,9 +127,8 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
     spacing : sequence of float, optional
         Voxel size per spatial axis relative to the finest (a model's ``config.spacing``): seeds and
         the growth over the rims measure distances in these units. Default isotropic.
-    sigma : float, optional
-        Smoothing (px) of the distance map before its maxima are found (`split_objects`); default 1,
-        `ANISOTROPIC_3D_SIGMA` for 3D items with an anisotropic ``spacing``.
+    sigma : float
+        Smoothing (px) of the distance map before its maxima are found (`split_objects`).
     min_fraction : float, optional
         Objects smaller than this fraction of the median object's size are dropped too (fragments);
         default `FRAGMENT_FRACTION` in 3D, 0 in 2D.
@@ -155,8 +150,6 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
         return np.zeros(prob.shape[1:], np.int32)
     interior = (prob[1] > prob[2]) & (prob[1] > prob[0]) & foreground
     spacing = _spacing(spacing, spatial)
-    if sigma is None:
-        sigma = ANISOTROPIC_3D_SIGMA if spatial == 3 and spacing is not None else 1.0
     if min_fraction is None:
         min_fraction = fragment_fraction(spatial, stitched=False)
     cores = split_objects(interior, h=h, sigma=sigma, spacing=spacing)

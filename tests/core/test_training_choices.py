@@ -112,3 +112,17 @@ def test_cli_train_flags_reach_the_model(blobs, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     c = nu.load_model(tmp_path / "m.pt").config
     assert (c.loss, c.edge_weight, c.instance_boundary, c.augment) == ("ce+dice", 2.0, "touching", ("contrast",))
+
+
+def test_the_boundary_follows_the_voxel_spacing():
+    """Planes 3 px apart: a plane of rim against the background would be 3 px of tissue, so the top
+    and bottom planes of a nucleus stay interior (its in-plane rim aside); where two nuclei touch along
+    Z, both facing planes are rim."""
+    labels = np.zeros((8, 12, 12), np.int32)
+    labels[1:4, 2:10, 2:10], labels[4:7, 2:10, 2:10] = 1, 2  # stacked along Z, touching
+    plain, spaced = instance_targets(labels), instance_targets(labels, spacing=(3, 1, 1))
+    assert (plain[1, 3:9, 3:9] == 2).all() and (spaced[1, 3:9, 3:9] == 1).all()  # top plane
+    assert (spaced[6, 3:9, 3:9] == 1).all()  # bottom plane
+    assert (spaced[3:5, 3:9, 3:9] == 2).all()  # where the nuclei touch
+    assert (spaced[2, 2, 2:10] == 2).all()  # the in-plane rim is kept
+    np.testing.assert_array_equal(instance_targets(labels, spacing=(1, 1, 1)), plain)
