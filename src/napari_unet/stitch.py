@@ -7,7 +7,9 @@ when at least ``threshold`` of the smaller of the two lies inside the other; oth
 A nucleus seen in 20 planes becomes one 3D object. The threshold is on the smaller object, not on the
 union as in cellpose's ``stitch_threshold``, because near the top and bottom of a nucleus its section
 shrinks fast from plane to plane: the IoU of two sections of one nucleus falls to 0.2-0.3 there, and an
-IoU rule cuts the caps off as objects of their own (benchmarks/stitch_quality.py). Planes are handled
+IoU rule cuts the caps off as objects of their own (benchmarks/stitch_quality.py). A link is cut where
+the chain's section area dips (`dips`): there one nucleus ends and the one stacked under it begins,
+whose first section lies inside the upper one's last (benchmarks/results/vol3d2.md). Planes are handled
 one at a time and only the previous plane is kept (`PlaneStitcher`), so the stack is never held in
 memory: it works while a prediction writes plane by plane into a zarr array, and on label stacks of any
 size (`stitch_planes`). The rule (`match_objects`) and the new ids (in order of each object's first
