@@ -126,3 +126,18 @@ def test_the_boundary_follows_the_voxel_spacing():
     assert (spaced[3:5, 3:9, 3:9] == 2).all()  # where the nuclei touch
     assert (spaced[2, 2, 2:10] == 2).all()  # the in-plane rim is kept
     np.testing.assert_array_equal(instance_targets(labels, spacing=(1, 1, 1)), plain)
+
+
+def test_training_with_a_spacing_draws_the_boundary_with_it(monkeypatch):
+    from napari_unet.data import targets
+    from napari_unet.synthetic import make_nuclei
+
+    seen = []
+    original = targets.instance_targets
+    monkeypatch.setattr(targets, "instance_targets", lambda lab, b, spacing=None: seen.append(spacing) or
+                        original(lab, b, spacing))
+    image, labels = make_nuclei((8, 32, 32), seed=0)
+    for spacing in (None, (3, 1, 1)):
+        nu.train(image, labels, mode="instance", dims=3, depth=2, base_channels=4, epochs=1, seed=0,
+                 patch_size=(8, 32, 32), spacing=spacing)
+    assert seen == [None, (3.0, 1.0, 1.0)]
