@@ -15,7 +15,10 @@ Equal *steps*, not wall clock: the machine is shared, so each model trains the n
 in 120 s on a quiet 2-core CPU (``--steps-3d``/``--steps-2d``; how they were measured is in
 benchmarks/results/vol3d.md). Every run uses one torch thread (``--threads``).
 
-Usage: python benchmarks/quality_3d.py [--seeds 0 1] [--models 3d:iso 3d:aniso 2d] [--steps-3d 150]
+``--cache DIR`` keeps the trained models (and, for benchmarks/post_3d.py, the held-out probabilities):
+a model already there is loaded instead of trained, so post-processing variants score the same networks.
+
+Usage: python benchmarks/quality_3d.py [--seeds 0 1] [--models 3d:iso 3d:aniso 2d] [--steps-3d 150] [--cache DIR]
 """
 from __future__ import annotations
 
