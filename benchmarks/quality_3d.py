@@ -15,13 +15,17 @@ Equal *steps*, not wall clock: the machine is shared, so each model trains the n
 in 120 s on a quiet 2-core CPU (``--steps-3d``/``--steps-2d``; how they were measured is in
 benchmarks/results/vol3d.md). Every run uses one torch thread (``--threads``).
 
-Usage: python benchmarks/quality_3d.py [--seeds 0 1] [--models 3d:iso 3d:aniso 2d] [--steps-3d 150]
+``--cache DIR`` keeps the trained models (and, for benchmarks/post_3d.py, the held-out probabilities):
+a model already there is loaded instead of trained, so post-processing variants score the same networks.
+
+Usage: python benchmarks/quality_3d.py [--seeds 0 1] [--models 3d:iso 3d:aniso 2d] [--steps-3d 150] [--cache DIR]
 """
 from __future__ import annotations
 
 import argparse
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +42,14 @@ VARIANTS = {
     "aniso": {"spacing": "volume"},  # the stack's own voxel spacing, declared
     "aniso-flat": {"spacing": "volume", "patch_size": (16, 96, 96)},
     "iso-flat": {"patch_size": (16, 96, 96)},
+    "aniso-thick": {"spacing": "volume", "instance_boundary": "thick"},
+    "aniso-touching": {"spacing": "volume", "instance_boundary": "touching"},
+    "aniso-edge": {"spacing": "volume", "edge_weight": 2.0},
+    "aniso-dice": {"spacing": "volume", "loss": "ce+dice"},
+    "aniso-16x128": {"spacing": "volume", "patch_size": (16, 128, 128)},
+    # the boundary class drawn with the spacing (`instance_targets(spacing=)`): the default since
+    # benchmarks/results/vol3d2.md; its first runs patched it in (cached "3d-aniso" models predate it)
+    "aniso-rimxy": {"spacing": "volume"},
 }
 STEPS_PER_EPOCH = 10  # the protocol's regions are small: `train` makes 10 steps per epoch
 
@@ -50,15 +62,44 @@ def stand_in(shape, seed, spacing, attenuation, depth_blur):
     return (image[..., :half], truth[..., :half]), (image[..., half:], truth[..., half:])
 
 
-def run_model(name, train_part, test_part, seed, steps, spacing):
-    """Train one model of the protocol and score it on the held-out half."""
-    (train_img, train_lab), (test_img, test_lab) = train_part, test_part
+def trained(name, train_img, train_lab, seed, steps, spacing, cache=None):
+    """The protocol's model ``name``: trained, or loaded from ``cache`` (a folder) when trained before.
+
+    Returns (model, training seconds; 0 when loaded). The cache also keeps the held-out half's
+    probabilities (`cached_probabilities`), so post-processing variants reuse the same networks.
+    """
     dims, variant = (2, None) if name == "2d" else (3, name.split(":", 1)[1])
+    path = None if cache is None else model_path(cache, name, seed, steps)
+    if path is not None and path.exists():
+        return nu.load_model(path), 0.0
     kwargs = {k: (tuple(spacing) if v == "volume" else v) for k, v in VARIANTS.get(variant, {}).items()}
     t = time.perf_counter()
     model = nu.train(train_img, train_lab, mode="instance", dims=dims, epochs=max(1, steps // STEPS_PER_EPOCH),
                      seed=seed, **kwargs)
-    t_train = time.perf_counter() - t
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nu.save_model(model, path)
+    return model, time.perf_counter() - t
+
+
+def model_path(cache, name, seed, steps):
+    """Where ``trained`` keeps a model in the ``cache`` folder."""
+    return Path(cache) / f"{name.replace(':', '-')}-seed{seed}-steps{steps}.pt"
+
+
+def cached_probabilities(model_path, model, image):
+    """The model's probabilities on ``image``, kept next to the cached model file (``.prob.npy``)."""
+    path = Path(str(model_path) + ".prob.npy")
+    if not path.exists():
+        np.save(path, nu.predict(model, image).astype(np.float32))
+    return np.load(path)
+
+
+def run_model(name, train_part, test_part, seed, steps, spacing, cache=None):
+    """Train one model of the protocol (or load it from ``cache``) and score it on the held-out half."""
+    (train_img, train_lab), (test_img, test_lab) = train_part, test_part
+    dims = 2 if name == "2d" else 3
+    model, t_train = trained(name, train_img, train_lab, seed, steps, spacing, cache)
     t = time.perf_counter()
     pred = nu.segment(model, test_img, **({"stitch_planes": True} if dims == 2 else {}))
     t_pred = time.perf_counter() - t
@@ -86,6 +127,7 @@ def main():
     p.add_argument("--attenuation", type=float, default=0.6)
     p.add_argument("--depth-blur", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", help="folder keeping the trained models (reused when present) and their probabilities")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {machine()}; {args.threads} torch thread(s); stack {args.shape} "
@@ -95,7 +137,7 @@ def main():
         parts = stand_in(args.shape, seed, args.spacing, args.attenuation, args.depth_blur)
         for name in args.models:
             steps = args.steps_2d if name == "2d" else args.steps_3d
-            r = run_model(name, *parts, seed, steps, args.spacing)
+            r = run_model(name, *parts, seed, steps, args.spacing, args.cache)
             rows.append(r)
             print(f"{name:14s} seed {seed}: {r['steps']} steps, patch {r['patch']}; {r['nuclei']} nuclei, "
                   f"{r['found']} found, {r['tp']} matched; F1@0.5 {r['f1']:.3f}  mean F1 0.5-0.9 "

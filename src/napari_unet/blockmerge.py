@@ -54,7 +54,7 @@ def face_pairs(lower: dict, upper: dict, axis: int) -> np.ndarray:
     return np.array(keep, np.int64).reshape(-1, 2)
 
 
-def merge_blocks(sizes, edges, min_size: int = 1):
+def merge_blocks(sizes, edges, min_size: int = 1, min_fraction: float = 0.0, block_items=None):
     """Join the pieces of all blocks into objects with ids unique over the whole output (pure).
 
     Parameters
@@ -65,6 +65,11 @@ def merge_blocks(sizes, edges, min_size: int = 1):
         ``(lower block, upper block, pairs)``: positions in ``sizes`` and their `face_pairs`.
     min_size : int
         Objects with fewer pixels in all are dropped (0).
+    min_fraction : float
+        Objects smaller than this fraction of their item's median object (of those ``min_size``
+        keeps) are dropped too, as `napari_unet.postprocess.instance_labels` does on a whole item.
+    block_items : sequence of int, optional
+        Per block, its item (plane) number; needed with ``min_fraction``.
 
     Returns
     -------
@@ -98,10 +103,22 @@ def merge_blocks(sizes, edges, min_size: int = 1):
     pixels = np.bincount(component, weights=np.concatenate([s[1:] for s in sizes]) if total else None,
                          minlength=len(order))
     kept = pixels >= max(1, int(min_size))
+    if min_fraction > 0:
+        item = np.asarray(block_items, np.int64)[np.searchsorted(offsets, first[order], side="right") - 1]
+        kept &= _not_fragments(pixels, kept, item, min_fraction)
     final = np.where(kept, np.cumsum(kept), 0).astype(np.int64)
     luts = [np.concatenate([[0], final[component[offsets[k]:offsets[k + 1]]]]).astype(np.int64)
             for k in range(len(sizes))]
     return luts, int(kept.sum())
+
+
+def _not_fragments(pixels, kept, item, min_fraction: float) -> np.ndarray:
+    """Per object (kept so far): at least ``min_fraction`` of its item's median kept object."""
+    ok = np.ones(len(pixels), bool)
+    for i in np.unique(item[kept]):
+        mine = kept & (item == i)
+        ok[mine] = pixels[mine] >= min_fraction * float(np.median(pixels[mine]))
+    return ok
 
 
 def relabel(labels: np.ndarray, lut: np.ndarray, dtype=np.int32) -> np.ndarray:

@@ -44,6 +44,7 @@ from itertools import product
 import numpy as np
 
 from .blockmerge import block_neighbours, face_pairs, merge_blocks, relabel
+from .postprocess import fragment_fraction
 from .postprocess import item_spacing
 from .predict.region import region_predictions
 
@@ -136,7 +137,7 @@ def label_block(prob: np.ndarray, core: tuple, *, threshold: float = 0.5, h: flo
     from .postprocess import SEED_HEIGHT, instance_labels
 
     context = instance_labels(prob, min_size=1, threshold=threshold, h=SEED_HEIGHT if h is None else h,
-                              spacing=spacing)
+                              spacing=spacing, min_fraction=0)  # a block's median is not the item's
     inside = context[core]
     ids = np.unique(inside)
     ids = ids[ids > 0]
@@ -267,7 +268,8 @@ def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block
         done += 1
         yield event("tiles", region=index + core)
     if instance:
-        luts, _ = merge_blocks(sizes, edges, min_size)
+        luts, _ = merge_blocks(sizes, edges, min_size, fragment_fraction(len(item_shape), bool(stitch)),
+                               [i for i, _ in blocks])
         if links is not None:
             luts = links.luts(luts, sizes)
         for k, (i, position) in enumerate(blocks):

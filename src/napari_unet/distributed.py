@@ -24,6 +24,7 @@ import numpy as np
 from . import blockwise as bw
 from . import blocktasks as tasks
 from .distjob import CHUNK_2D, CHUNK_3D, commit, open_partial, plan_job, stem
+from .postprocess import fragment_fraction
 
 __all__ = ["connect", "iter_segment", "segment", "predict", "CHUNK_2D", "CHUNK_3D"]
 
@@ -155,7 +156,9 @@ class _Run:
     def after_pairs(self):
         sizes = [self.pairs[k][0] for k in range(self.job.n_blocks)]
         edges = [edge for k in range(self.job.n_blocks) for edge in self.pairs[k][1]]
-        luts, _ = bw.merge_blocks(sizes, edges, self.job.min_size)
+        job = self.job
+        luts, _ = bw.merge_blocks(sizes, edges, job.min_size, fragment_fraction(len(job.item_shape), bool(job.stitch)),
+                                  [k // job.per_item for k in range(job.n_blocks)])
         if self.links is not None:  # planes linked: the same relabelling writes 3D ids
             luts = self.links.luts(luts, sizes)
         return [(tasks.relabel_block, (self.job, k, luts[k])) for k in range(self.job.n_blocks)

@@ -218,7 +218,7 @@ def _instance_at(prob: np.ndarray, point, spacing=None) -> np.ndarray:
         _, nearest = ndi.distance_transform_edt(parts == 0, sampling=spacing, return_indices=True)
         mask = (parts[tuple(nearest)] == at) & foreground
     else:  # on a rim or an object without interior: the window's instance there
-        labels = instance_labels(prob, h=SPLIT_HEIGHT, spacing=spacing)
+        labels = instance_labels(prob, h=SPLIT_HEIGHT, spacing=spacing, min_fraction=0)  # the clicked one, however small
         mask = (labels == labels[point]) & (labels[point] > 0)
     pieces, _ = ndi.label(mask)
     return (pieces == pieces[point]) & mask  # the connected piece under the click

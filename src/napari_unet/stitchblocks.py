@@ -8,7 +8,7 @@ pair of objects of consecutive planes, the pixels they share. All three add up o
 1. `block_overlaps` (one block, pure): its pieces' first pixels, and the pixels each piece shares with
    each piece of the block at the same place in the previous plane (two blocks in memory, never a plane);
 2. `stitch_luts` (the whole stack, cheap: it grows with the number of objects, not pixels): those
-   counts in merged ids, summed, linked by `napari_unet.stitch.match_objects`, chains of links joined,
+   counts in merged ids, summed, linked by `napari_unet.stitch.match_objects` (cut at `dips`), chains joined,
    and each chain numbered in order of its first plane and first pixel, as `napari_unet.stitch.PlaneStitcher`
    numbers objects; the result is composed into each block's lookup table.
 
@@ -91,7 +91,7 @@ def stitch_luts(luts, sizes, firsts, overlaps, block_items, threshold: float):
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    from .stitch import match_objects
+    from .stitch import drop_dips, match_objects
 
     n = max((int(lut.max()) for lut in luts), default=0)
     if n == 0:
@@ -118,7 +118,7 @@ def stitch_luts(luts, sizes, firsts, overlaps, block_items, threshold: float):
         inter = np.bincount(where, weights=px[keep]).astype(np.int64)
         cur, prev = codes // (n + 1), codes % (n + 1)
         linked = match_objects(cur, prev, inter, area[cur], area[prev], first[cur], first[prev], threshold)
-        links = np.stack([cur[linked], prev[linked]], axis=1)
+        links = drop_dips(np.stack([cur[linked], prev[linked]], axis=1), area, item)
     graph = coo_matrix((np.ones(len(links), np.int8), (links[:, 0], links[:, 1])), shape=(n + 1, n + 1))
     _, chain = connected_components(graph, directed=False)
     # each chain is a path through consecutive planes: its start is the one object continuing nothing

@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 import napari_unet as nu
 from napari_unet.cli import main
 from napari_unet.model import Model, ModelConfig, xy_pool_levels_for
-from napari_unet.postprocess import instance_labels, split_objects
+from napari_unet.postprocess import FRAGMENT_FRACTION, instance_labels, split_objects
 from napari_unet.synthetic import make_nuclei
 from napari_unet.unet import UNet
 
@@ -182,3 +182,23 @@ def test_a_click_on_nuclei_stacked_along_z_gets_the_one_clicked_with_the_spacing
     prob = np.stack([~mask, mask, np.zeros_like(mask)]).astype(np.float32)
     got, value = one_object(prob, "instance", (1, 2, 3), top, spacing=(3, 1, 1))
     assert value == 1 and not got[8, 12, 12] and got[top]
+
+
+def _blobs(ndim, centers, radii, shape):
+    grid = np.indices(shape)
+    mask = np.zeros(shape, bool)
+    for c, r in zip(centers, radii):
+        mask |= sum((g - ci) ** 2 for g, ci in zip(grid, c)) <= r ** 2
+    return np.stack([~mask, mask, np.zeros_like(mask)]).astype(np.float32)
+
+
+def test_3d_labels_drop_fragments_but_2d_images_keep_small_objects():
+    """A 60-voxel piece next to nuclei of ~500 is a fragment in 3D (and on a stitched stack's planes);
+    a small object of a 2D image is kept, as before."""
+    centers = [(6, 8, 8), (6, 8, 24), (6, 24, 8), (6, 24, 24), (6, 36, 36)]
+    prob3d = _blobs(3, centers, [5, 5, 5, 5, 2.5], (13, 44, 44))
+    assert instance_labels(prob3d).max() == 4
+    assert instance_labels(prob3d, min_fraction=0).max() == 5
+    prob2d = _blobs(2, [c[1:] for c in centers], [7, 7, 7, 7, 2.5], (44, 44))
+    assert instance_labels(prob2d).max() == 5
+    assert instance_labels(prob2d, min_fraction=FRAGMENT_FRACTION).max() == 4

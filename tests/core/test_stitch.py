@@ -7,6 +7,7 @@ import pytest
 import napari_unet as nu
 from napari_unet.cli import main
 from napari_unet.metrics import matching
+from napari_unet.postprocess import FRAGMENT_FRACTION
 from napari_unet.stitch import DEFAULT_STITCH_THRESHOLD, PlaneStitcher, per_plane_labels, stitch_planes
 from napari_unet.synthetic import make_nuclei
 
@@ -81,14 +82,48 @@ def test_links_and_ids_depend_only_on_the_objects_not_on_their_numbering(volume)
     np.testing.assert_array_equal(stitch_planes(_renumbered(per_plane)), stitch_planes(per_plane))
 
 
-def test_counts_taken_block_by_block_give_the_stitched_labels(volume):
+def _stacked_nuclei():
+    """Two discs stacked along z at the same place: the lower one's first section lies inside the upper
+    one's last, and a third nucleus beside them with a flat (cylindrical) profile."""
+    yy, xx = np.mgrid[:40, :40]
+    stack = np.zeros((10, 40, 40), np.int32)
+    for z, (r_upper, r_lower) in enumerate(zip((2, 4, 5, 4, 2), (3, 5, 6, 5, 3))):
+        stack[z][(yy - 12) ** 2 + (xx - 12) ** 2 <= r_upper ** 2] = 1
+        stack[z + 5][(yy - 12) ** 2 + (xx - 12) ** 2 <= r_lower ** 2] = 2
+    stack[:, 28:36, 26:36] = 3
+    return stack
+
+
+def test_nuclei_stacked_along_z_are_cut_where_the_section_area_dips():
+    truth = _stacked_nuclei()
+    per_plane = per_plane_labels(truth)
+    assert len(np.unique(_linked_without_dips(per_plane))) - 1 == 2  # the overlap rule alone merges them
+    linked = stitch_planes(per_plane)
+    assert len(np.unique(linked)) - 1 == 3
+    assert matching(truth, linked)["f1"] == 1.0
+
+
+def _linked_without_dips(per_plane):
+    from napari_unet.stitch import link_planes
+
+    out, previous, next_id = np.zeros_like(per_plane), None, 1
+    for z, plane in enumerate(per_plane):
+        out[z], next_id = link_planes(previous, plane, DEFAULT_STITCH_THRESHOLD, next_id)
+        previous = out[z]
+    return out
+
+
+@pytest.mark.parametrize("stack", ["volume", "stacked"])
+def test_counts_taken_block_by_block_give_the_stitched_labels(volume, stack):
     """What a blockwise or dask run does: pieces numbered per block, objects numbered per plane in any
-    order, overlaps counted per block; the lookup tables write exactly `stitch_planes`' labels."""
+    order, overlaps counted per block; the lookup tables write exactly `stitch_planes`' labels (dips
+    included)."""
     from napari_unet.blockwise import block_grid, core_region
     from napari_unet.stitchblocks import PlaneLinks
 
-    per_plane = _renumbered(per_plane_labels(volume[1][:12]), seed=1)
-    shape, block = per_plane.shape[1:], (40, 56)
+    labels = volume[1][:12] if stack == "volume" else _stacked_nuclei()
+    per_plane = _renumbered(per_plane_labels(labels), seed=1)
+    shape, block = per_plane.shape[1:], (40, 56) if stack == "volume" else (24, 16)
     positions = list(np.ndindex(*block_grid(shape, block)))
     links = PlaneLinks(DEFAULT_STITCH_THRESHOLD, len(positions), lambda i: (i,))
     pieces, luts, sizes = [], [], []
@@ -107,6 +142,17 @@ def test_counts_taken_block_by_block_give_the_stitched_labels(volume):
     for (z, core, block_pieces), lut in zip(pieces, links.luts(luts, sizes)):
         out[z][core] = lut[block_pieces]
     np.testing.assert_array_equal(out, stitch_planes(per_plane))
+
+
+def _without_fragments(per_plane, min_size=12):
+    """Each plane without its objects under `FRAGMENT_FRACTION` of the plane's median object."""
+    out = np.zeros_like(per_plane)
+    for z, plane in enumerate(per_plane):
+        sizes = np.bincount(plane.ravel())
+        kept = sizes >= max(min_size, FRAGMENT_FRACTION * np.median(sizes[1:][sizes[1:] >= min_size]))
+        kept[0] = False
+        out[z] = np.where(kept[plane], plane, 0)
+    return out
 
 
 def _stitch_zarr(tmp_path, per_plane):
@@ -138,9 +184,11 @@ def test_segment_links_planes_as_it_writes_them(tmp_path):
     model = random_model(depth=2, base=4, mode="instance", classes=(0, 1, 2))
     stack = np.random.default_rng(0).random((6, 64, 64)).astype(np.float32)
     per_plane = nu.segment(model, stack)
+    assert (_without_fragments(per_plane) > 0).sum() < (per_plane > 0).sum()  # the test has fragments
     out = zarr.open_array(str(tmp_path / "l.zarr"), mode="w", shape=stack.shape, chunks=(1, 64, 64), dtype="i4")
     nu.segment(model, stack, out=out, stitch_planes=True, workers=2)
-    np.testing.assert_array_equal(out[:], stitch_planes(per_plane, DEFAULT_STITCH_THRESHOLD))
+    # the planes of a stitched stack are sections: their fragments are dropped (as in 3D), then linked
+    np.testing.assert_array_equal(out[:], stitch_planes(_without_fragments(per_plane), DEFAULT_STITCH_THRESHOLD))
     assert nu.segment(model, stack, stitch_planes=None).max() == per_plane.max()  # off unless asked
 
 
@@ -193,7 +241,7 @@ def stack_files(tmp_path):
 def test_cli_stitch_planes_with_and_without_a_value(stack_files, capsys):
     d, model = stack_files
     stack = np.load(d / "stack.npy")
-    per_plane = nu.segment(model, stack)
+    per_plane = _without_fragments(nu.segment(model, stack))  # stitched planes drop fragments
     assert main(["predict", str(d / "inst.pt"), str(d / "stack.npy"), "-o", str(d / "a.zarr"), "--stitch-planes"]) == 0
     np.testing.assert_array_equal(zarr.open_array(str(d / "a.zarr"), mode="r")[:], stitch_planes(per_plane))
     assert main(["predict", str(d / "inst.pt"), str(d / "stack.npy"), "-o", str(d / "b.npy"),
@@ -218,7 +266,7 @@ def test_block_by_block_labels_are_linked_across_planes_too(stack_files, capsys)
     blocks = zarr.open_array(str(d / "blocks.zarr"), mode="r")[:]
     from napari_unet.blockwise import segment_blockwise
 
-    per_plane = segment_blockwise(model, stack, block=32)  # the same blocks, not linked
+    per_plane = _without_fragments(segment_blockwise(model, stack, block=32))  # the same blocks, not linked
     # linked from counts taken block by block, in the one relabelling pass: the same ids as stitching
     # the finished planes
     np.testing.assert_array_equal(blocks, stitch_planes(per_plane))

@@ -128,3 +128,32 @@ def test_cli_train_flags_reach_the_model(blobs, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     c = nu.load_model(tmp_path / "m.pt").config
     assert (c.loss, c.edge_weight, c.instance_boundary, c.augment) == ("ce+dice", 2.0, "touching", ("contrast",))
+
+
+def test_the_boundary_follows_the_voxel_spacing():
+    """Planes 3 px apart: a plane of rim against the background would be 3 px of tissue, so the top
+    and bottom planes of a nucleus stay interior (its in-plane rim aside); where two nuclei touch along
+    Z, both facing planes are rim."""
+    labels = np.zeros((8, 12, 12), np.int32)
+    labels[1:4, 2:10, 2:10], labels[4:7, 2:10, 2:10] = 1, 2  # stacked along Z, touching
+    plain, spaced = instance_targets(labels), instance_targets(labels, spacing=(3, 1, 1))
+    assert (plain[1, 3:9, 3:9] == 2).all() and (spaced[1, 3:9, 3:9] == 1).all()  # top plane
+    assert (spaced[6, 3:9, 3:9] == 1).all()  # bottom plane
+    assert (spaced[3:5, 3:9, 3:9] == 2).all()  # where the nuclei touch
+    assert (spaced[2, 2, 2:10] == 2).all()  # the in-plane rim is kept
+    np.testing.assert_array_equal(instance_targets(labels, spacing=(1, 1, 1)), plain)
+
+
+def test_training_with_a_spacing_draws_the_boundary_with_it(monkeypatch):
+    from napari_unet.data import targets
+    from napari_unet.synthetic import make_nuclei
+
+    seen = []
+    original = targets.instance_targets
+    monkeypatch.setattr(targets, "instance_targets", lambda lab, b, spacing=None: seen.append(spacing) or
+                        original(lab, b, spacing))
+    image, labels = make_nuclei((8, 32, 32), seed=0)
+    for spacing in (None, (3, 1, 1)):
+        nu.train(image, labels, mode="instance", dims=3, depth=2, base_channels=4, epochs=1, seed=0,
+                 patch_size=(8, 32, 32), spacing=spacing)
+    assert seen == [None, (3.0, 1.0, 1.0)]

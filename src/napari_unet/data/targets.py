@@ -31,7 +31,7 @@ def semantic_targets(labels: np.ndarray, class_ids: Sequence[int]) -> np.ndarray
     return np.where(ids[order][pos] == labels, order[pos], IGNORE).astype(np.int64)
 
 
-def instance_targets(labels: np.ndarray, boundary: str = "inner") -> np.ndarray:
+def instance_targets(labels: np.ndarray, boundary: str = "inner", spacing=None) -> np.ndarray:
     """Background (0) / interior (1) / boundary (2) from instance ids.
 
     Parameters
@@ -44,6 +44,11 @@ def instance_targets(labels: np.ndarray, boundary: str = "inner") -> np.ndarray:
         are separated by two rim pixels; ``"thick"``: the inner rim 2 px wide; ``"touching"``: only the
         rim where an object touches another object (an outline against the background stays interior).
         The rim is always inside its object: prediction counts it as foreground.
+    spacing : sequence of float, optional
+        Voxel size per axis relative to the finest (`ModelConfig.spacing`). ``"inner"`` and ``"thick"``
+        rims are then 1 and 2 px wide in units of the finest axis: along an axis whose step is longer
+        (the planes of an anisotropic stack) a neighbour is too far for a rim against the background,
+        and only a neighbour of another id makes a rim (touching objects stay separated).
     """
     fg = labels > 0
     lab = np.asarray(labels)
@@ -53,14 +58,32 @@ def instance_targets(labels: np.ndarray, boundary: str = "inner") -> np.ndarray:
         high = ndi.maximum_filter(lab.astype(np.int64), footprint=_cross(lab.ndim, 1))
         rim = fg & ((low < lab) | (high > lab))
     elif boundary in ("inner", "thick"):
-        foot = _cross(lab.ndim, 1 if boundary == "inner" else 2)
+        radius = 1 if boundary == "inner" else 2
+        near = [True] * lab.ndim if spacing is None else [float(v) <= radius for v in spacing]
+        foot = _cross(lab.ndim, radius)
+        foot = foot[tuple(slice(None) if n else slice(radius, radius + 1) for n in near)]
         # a pixel within the footprint of another id (or the background): min or max differs from its own
         rim = fg & ((ndi.minimum_filter(lab, footprint=foot) != lab) | (ndi.maximum_filter(lab, footprint=foot) != lab))
+        for axis in np.flatnonzero(~np.asarray(near)):
+            rim |= _touching_along(lab, int(axis))
     else:
         raise ValueError(f"boundary must be one of {', '.join(map(repr, INSTANCE_BOUNDARIES))}, got {boundary!r}")
     out = np.zeros(labels.shape, dtype=np.int64)
     out[fg] = 1
     out[rim] = 2
+    return out
+
+
+def _touching_along(lab: np.ndarray, axis: int) -> np.ndarray:
+    """Object pixels whose neighbour one step along ``axis`` (either side) is another object."""
+    out = np.zeros(lab.shape, bool)
+    a = [slice(None)] * lab.ndim
+    b = [slice(None)] * lab.ndim
+    a[axis], b[axis] = slice(1, None), slice(None, -1)
+    hi, lo = lab[tuple(a)], lab[tuple(b)]
+    differ = (hi != lo) & (hi > 0) & (lo > 0)
+    out[tuple(a)] |= differ
+    out[tuple(b)] |= differ
     return out
 
 
@@ -143,7 +166,7 @@ def _validation_blocks(shape, block: int, fraction: float, rng: np.random.Genera
 
 def prepare_items(annotated, mode: str, class_ids: Sequence[int], norm, patch_size: Sequence[int],
                   border_band: int, validation_fraction: float, rng: np.random.Generator,
-                  min_validation_pixels: int = 200, boundary: str = "inner") -> list[TrainItem]:
+                  min_validation_pixels: int = 200, boundary: str = "inner", spacing=None) -> list[TrainItem]:
     """Cut annotated regions out of items and build their targets.
 
     Parameters
@@ -154,8 +177,8 @@ def prepare_items(annotated, mode: str, class_ids: Sequence[int], norm, patch_si
 
     Only the bounding box of the annotations plus half a patch of context is kept, so a sparse
     annotation of a huge stack costs little memory. When ``validation_fraction > 0`` and there are enough
-    annotations, random blocks are held out: their targets move to ``val_target``. ``boundary``: the
-    instance boundary class (`instance_targets`).
+    annotations, random blocks are held out: their targets move to ``val_target``. ``boundary``,
+    ``spacing``: the instance boundary class and the voxel spacing it is drawn with (`instance_targets`).
     """
     from ..model import normalize
 
@@ -173,7 +196,7 @@ def prepare_items(annotated, mode: str, class_ids: Sequence[int], norm, patch_si
             target = semantic_targets(lab, class_ids)
             target = add_border_band(target, img.mean(axis=0), border_band, background=0)
         else:
-            target = instance_targets(lab, boundary)
+            target = instance_targets(lab, boundary, spacing)
         items.append(TrainItem(img, target))
     if validation_fraction > 0:
         _split_validation(items, validation_fraction, len(patch_size), rng, min_validation_pixels)

@@ -113,8 +113,9 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
     spacing : sequence of float, optional
         Voxel size per spatial axis (any unit; ``(3, 1, 1)`` or ``(2.0, 0.65, 0.65)`` for planes 3x further
         apart than the pixels). A 3D network then pools Y and X only until the features are about
-        isotropic (`napari_unet.model.xy_pool_levels_for`), and instance post-processing measures
-        distances in these units. Recorded in the model; default isotropic.
+        isotropic (`napari_unet.model.xy_pool_levels_for`), the instance boundary class is drawn in
+        these units (`napari_unet.data.instance_targets`) and instance post-processing measures
+        distances in them. Recorded in the model; default isotropic.
     edge_weight : float, optional
         Cross-entropy weight (>= 1) of the pixels along a change of class, on both sides: the outlines.
         Default for a new model `conventions.default_edge_weight` (3 for 2D instance models, else 1);

@@ -13,6 +13,7 @@ from ..conventions import IGNORE
 from ..data import AnnotatedItems, PatchSampler, prepare_items
 from ..device import amp_dtype, autocast, free_memory, is_out_of_memory, memory_format
 from ..model import Model, network_from_config
+from ..postprocess import item_spacing
 from ..publish import uninterruptible
 from .settings import TrainSettings
 
@@ -174,7 +175,7 @@ class Trainer:
         s = self.settings
         items = prepare_items(annotated.items, s.mode, s.class_ids, (s.config.norm_low, s.config.norm_high),
                               patch_size, s.border_band, s.validation_fraction, self.rng,
-                              boundary=s.instance_boundary)
+                              boundary=s.instance_boundary, spacing=item_spacing(s.config.spacing, patch_size))
         sampler = PatchSampler(items, patch_size, self._sampler_rng, extra=s.augment)  # raises before anything is replaced
         self.items, self.sampler = items, sampler
         self.val_batches = sampler.validation_batches(s.batch_size, n_patches=max(s.batch_size, 8))
