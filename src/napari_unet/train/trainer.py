@@ -36,8 +36,9 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, edge_weight
 
     Returns
     -------
-    (torch.Tensor, int)
-        The loss and the number of annotated pixels it averages.
+    (torch.Tensor, int or float)
+        The loss and the total weight it averages: the number of annotated pixels (with ``edge_weight``,
+        their summed weights), so that losses of several batches combine into that of all of them.
     """
     valid = target >= 0
     n_valid = valid.sum()
@@ -46,7 +47,8 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, edge_weight
         return loss / n_valid.clamp_min(1), int(n_valid)
     per_pixel = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="none")
     weight = torch.where(edge_pixels(target), float(edge_weight), 1.0) * valid
-    return (per_pixel * weight).sum() / weight.sum().clamp_min(1), int(n_valid)
+    total = weight.sum()
+    return (per_pixel * weight).sum() / total.clamp_min(1), float(total)
 
 
 def edge_pixels(target: torch.Tensor) -> torch.Tensor:
@@ -72,8 +74,7 @@ def masked_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce", ed
     ``"ce+dice"`` adds 1 - soft Dice of the non-background classes (channels 1..), pooled over the batch's
     annotated pixels as nnU-Net does, so thin, rare classes (the instance boundary) weigh as much as the
     large ones. ``edge_weight`` weighs the cross-entropy of the pixels along class changes
-    (`masked_cross_entropy`). Returns the loss and the number of annotated pixels, as
-    `masked_cross_entropy`.
+    (`masked_cross_entropy`). Returns the loss and the weight it averages, as `masked_cross_entropy`.
     """
     ce, n_valid = masked_cross_entropy(logits, target, edge_weight)
     if kind == "ce" or logits.shape[1] < 2:
@@ -291,7 +292,7 @@ class Trainer:
         return f"out of memory on {dev}: continuing with patches of {smaller}"
 
     def validate(self) -> float:
-        """Mean loss per annotated pixel of the held-out patches; out of memory, in smaller batches."""
+        """Mean loss per annotated pixel (weighted) of the held-out patches; out of memory, in smaller batches."""
         while True:
             try:
                 return self._validation_loss()
