@@ -96,8 +96,8 @@ def main():
     while not WARMED.is_set():
         QApplication.processEvents()
         time.sleep(0.01)
-    print(f"# {time.strftime('%Y-%m-%d')} {machine()}; network depth {train.depth.value}, "
-          f"{train.base_channels.value} base channels; {args.seconds:g} s per run, a stroke every "
+    print(f"# {time.strftime('%Y-%m-%d')} {machine()}; network depth {train.advanced.depth.value}, "
+          f"{train.advanced.base_channels.value} base channels; {args.seconds:g} s per run, a stroke every "
           f"{args.stroke_every:g} s", flush=True)
     rng = np.random.default_rng(0)
     results = {True: [], False: [], None: []}

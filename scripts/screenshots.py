@@ -116,16 +116,16 @@ def main(argv=None) -> int:
     wait_until(WARMED.is_set)
     viewer.reset_view()
     if args.only == "live":
-        train.depth.value, train.base_channels.value = args.depth, args.base_channels
+        train.advanced.depth.value, train.advanced.base_channels.value = args.depth, args.base_channels
         shoot_live(viewer, train, pump, wait_until, shoot)
         viewer.close()
         return 0
 
     # --- Train
-    train.advanced_toggle.native.click()
-    train.depth.value, train.base_channels.value = args.depth, args.base_channels
+    train.advanced.toggle.native.click()
+    train.advanced.depth.value, train.advanced.base_channels.value = args.depth, args.base_channels
     train.time_budget.value = args.time_budget
-    train.advanced_toggle.native.click()  # fold the settings again: the plot is the point of the picture
+    train.advanced.toggle.native.click()  # fold the settings again: the plot is the point of the picture
     train.train_button.native.click()
     wait_until(lambda: not train.running)
     shoot("train.png")

@@ -61,12 +61,12 @@ def plugin_viewer(make_napari_viewer):
 
 def set_tiny(train, budget=2.0):
     """Open the advanced settings and choose a tiny network and a short time budget."""
-    if not train.advanced.visible:
-        train.advanced_toggle.native.click()
-    assert train.advanced.visible
-    train.depth.value = TINY["depth"]
-    train.base_channels.value = TINY["base_channels"]
-    train.batch_size.value = TINY["batch_size"]
+    if not train.advanced.shown:
+        train.advanced.toggle.native.click()
+    assert train.advanced.shown
+    train.advanced.depth.value = TINY["depth"]
+    train.advanced.base_channels.value = TINY["base_channels"]
+    train.advanced.batch_size.value = TINY["batch_size"]
     train.time_budget.value = budget
 
 

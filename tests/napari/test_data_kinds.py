@@ -130,8 +130,8 @@ def test_rgb_and_channel_axis_images_train_and_segment(plugin_viewer, qtbot, not
         train.reset_choices()
         train.rows()[0].image.value = viewer.layers[name]
         train.rows()[0].labels.value = viewer.layers[strokes_layer]
-        assert axis in [v for v in train.channel_axis.choices]
-        train.channel_axis.value = axis
+        assert axis in [v for v in train.advanced.channel_axis.choices]
+        train.advanced.channel_axis.value = axis
         qtbot.mouseClick(train.train_button.native, LEFT)
         wait_until(qtbot, lambda: not train.running, timeout=60)
         assert not messages(notifications, "error"), messages(notifications, "error")
@@ -165,7 +165,7 @@ def test_3d_model_on_a_volume(plugin_viewer, qtbot, notifications):
     viewer.add_image(volume, name="volume", scale=(2.0, 0.65, 0.65))  # planes 3x further apart than pixels
     viewer.add_labels(strokes, name="strokes", scale=(2.0, 0.65, 0.65))
     set_tiny(train, budget=1.5)
-    train.dims.value = 3
+    train.advanced.dims.value = 3
     train.reset_choices()
     qtbot.mouseClick(train.train_button.native, LEFT)
     wait_until(qtbot, lambda: not train.running, timeout=90)

@@ -28,7 +28,7 @@ def test_train_segment_click_correct_retrain(plugin_viewer, qtbot, notifications
     row = train.rows()[0]
     assert same_layer(row.image.value, image) and same_layer(row.labels.value, strokes)
     assert same_layer(segment.image.value, image)
-    assert train.train_button.text == "Train" and not train.advanced.visible
+    assert train.train_button.text == "Train" and not train.advanced.shown
     assert segment.model_info.value.startswith("no model")
 
     # --- Train, while a 10 ms timer measures how long the event loop ever waits. The widget imports

@@ -5,27 +5,23 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_info
 
-from napari_unet.conventions import interactive_network
-
 from ._base import JobWidget
-
 from ._jobs import Job
 from ._layers import drop_channel_axis, fixed_label, image_array, labels_array, same_layer, set_progress
 from ._lifecycle import weak_method
 from ._live import LiveSession, live_training
 from ._model_files import export_current_model, load_model_file, save_current_model
-from ._pickers import PairRow, auto_choices, channel_axis_choices, device_choices, has_gpu, parse_channel_axis
+from ._pickers import PairRow
 from ._plot import LossPlot
 from ._store import STORE
+from ._train_settings import AdvancedTrainSettings
 from ._uncertainty import UncertaintyView
 
 __all__ = ["TrainWidget"]
 
-PATCH_SIZES = (32, 64, 96, 128, 192, 256, 384, 512)
-BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 MODES = [("sparse strokes (semantic)", "semantic"), ("instance masks (instance)", "instance")]
 NAME = "Train UNet"
 
@@ -66,8 +62,8 @@ class TrainWidget(JobWidget):
         Seconds of training.
     continue_training : CheckBox
         Fine-tune the current model instead of starting a new one.
-    advanced : Container
-        Folded away (``advanced_toggle``): model dims, depth, base channels, patch size, batch size,
+    advanced : AdvancedTrainSettings
+        Folded away (``advanced.toggle``): model dims, depth, base channels, patch size, batch size,
         learning rate (0 = automatic), device and the images' channel axis.
     train_button : PushButton
         "Train"; reads "Stop" while training runs.
@@ -106,25 +102,7 @@ class TrainWidget(JobWidget):
                                                 "Live: refreshed with each preview; otherwise computed for the "
                                                 "displayed plane whenever the model changes")
         self.uncertainty = UncertaintyView(self.runner)
-        self.advanced_toggle = PushButton(text="▸ Advanced settings")
-        self.dims = ComboBox(label="Model", choices=[("2D (plane by plane)", 2), ("3D", 3)], value=2)
-        depth, base = interactive_network(has_gpu())
-        self.depth = SpinBox(label="Depth", value=depth, min=1, max=7, tooltip="Number of poolings")
-        self.base_channels = SpinBox(label="Base channels", value=base, min=2, max=512,
-                                     tooltip="Feature maps of the first level (doubling at each level)")
-        self.patch_size = ComboBox(label="Patch size", choices=auto_choices(PATCH_SIZES), value=0,
-                                   tooltip="Side of the training patches (auto: 128 on CPU, 256 on GPU in 2D)")
-        self.batch_size = ComboBox(label="Batch size", choices=auto_choices(BATCH_SIZES), value=0,
-                                   tooltip="Patches per step (auto: 8 on CPU, 16 on GPU in 2D)")
-        self.learning_rate = FloatSpinBox(label="Learning rate", value=0.0, min=0.0, max=1.0, step=1e-4,
-                                          tooltip="auto: 2e-3, or 5e-4 when continuing")
-        self.learning_rate.native.setSpecialValueText("auto")  # shown for 0
-        self.device = ComboBox(label="Device", choices=device_choices(), value="auto")
-        self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices,
-                                     tooltip="Axis of the images that holds channels (RGB is automatic)")
-        self.advanced = Container(widgets=[self.dims, self.depth, self.base_channels, self.patch_size,
-                                           self.batch_size, self.learning_rate, self.device, self.channel_axis],
-                                  visible=False)
+        self.advanced = AdvancedTrainSettings(self._first_image)
         self.train_button = PushButton(text="Train")
         self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
         self.status = fixed_label(Label(label="", value=""))
@@ -136,14 +114,13 @@ class TrainWidget(JobWidget):
         self.export_button = PushButton(text="Export for bioimage.io…")
         self.model_info = fixed_label(Label(label="Model", value=STORE.describe()))
         self.extend([self.pairs, self.add_pair_button, self.mode, self.time_budget, self.continue_training,
-                     self.live, self.show_hesitation, self.advanced_toggle, self.advanced, self.train_button,
+                     self.live, self.show_hesitation, self.advanced, self.train_button,
                      self.progress, self.status,
                      self.plot_box, Container(widgets=[self.save_button, self.load_button, self.export_button],
                                               layout="horizontal", labels=False), self.model_info])
         self.add_pair()
 
         self.add_pair_button.changed.connect(self.add_pair)
-        self.advanced_toggle.changed.connect(self._toggle_advanced)
         self.train_button.changed.connect(self._on_run_clicked)
         self.live.changed.connect(self._on_live_toggled)
         self.show_hesitation.changed.connect(self._on_hesitation_toggled)
@@ -181,19 +158,14 @@ class TrainWidget(JobWidget):
             self.pairs.remove(row)
 
     def _image_changed(self, *_):
-        self.channel_axis.reset_choices()
+        self.advanced.channel_axis.reset_choices()
 
-    def _channel_choices(self, widget=None):
+    def _first_image(self):
         rows = self.rows() if hasattr(self, "pairs") else []
-        return channel_axis_choices(rows[0].image.value if rows else None)
+        return rows[0].image.value if rows else None
 
     def _on_live_toggled(self, live: bool):
         self.time_budget.enabled = not live  # a live run has no budget
-
-    def _toggle_advanced(self, *_):
-        show = not self.advanced.visible
-        self.advanced.visible = show
-        self.advanced_toggle.text = ("▾" if show else "▸") + " Advanced settings"
 
     def _on_model_changed(self, model):
         try:
@@ -232,7 +204,8 @@ class TrainWidget(JobWidget):
         background, into "<image> uncertainty"; returns the job (None when it cannot start)."""
         row = self.rows()[0]
         return self.uncertainty.refresh(self.viewer, row.image.value, row.labels.value, STORE.model,
-                                        parse_channel_axis(self.channel_axis.value), self.device.value, self.status)
+                                        self.advanced.parsed_channel_axis(), self.advanced.device.value,
+                                        self.status)
 
     # ------------------------------------------------------------------------------------- training
     def _training_inputs(self):
@@ -247,7 +220,7 @@ class TrainWidget(JobWidget):
                 raise ValueError(f"choose a Labels layer with your annotations{which}: add one with the "
                                  "'New labels layer' button and paint strokes (1 = background, 2 = objects)")
             pairs.append((image, labels))
-        axis = parse_channel_axis(self.channel_axis.value)
+        axis = self.advanced.parsed_channel_axis()
         images, labels, layers, axes = [], [], [], set()
         for image, lab in pairs:
             arr, ax = image_array(image, axis)
@@ -279,15 +252,12 @@ class TrainWidget(JobWidget):
             init = STORE.model
             if init is None:
                 show_info(f"{NAME}: no current model to continue from; training a new one")
-        kwargs = dict(mode=self.mode.value, dims=self.dims.value, depth=self.depth.value,
-                      base_channels=self.base_channels.value, time_budget=float(self.time_budget.value),
-                      init=init, device=self.device.value, channel_axis=channel_axis,
-                      patch_size=self.patch_size.value or None, batch_size=self.batch_size.value or None,
-                      learning_rate=self.learning_rate.value or None)
+        kwargs = dict(self.advanced.training_kwargs(), mode=self.mode.value, init=init,
+                      time_budget=float(self.time_budget.value), channel_axis=channel_axis)
         if init is None:  # a new 3D model learns the voxel size the image layers declare (their scale)
             from napari_unet.model import spacing_from_scales
 
-            kwargs["spacing"] = spacing_from_scales([layer.scale for layer in layers[::2]], self.dims.value)
+            kwargs["spacing"] = spacing_from_scales([layer.scale for layer in layers[::2]], kwargs["dims"])
         work = partial(_training, images, labels, kwargs)
         if self.live.value:
             del kwargs["time_budget"]
