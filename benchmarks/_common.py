@@ -1,9 +1,16 @@
 """Helpers shared by the benchmarks: the benchmark networks, machine description, paired timing."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -99,3 +106,85 @@ def training_options(pairs) -> dict:
 def options_tag(options: dict) -> str:
     """A file-name tag of training options (``-edge_weight3-lossce+dice``): models cached per setting."""
     return "".join(f"-{k}{v}" for k, v in sorted(options.items())).replace(",", "+")
+
+
+@contextlib.contextmanager
+def scratch_and_clusters(workdir=None, workers=(1, 2)):
+    """A scratch folder and a dask LocalCluster client per worker count; all of them removed afterwards.
+
+    Yields
+    ------
+    (Path, dict)
+        The folder and ``{n_workers: client}``.
+    """
+    from napari_unet import distributed as nd
+
+    work = Path(tempfile.mkdtemp(prefix="napari-unet-bench-", dir=workdir))
+    clients = {}
+    try:
+        for n in workers:
+            t = time.perf_counter()
+            clients[n] = nd.connect(workers=n)[0]
+            print(f"LocalCluster of {n} worker(s) started in {time.perf_counter() - t:.1f} s", flush=True)
+        yield work, clients
+    finally:
+        for client in clients.values():
+            cluster = client.cluster
+            client.close()
+            cluster.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+_CLI_CHILD = r"""
+import json, resource, sys, time
+
+
+def high_water_kib():  # this process's own peak RSS (ru_maxrss would carry the parent's over exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+limit = int(sys.argv[1])
+if limit:
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+exec(sys.argv[2])
+from napari_unet.cli import main
+base = high_water_kib()
+t = time.perf_counter()
+rc = main(sys.argv[3:])
+print(json.dumps(dict(rc=rc, seconds=time.perf_counter() - t, base_kib=base, peak_kib=high_water_kib())))
+"""
+
+
+def measure_cli(argv, *, prelude: str = "", data_limit: int = 0) -> dict:
+    """Run ``napari-unet ARGV`` in a fresh process and measure its memory.
+
+    Parameters
+    ----------
+    argv : list
+        The command's arguments (paths are turned into strings).
+    prelude : str
+        Python run in the child before the command (e.g. a module constant to change).
+    data_limit : int
+        ``RLIMIT_DATA`` in bytes for the child (0: none): it counts every heap and anonymous mapping.
+
+    Returns
+    -------
+    dict
+        rc, seconds, base_kib (peak RSS after the imports), peak_mib, growth_mib (peak over base) and
+        error (the last line of stderr when rc is not 0). A child that dies before reporting gets its
+        peak from ``wait4``.
+    """
+    proc = subprocess.Popen([sys.executable, "-c", _CLI_CHILD, str(data_limit), prelude] + [str(a) for a in argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    lines = stdout.strip().splitlines()
+    info = json.loads(lines[-1]) if lines else {"rc": os.waitstatus_to_exitcode(status), "seconds": float("nan"),
+                                                 "base_kib": 0, "peak_kib": usage.ru_maxrss}
+    info["error"] = "" if info["rc"] == 0 else (stderr.strip().splitlines() or ["?"])[-1]
+    info["peak_mib"] = info["peak_kib"] / 1024
+    info["growth_mib"] = (info["peak_kib"] - info["base_kib"]) / 1024
+    return info

@@ -4,7 +4,7 @@ Instance labels of a whole item (a plane for a 2D model, a volume for a 3D one) 
 and distance maps in memory at once; ``napari-unet predict --block N`` labels it block by block and
 merges the ids across block borders (`napari_unet.blockwise`). This segments single planes of
 ``--sizes`` (synthetic nuclei, zarr in and zarr out) with the command line, each in its own process,
-and reports the peak resident memory (``ru_maxrss`` from ``wait4``) and its growth over the process's
+and reports the peak resident memory (the child's own VmHWM) and its growth over the process's
 size after imports. The largest run is made under a data limit
 (``RLIMIT_DATA``, which counts every heap and anonymous mapping) set *below* what the whole-item path
 needs for that plane, estimated from a whole-item run of the smallest size: it only completes because
@@ -17,10 +17,7 @@ Usage: python benchmarks/blockwise_memory.py [--sizes 2048 4096 6144] [--block 5
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,19 +25,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-CHILD = r"""
-import json, resource, sys, time
-limit = int(sys.argv[1])
-if limit:
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-from napari_unet.cli import main
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t = time.perf_counter()
-rc = main(["predict"] + sys.argv[2:])
-print(json.dumps(dict(rc=rc, seconds=time.perf_counter() - t, base_kib=base)))
-"""
-
 
 def make_plane(path: Path, size: int):
     """One ``size`` x ``size`` uint16 plane of synthetic nuclei (a 1024^2 simulation, tiled and shifted)."""
@@ -56,24 +40,8 @@ def make_plane(path: Path, size: int):
             z[y:y + 1024, x:x + 1024] = part[: size - y, : size - x]
 
 
-def run_child(args, limit: int = 0) -> dict:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(limit)] + [str(a) for a in args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
-    lines = stdout.strip().splitlines()
-    info = json.loads(lines[-1]) if lines else {"rc": os.waitstatus_to_exitcode(status), "seconds": float("nan"),
-                                                 "base_kib": 0}
-    info["error"] = "" if info["rc"] == 0 else (stderr.strip().splitlines() or ["?"])[-1]
-    info["peak_mib"] = usage.ru_maxrss / 1024
-    info["growth_mib"] = (usage.ru_maxrss - info["base_kib"]) / 1024
-    return info
-
-
 def main(argv=None):
-    from _common import machine, random_model
+    from _common import machine, measure_cli, random_model
 
     import napari_unet as nu
 
@@ -91,7 +59,7 @@ def main(argv=None):
                               work / "model.pt")
         small = args.sizes[0]
         make_plane(work / f"in{small}.zarr", small)
-        whole = run_child([model, work / f"in{small}.zarr", "-o", work / "whole.zarr"])
+        whole = measure_cli(["predict", model, work / f"in{small}.zarr", "-o", work / "whole.zarr"])
         per_pixel = whole["growth_mib"] / small**2
         print(f"whole item {small}^2: peak RSS {whole['peak_mib']:.0f} MiB (+{whole['growth_mib']:.0f} MiB over the "
               f"imports, {per_pixel * 2**20:.0f} B/px) in {whole['seconds']:.0f} s", flush=True)
@@ -104,7 +72,8 @@ def main(argv=None):
             if size == args.sizes[-1] and size > small:
                 # far below what the whole item needs: 1.75x the smallest blockwise run's peak
                 limit = int(1.75 * rows[small]["peak_mib"] * 2**20)
-            rows[size] = run_child([model, inp, "-o", work / f"out{size}.zarr", "--block", args.block], limit)
+            rows[size] = measure_cli(["predict", model, inp, "-o", work / f"out{size}.zarr", "--block", args.block],
+                                     data_limit=limit)
             r = rows[size]
             need = whole["base_kib"] / 1024 + per_pixel * size**2
             note = (f" under RLIMIT_DATA {limit / 2**20:.0f} MiB (the whole item would need about {need:.0f} MiB, "

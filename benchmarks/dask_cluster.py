@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +45,7 @@ def make_stack(path: Path, planes: int, size: int):
 def main(argv=None):
     import zarr
 
-    from _common import machine, random_model, ratio_summary
+    from _common import machine, random_model, ratio_summary, scratch_and_clusters
 
     import napari_unet as nu
     from napari_unet import distributed as nd
@@ -62,17 +61,11 @@ def main(argv=None):
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args(argv)
     print(machine(), flush=True)
-    work = Path(tempfile.mkdtemp(prefix="napari-unet-bench-", dir=args.workdir))
-    clients = {}
-    try:
+    with scratch_and_clusters(args.workdir) as (work, clients):
         model = random_model(depth=args.depth, base=args.base_channels)
         model_path = nu.save_model(model, work / "model.pt")
         make_stack(work / "stack.zarr", args.planes, args.size)
         make_stack(work / "tiny.zarr", args.tiny_planes, args.tiny_size)
-        for n in (1, 2):
-            t = time.perf_counter()
-            clients[n] = nd.connect(workers=n)[0]
-            print(f"LocalCluster of {n} worker(s) started in {time.perf_counter() - t:.1f} s", flush=True)
 
         def in_process(name):
             out = work / f"{name}-local.zarr"
@@ -102,7 +95,7 @@ def main(argv=None):
             runs = {"in-process": lambda: in_process(name), "dask 1 worker": lambda: on_dask(name, 1),
                     "dask 1 worker, 1 plane/task": lambda: on_dask(name, 1, per_task=1),
                     "dask 2 workers": lambda: on_dask(name, 2)}
-            times = {k: [] for k in runs}
+            times = {k: [] for k in runs}  # each variant times itself: output set-up is not counted
             for rep in range(args.reps):
                 order = list(runs)[rep % len(runs):] + list(runs)[: rep % len(runs)]
                 for variant in order:
@@ -127,12 +120,6 @@ def main(argv=None):
             for n in (1, 2):
                 same = np.array_equal(local, zarr.open_array(str(work / f"{name}-dask{n}.zarr"), mode="r")[...])
                 print(f"{name}: labels of {n} worker(s) identical to in-process: {same}", flush=True)
-    finally:
-        for c in clients.values():
-            cluster = c.cluster
-            c.close()
-            cluster.close()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

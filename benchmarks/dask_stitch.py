@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -41,7 +40,7 @@ def _worker_rss_mib(client) -> list:
 def main(argv=None):
     import zarr
 
-    from _common import alternate, machine, ratio_summary
+    from _common import alternate, machine, ratio_summary, scratch_and_clusters
 
     import napari_unet as nu
     from napari_unet import distributed as nd
@@ -60,9 +59,7 @@ def main(argv=None):
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args(argv)
     print(machine(), flush=True)
-    work = Path(tempfile.mkdtemp(prefix="napari-unet-bench-", dir=args.workdir))
-    clients = {}
-    try:
+    with scratch_and_clusters(args.workdir) as (work, clients):
         image, truth = make_nuclei((16, 128, 128), seed=0)
         t = time.perf_counter()
         model = nu.train(image, truth, mode="instance", dims=2, depth=args.depth, base_channels=args.base_channels,
@@ -74,8 +71,6 @@ def main(argv=None):
         stack = zarr.open_array(str(work / "stack.zarr"), mode="w", shape=image.shape,
                                 chunks=(1,) + image.shape[1:], dtype=image.dtype)
         stack[:] = image
-        for n in (1, 2):
-            clients[n] = nd.connect(workers=n)[0]
 
         def out(name):
             path = work / f"{name}.zarr"
@@ -134,12 +129,6 @@ def main(argv=None):
                   f"(the label stack: {image.size * 4 / 2**20:.1f} MiB)", flush=True)
         print(f"workers' peak RSS (MiB): 1-worker cluster {_worker_rss_mib(clients[1])}, "
               f"2-worker cluster {_worker_rss_mib(clients[2])}", flush=True)
-    finally:
-        for c in clients.values():
-            cluster = c.cluster
-            c.close()
-            cluster.close()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Segments stacks of 64 and 256 planes of 1024 x 1024 uint16 (synthetic nuclei) with the command line
 (``napari-unet predict model.pt in.zarr -o out.zarr``), each run in its own process, and reports the
-peak resident memory (``ru_maxrss`` of the child, from ``wait4``) and its growth over the process's
+peak resident memory (the child's own VmHWM) and its growth over the process's
 size after imports. The ratio big/small should be about 1: a stack that were read or written whole
 would make it 4 (the 256-plane input alone is 512 MiB, its labels 256 MiB).
 
@@ -16,10 +16,7 @@ Usage: python benchmarks/streaming_memory.py [--planes 64 256] [--size 1024] [--
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,20 +24,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-CHILD = r"""
-import json, resource, sys, time
-import napari_unet.io as nio
-from napari_unet.cli import main
-fmt, model, inp, out = sys.argv[1:5]
-if fmt == "tif":
-    nio.EAGER_TIFF_BYTES = 0  # memory-map TIFFs of any size
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t = time.perf_counter()
-rc = main(["predict", model, inp, "-o", out])
-print(json.dumps(dict(rc=rc, seconds=time.perf_counter() - t, base_kib=base)))
-"""
-
 
 def make_stack(path: Path, planes: int, size: int, fmt: str):
     """A stack of synthetic nuclei planes (one simulated plane, shifted and re-noised per plane)."""
@@ -64,21 +47,17 @@ def make_stack(path: Path, planes: int, size: int, fmt: str):
         import tifffile
 
         with tifffile.TiffWriter(path, bigtiff=True) as tw:  # contiguous pages: memory-mappable
-            tw.write(planes_iter(), shape=(planes, size, size), dtype=np.uint16, contiguous=True)
+            tw.write(planes_iter(), shape=(planes, size, size), dtype=np.uint16, contiguous=True,
+                     photometric="minisblack")
 
 
 def run_child(fmt, model, inp, out) -> dict:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, fmt, str(model), str(inp), str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    stdout = proc.stdout.read()
-    proc.stdout.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    info = json.loads(stdout.strip().splitlines()[-1])
-    if info["rc"] != 0 or proc.returncode != 0:
+    from _common import measure_cli
+
+    prelude = "import napari_unet.io as nio; nio.EAGER_TIFF_BYTES = 0" if fmt == "tif" else ""  # memory-map TIFFs
+    info = measure_cli(["predict", model, inp, "-o", out], prelude=prelude)
+    if info["rc"] != 0:
         raise RuntimeError(f"prediction failed: {info}")
-    info["peak_mib"] = usage.ru_maxrss / 1024
-    info["growth_mib"] = (usage.ru_maxrss - info["base_kib"]) / 1024
     return info
 
 
