@@ -44,7 +44,7 @@ from itertools import product
 import numpy as np
 
 from .blockmerge import block_neighbours, face_pairs, merge_blocks, relabel
-from .postprocess import fragment_fraction
+from .postprocess import FRAGMENT_FRACTION
 from .postprocess import item_spacing
 from .predict.region import region_predictions
 
@@ -268,8 +268,7 @@ def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block
         done += 1
         yield event("tiles", region=index + core)
     if instance:
-        luts, _ = merge_blocks(sizes, edges, min_size, fragment_fraction(len(item_shape), bool(stitch)),
-                               [i for i, _ in blocks])
+        luts, _ = merge_blocks(sizes, edges, min_size, FRAGMENT_FRACTION, [i for i, _ in blocks])
         if links is not None:
             luts = links.luts(luts, sizes)
         for k, (i, position) in enumerate(blocks):

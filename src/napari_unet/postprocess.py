@@ -9,22 +9,17 @@ from scipy import ndimage as ndi
 from .conventions import written_labels
 
 __all__ = ["semantic_labels", "instance_labels", "split_objects", "distance_seeds", "SEED_HEIGHT", "item_spacing",
-           "FRAGMENT_FRACTION", "fragment_fraction"]
+           "FRAGMENT_FRACTION"]
 
 #: How far (px of distance to the edge) a seed's maximum must stand above its surroundings in
 #: `instance_labels`: 0.5 splits touching nuclei that 1.0 merged, and was never worse on the outline
 #: measurements (BENCHMARKS.md, "Seed height").
 SEED_HEIGHT = 0.5
-#: Objects smaller than this fraction of the item's median object are fragments, dropped by default in
-#: 3D (and on the planes of a stitched stack): on the anisotropic stand-in most false objects are
-#: pieces of 40-300 voxels next to nuclei of ~800 (3D F1@0.5 0.816 -> 0.859 and 0.726 -> 0.809).
+#: Objects smaller than this fraction of the item's median object are fragments, dropped by default:
+#: in 3D most false objects of the anisotropic stand-in are pieces of 40-300 voxels next to nuclei of
+#: ~800 (3D F1@0.5 0.816 -> 0.859 and 0.726 -> 0.809); in 2D they are debris (F1@0.5 of the hard
+#: stand-in 0.942 -> 0.954 over 9 images; BENCHMARKS.md, "Fragments in 2D").
 FRAGMENT_FRACTION = 0.2
-
-
-def fragment_fraction(item_ndim: int, stitched: bool) -> float:
-    """`instance_labels`' default ``min_fraction`` for items of ``item_ndim`` axes (the planes of a
-    stitched stack are sections of 3D objects: fragments are dropped as in 3D)."""
-    return FRAGMENT_FRACTION if item_ndim == 3 or stitched else 0.0
 
 
 def item_spacing(spacing, item_shape):
@@ -131,7 +126,7 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
         Smoothing (px) of the distance map before its maxima are found (`split_objects`).
     min_fraction : float, optional
         Objects smaller than this fraction of the median object's size are dropped too (fragments);
-        default `FRAGMENT_FRACTION` in 3D, 0 in 2D.
+        default `FRAGMENT_FRACTION`; 0 keeps every object of at least ``min_size``.
 
     Returns
     -------
@@ -151,7 +146,7 @@ def instance_labels(prob: np.ndarray, min_size: int | None = None, threshold: fl
     interior = (prob[1] > prob[2]) & (prob[1] > prob[0]) & foreground
     spacing = _spacing(spacing, spatial)
     if min_fraction is None:
-        min_fraction = fragment_fraction(spatial, stitched=False)
+        min_fraction = FRAGMENT_FRACTION
     cores = split_objects(interior, h=h, sigma=sigma, spacing=spacing)
     # grow the cores over the rest of the foreground (the rims): each pixel takes the label of the
     # nearest core pixel, so a rim pixel between two touching objects goes to the closer one

@@ -192,13 +192,14 @@ def _blobs(ndim, centers, radii, shape):
     return np.stack([~mask, mask, np.zeros_like(mask)]).astype(np.float32)
 
 
-def test_3d_labels_drop_fragments_but_2d_images_keep_small_objects():
-    """A 60-voxel piece next to nuclei of ~500 is a fragment in 3D (and on a stitched stack's planes);
-    a small object of a 2D image is kept, as before."""
+def test_labels_drop_fragments_in_3d_and_in_2d_unless_asked_to_keep_them():
+    """A 60-voxel piece next to nuclei of ~500 is a fragment in 3D, and a 20-pixel speck next to nuclei
+    of ~150 in 2D (debris); ``min_fraction=0`` keeps them."""
     centers = [(6, 8, 8), (6, 8, 24), (6, 24, 8), (6, 24, 24), (6, 36, 36)]
     prob3d = _blobs(3, centers, [5, 5, 5, 5, 2.5], (13, 44, 44))
     assert instance_labels(prob3d).max() == 4
     assert instance_labels(prob3d, min_fraction=0).max() == 5
     prob2d = _blobs(2, [c[1:] for c in centers], [7, 7, 7, 7, 2.5], (44, 44))
-    assert instance_labels(prob2d).max() == 5
+    assert instance_labels(prob2d).max() == 4
     assert instance_labels(prob2d, min_fraction=FRAGMENT_FRACTION).max() == 4
+    assert instance_labels(prob2d, min_fraction=0).max() == 5

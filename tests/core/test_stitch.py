@@ -7,7 +7,6 @@ import pytest
 import napari_unet as nu
 from napari_unet.cli import main
 from napari_unet.metrics import matching
-from napari_unet.postprocess import FRAGMENT_FRACTION
 from napari_unet.stitch import DEFAULT_STITCH_THRESHOLD, PlaneStitcher, per_plane_labels, stitch_planes
 from napari_unet.synthetic import make_nuclei
 
@@ -144,17 +143,6 @@ def test_counts_taken_block_by_block_give_the_stitched_labels(volume, stack):
     np.testing.assert_array_equal(out, stitch_planes(per_plane))
 
 
-def _without_fragments(per_plane, min_size=12):
-    """Each plane without its objects under `FRAGMENT_FRACTION` of the plane's median object."""
-    out = np.zeros_like(per_plane)
-    for z, plane in enumerate(per_plane):
-        sizes = np.bincount(plane.ravel())
-        kept = sizes >= max(min_size, FRAGMENT_FRACTION * np.median(sizes[1:][sizes[1:] >= min_size]))
-        kept[0] = False
-        out[z] = np.where(kept[plane], plane, 0)
-    return out
-
-
 def _stitch_zarr(tmp_path, per_plane):
     """Stitch a zarr stack into a zarr array; the peak of Python memory traced meanwhile."""
     src = zarr.open_array(str(tmp_path / f"in{len(per_plane)}.zarr"), mode="w", shape=per_plane.shape,
@@ -184,11 +172,10 @@ def test_segment_links_planes_as_it_writes_them(tmp_path):
     model = random_model(depth=2, base=4, mode="instance", classes=(0, 1, 2))
     stack = np.random.default_rng(0).random((6, 64, 64)).astype(np.float32)
     per_plane = nu.segment(model, stack)
-    assert (_without_fragments(per_plane) > 0).sum() < (per_plane > 0).sum()  # the test has fragments
     out = zarr.open_array(str(tmp_path / "l.zarr"), mode="w", shape=stack.shape, chunks=(1, 64, 64), dtype="i4")
     nu.segment(model, stack, out=out, stitch_planes=True, workers=2)
-    # the planes of a stitched stack are sections: their fragments are dropped (as in 3D), then linked
-    np.testing.assert_array_equal(out[:], stitch_planes(_without_fragments(per_plane), DEFAULT_STITCH_THRESHOLD))
+    # the planes' own labels (fragments dropped, as on any image), then linked
+    np.testing.assert_array_equal(out[:], stitch_planes(per_plane, DEFAULT_STITCH_THRESHOLD))
     assert nu.segment(model, stack, stitch_planes=None).max() == per_plane.max()  # off unless asked
 
 
@@ -241,7 +228,7 @@ def stack_files(tmp_path):
 def test_cli_stitch_planes_with_and_without_a_value(stack_files, capsys):
     d, model = stack_files
     stack = np.load(d / "stack.npy")
-    per_plane = _without_fragments(nu.segment(model, stack))  # stitched planes drop fragments
+    per_plane = nu.segment(model, stack)
     assert main(["predict", str(d / "inst.pt"), str(d / "stack.npy"), "-o", str(d / "a.zarr"), "--stitch-planes"]) == 0
     np.testing.assert_array_equal(zarr.open_array(str(d / "a.zarr"), mode="r")[:], stitch_planes(per_plane))
     assert main(["predict", str(d / "inst.pt"), str(d / "stack.npy"), "-o", str(d / "b.npy"),
@@ -266,7 +253,7 @@ def test_block_by_block_labels_are_linked_across_planes_too(stack_files, capsys)
     blocks = zarr.open_array(str(d / "blocks.zarr"), mode="r")[:]
     from napari_unet.blockwise import segment_blockwise
 
-    per_plane = _without_fragments(segment_blockwise(model, stack, block=32))  # the same blocks, not linked
+    per_plane = segment_blockwise(model, stack, block=32)  # the same blocks, not linked
     # linked from counts taken block by block, in the one relabelling pass: the same ids as stitching
     # the finished planes
     np.testing.assert_array_equal(blocks, stitch_planes(per_plane))

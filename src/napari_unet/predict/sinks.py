@@ -12,7 +12,7 @@ import numpy as np
 
 from ..conventions import written_labels
 from ..outputs import release_pages
-from ..postprocess import fragment_fraction, instance_labels, item_spacing
+from ..postprocess import instance_labels, item_spacing
 from ..stitch import PlaneStitcher
 
 __all__ = ["Sink", "ProbabilitiesSink", "SemanticLabelsSink", "InstanceLabelsSink", "Tee"]
@@ -101,8 +101,7 @@ class InstanceLabelsSink(Sink):
         buf[(slice(None),) + region] = values
 
     def item_done(self, index):
-        labels = instance_labels(self.buffers.pop(index), min_size=self.min_size, spacing=self.spacing,
-                                 min_fraction=fragment_fraction(len(self.item_shape), self.stitcher is not None))
+        labels = instance_labels(self.buffers.pop(index), min_size=self.min_size, spacing=self.spacing)
         if self.stitcher is not None:
             labels = self.stitcher.add(labels, index)
         else:
