@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import blockwise as bw
-from .postprocess import item_spacing
+from .postprocess import FRAGMENT_FRACTION, item_spacing
 
 __all__ = ["BlockJob", "predict_blocks", "pair_block", "relabel_block", "check_worker", "sha256", "DONE_PREDICTED",
            "DONE_FINAL"]
@@ -54,6 +54,7 @@ class BlockJob:
     lead_shape: tuple            # stack axes before the model's spatial axes
     item_shape: tuple
     stitch: float | None = None  # instance labels of a stack: link planes at this overlap
+    min_fraction: float = FRAGMENT_FRACTION  # fragments: under this fraction of their item's median object
 
     @property
     def grid(self) -> tuple:

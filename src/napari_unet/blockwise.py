@@ -207,11 +207,11 @@ def _run_local(plan, labels_out, probabilities_out, block, margin):
     return _blocks(plan.items, plan.item_shape, predictions, labels_out, probabilities_out, block, margin,
                    None if not plan.labels or margin else written_labels(model.config.class_ids),
                    plan.min_size or (12 if model.dims == 2 else 40), message, plan.stitch_planes,
-                   item_spacing(model.config.spacing, plan.item_shape))
+                   item_spacing(model.config.spacing, plan.item_shape), plan.min_fraction)
 
 
 def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block, margin, class_lut, min_size,
-            message, stitch=None, spacing=None):
+            message, stitch=None, spacing=None, min_fraction=FRAGMENT_FRACTION):
     """The local driver: every block in order, faces merged as soon as both sides are done.
 
     ``margin`` > 0: instance labels; else ``class_lut`` (class index -> written label) or no labels.
@@ -268,7 +268,7 @@ def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block
         done += 1
         yield event("tiles", region=index + core)
     if instance:
-        luts, _ = merge_blocks(sizes, edges, min_size, FRAGMENT_FRACTION, [i for i, _ in blocks])
+        luts, _ = merge_blocks(sizes, edges, min_size, min_fraction, [i for i, _ in blocks])
         if links is not None:
             luts = links.luts(luts, sizes)
         for k, (i, position) in enumerate(blocks):

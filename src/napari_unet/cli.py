@@ -81,6 +81,13 @@ def _overlap(text):
         raise argparse.ArgumentTypeError(f"expected an overlap between 0 and 1 such as 0.5, got {text!r}") from None
 
 
+def _fraction(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.2 (0 keeps every object), got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="napari-unet", description="Train a UNet on annotations and segment microscopy images.")
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -132,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="2D instance model on a z-stack: link each plane's objects to the previous plane's "
                         "(at least OVERLAP of the smaller object inside the other, default "
                         f"{DEFAULT_STITCH_THRESHOLD}) so each object gets one 3D id")
+    r.add_argument("--min-fraction", type=_fraction, default=None, metavar="F",
+                   help="instance models: drop objects smaller than F of the median object (fragments, debris; "
+                        "default 0.2); 0 keeps every object")
     r.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average 8 turned/mirrored views of each tile (8x the time)")
     r.add_argument("--block", type=_positive_int, default=None,
@@ -173,7 +183,7 @@ def _predict(args):
     try:
         plan = plan_prediction(model, image, labels=True, probabilities=bool(args.probabilities), tile=args.tile,
                                batch_size=args.batch_size, device=args.device, channel_axis=channel_axis,
-                               stitch_planes=args.stitch_planes, tta=args.tta)
+                               stitch_planes=args.stitch_planes, tta=args.tta, min_fraction=args.min_fraction)
     except ValueError as exc:
         if declared is None:
             raise
@@ -212,7 +222,8 @@ def _predict_on_cluster(args):
     events = iter_segment(args.model, args.input, out=args.output, probabilities_out=args.probabilities,
                           client=args.scheduler, workers=args.workers, block=args.block, tile=args.tile,
                           batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis,
-                          stitch_planes=args.stitch_planes, tta=args.tta)  # channel_axis None: each file's declared axis
+                          stitch_planes=args.stitch_planes, tta=args.tta,
+                          min_fraction=args.min_fraction)  # channel_axis None: each file's declared axis
     first = next(events)
     print(first.message, file=sys.stderr, flush=True)
     _drain_predict(events)
@@ -337,6 +348,7 @@ _FLAGS = [(re.compile(r"\bchannel_axis=\.\.\."), "--channel-axis N"),
           (re.compile(r"\bbatch_size="), "--batch-size"),
           (re.compile(r"\bleave stitch_planes=None"), "leave out --stitch-planes"),
           (re.compile(r"\bstitch_planes\b"), "--stitch-planes"),
+          (re.compile(r"\bmin_fraction\b"), "--min-fraction"),
           (re.compile(r"\bdevice='([\w:]+)'"), r"--device \1")]
 
 

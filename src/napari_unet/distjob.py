@@ -109,7 +109,7 @@ def plan_job(model, model_path, sha, path, labels_dest, prob_dest, block, margin
                          None if prob_partial is None else str(prob_partial.resolve()), labels_dest is not None,
                          instance, tuple(sorted(options.items())), block, margin,
                          plan.min_size or (12 if model.dims == 2 else 40), threads, tuple(plan.shape[:lead]),
-                         tuple(plan.item_shape), plan.stitch_planes)
+                         tuple(plan.item_shape), plan.stitch_planes, plan.min_fraction)
     layout = dict(shape=plan.shape, chunks=chunks, dtype=plan.labels_dtype, probabilities=plan.probabilities_shape)
     return job, layout, plan.describe()
 

@@ -24,7 +24,6 @@ import numpy as np
 from . import blockwise as bw
 from . import blocktasks as tasks
 from .distjob import CHUNK_2D, CHUNK_3D, commit, open_partial, plan_job, stem
-from .postprocess import FRAGMENT_FRACTION
 
 __all__ = ["connect", "iter_segment", "segment", "predict", "CHUNK_2D", "CHUNK_3D"]
 
@@ -157,7 +156,7 @@ class _Run:
         sizes = [self.pairs[k][0] for k in range(self.job.n_blocks)]
         edges = [edge for k in range(self.job.n_blocks) for edge in self.pairs[k][1]]
         job = self.job
-        luts, _ = bw.merge_blocks(sizes, edges, job.min_size, FRAGMENT_FRACTION,
+        luts, _ = bw.merge_blocks(sizes, edges, job.min_size, job.min_fraction,
                                   [k // job.per_item for k in range(job.n_blocks)])
         if self.links is not None:  # planes linked: the same relabelling writes 3D ids
             luts = self.links.luts(luts, sizes)

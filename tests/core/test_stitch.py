@@ -262,3 +262,31 @@ def test_block_by_block_labels_are_linked_across_planes_too(stack_files, capsys)
                  "--stitch-planes"]) == 0
     np.testing.assert_array_equal(zarr.open_array(str(d / "whole.zarr"), mode="r")[:],
                                   nu.segment(model, stack, stitch_planes=True))
+
+
+def test_fragments_are_kept_when_asked_in_the_api_blockwise_and_from_the_cli(stack_files, capsys):
+    """Fragments are dropped by default; ``min_fraction=0`` / ``--min-fraction 0`` keeps every object (small
+    objects among big ones), and a fraction out of range is refused in one line before any file exists."""
+    from napari_unet.blockwise import segment_blockwise
+    from napari_unet.postprocess import instance_labels
+
+    d, model = stack_files
+    stack = np.load(d / "stack.npy")
+    prob = nu.predict(model, stack)
+    kept = [instance_labels(prob[:, z], min_fraction=0) for z in range(len(stack))]
+    default, everything = nu.segment(model, stack), nu.segment(model, stack, min_fraction=0)
+    assert (everything > 0).sum() > (default > 0).sum()  # this noise has fragments, dropped by default
+    for z, plane in enumerate(kept):
+        np.testing.assert_array_equal(everything[z] > 0, plane > 0)
+        assert len(np.unique(everything[z])) == len(np.unique(plane))
+    blocks_all = segment_blockwise(model, stack, block=32, min_fraction=0)
+    assert (blocks_all > 0).sum() > (segment_blockwise(model, stack, block=32) > 0).sum()
+    assert main(["predict", str(d / "inst.pt"), str(d / "stack.npy"), "-o", str(d / "all.npy"),
+                 "--min-fraction", "0"]) == 0
+    np.testing.assert_array_equal(np.load(d / "all.npy"), everything)
+    capsys.readouterr()
+    assert main(["predict", str(d / "inst.pt"), str(d / "stack.npy"), "-o", str(d / "bad.npy"),
+                 "--min-fraction", "1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--min-fraction" in err and len(err.splitlines()) == 1
+    assert not (d / "bad.npy").exists()

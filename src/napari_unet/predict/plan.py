@@ -18,6 +18,7 @@ from ..conventions import written_labels
 from ..data import as_channels_first, iter_items
 from ..device import amp_dtype, resolve_device
 from ..model import Model
+from ..postprocess import FRAGMENT_FRACTION
 from ..stitch import check_stitch
 from ..tiling import Tile, choose_tile_size, normalize_tile_size, plan_tiles
 
@@ -73,6 +74,8 @@ class PredictionPlan:
         What is asked for (at least one).
     min_size : int or None
         Instance mode: smallest object kept.
+    min_fraction : float
+        Instance mode: objects under this fraction of their item's median object are dropped (fragments).
     workers, threads : int
         ``workers`` forward passes run at once (CPU), each with ``threads`` torch threads.
     stitch_planes : float or None
@@ -94,6 +97,7 @@ class PredictionPlan:
     labels: bool = True
     probabilities: bool = False
     min_size: int | None = None
+    min_fraction: float = FRAGMENT_FRACTION
     workers: int = 1
     threads: int = 1
     stitch_planes: float | None = None
@@ -288,9 +292,16 @@ def _positive(value, what: str) -> int:
     return int(value)
 
 
+def _fraction(value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 <= value < 1:
+        raise ValueError(f"min_fraction must be a number from 0 (keep every object) to below 1, got {value!r}")
+    return float(value)
+
+
 def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = False, tile="auto",
                     batch_size: int | None = None, device="auto", channel_axis: int | None = None,
-                    halo: int | None = None, min_size: int | None = None,
+                    halo: int | None = None, min_size: int | None = None, min_fraction: float | None = None,
                     workers: int | None = None, stitch_planes: float | None = None,
                     tta: bool = False) -> PredictionPlan:
     """Check a prediction's inputs and outputs and plan its tiles; nothing is computed or written.
@@ -318,6 +329,10 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
         (approximate at the seams; ``halo=model.halo`` is exact but costs ``(T / (T - 2 * halo))**3``).
     min_size : int, optional
         Instance mode: smallest object kept (pixels).
+    min_fraction : float, optional
+        Instance mode: objects smaller than this fraction of their item's (image's, volume's) median object
+        are dropped as fragments; default `napari_unet.postprocess.FRAGMENT_FRACTION` (0.2), 0 keeps every
+        object of at least ``min_size`` (small objects among big ones, e.g. micronuclei).
     workers : int, optional
         CPU only: forward passes run concurrently, each with ``torch.get_num_threads() // workers``
         threads. Default: one per torch thread, at most 4.
@@ -355,9 +370,10 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
     batches = -(-len(tiles) * len(items) // batch_size)
     n_workers = max(1, min(n_workers, batches))
     threads = max(1, torch.get_num_threads() // n_workers) if dev.type == "cpu" else torch.get_num_threads()
+    min_fraction = FRAGMENT_FRACTION if min_fraction is None else _fraction(min_fraction)
     if not isinstance(tta, (bool, np.bool_)):
         raise TypeError(f"tta must be True or False, got {tta!r}")
     _check_some_finite(img, items, item_shape)  # before the caller creates any output file
     return PredictionPlan(model, dev, img, items, item_shape, tiles, tile_sizes, halo, batch_size, spatial,
                           labels=bool(labels), probabilities=bool(probabilities), min_size=min_size,
-                          workers=n_workers, threads=threads, stitch_planes=stitch, tta=bool(tta))
+                          min_fraction=min_fraction, workers=n_workers, threads=threads, stitch_planes=stitch, tta=bool(tta))

@@ -190,7 +190,8 @@ def sinks_for(plan: PredictionPlan, labels_out=None, probabilities_out=None) -> 
     if labels_out is not None:
         model = plan.model
         sinks.append(InstanceLabelsSink(labels_out, plan.item_shape, model.num_classes, plan.min_size,
-                                        stitch_planes=plan.stitch_planes, spacing=model.config.spacing)
+                                        stitch_planes=plan.stitch_planes, spacing=model.config.spacing,
+                                        min_fraction=plan.min_fraction)
                      if model.mode == "instance" else SemanticLabelsSink(labels_out, model.config.class_ids))
     if probabilities_out is not None:
         sinks.append(ProbabilitiesSink(probabilities_out))

@@ -87,8 +87,9 @@ class InstanceLabelsSink(Sink):
     (`napari_unet.stitch.PlaneStitcher`: only the previous plane is kept)."""
 
     def __init__(self, out, item_shape: tuple, num_classes: int, min_size: int | None = None,
-                 stitch_planes: float | None = None, spacing=None):
+                 stitch_planes: float | None = None, spacing=None, min_fraction: float | None = None):
         self.out, self.item_shape, self.num_classes, self.min_size = out, tuple(item_shape), num_classes, min_size
+        self.min_fraction = min_fraction
         self.spacing = item_spacing(spacing, self.item_shape)
         self.buffers: dict = {}
         self.next_id = 1
@@ -101,7 +102,8 @@ class InstanceLabelsSink(Sink):
         buf[(slice(None),) + region] = values
 
     def item_done(self, index):
-        labels = instance_labels(self.buffers.pop(index), min_size=self.min_size, spacing=self.spacing)
+        labels = instance_labels(self.buffers.pop(index), min_size=self.min_size, spacing=self.spacing,
+                                 min_fraction=self.min_fraction)
         if self.stitcher is not None:
             labels = self.stitcher.add(labels, index)
         else:
