@@ -9,7 +9,9 @@ union as in cellpose's ``stitch_threshold``, because near the top and bottom of 
 shrinks fast from plane to plane: the IoU of two sections of one nucleus falls to 0.2-0.3 there, and an
 IoU rule cuts the caps off as objects of their own (benchmarks/stitch_quality.py). A link is cut where
 the chain's section area dips (`dips`): there one nucleus ends and the one stacked under it begins,
-whose first section lies inside the upper one's last (benchmarks/results/vol3d2.md). Planes are handled
+whose first section lies inside the upper one's last (benchmarks/results/vol3d2.md). Once linked, each
+object loses its small end sections (a 2D model's caps of out-of-focus light) and objects seen in one
+plane only are dropped (`trimmed_sections`, benchmarks/results/vol3d3.md). Planes are handled
 one at a time and only the previous plane is kept (`PlaneStitcher`), so the stack is never held in
 memory: it works while a prediction writes plane by plane into a zarr array, and on label stacks of any
 size (`stitch_planes`). The rule (`match_objects`) and the new ids (in order of each object's first
@@ -25,7 +27,7 @@ import numpy as np
 
 __all__ = ["DEFAULT_STITCH_THRESHOLD", "DIP_RATIO", "PlaneStitcher", "link_planes", "stitch_planes", "check_stitch",
            "can_stitch", "match_objects", "dips", "drop_dips", "per_plane_labels", "TRIM_RATIO", "MIN_PLANES",
-           "trimmed_sections"]
+           "trimmed_sections", "zero_ids"]
 
 #: Default fraction of the smaller of two overlapping objects that must lie inside the other for them to
 #: be linked. On the true objects of synthetic stacks every value from 0.1 to 0.8 links all nuclei
@@ -247,7 +249,8 @@ def _update_peaks(peaks: dict, new, cur_area, linked_current, linked_previous):
 
 
 class PlaneStitcher:
-    """Relabels planes one by one, in order, keeping only the previous plane.
+    """Relabels planes one by one, in order, keeping only the previous plane (and each plane's section
+    areas per id, for `dropped`: the trimming pass once every plane is added).
 
     Parameters
     ----------
