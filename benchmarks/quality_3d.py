@@ -47,6 +47,8 @@ VARIANTS = {
     "aniso-edge": {"spacing": "volume", "edge_weight": 2.0},
     "aniso-dice": {"spacing": "volume", "loss": "ce+dice"},
     "aniso-16x128": {"spacing": "volume", "patch_size": (16, 128, 128)},
+    # about isotropic in tissue at spacing 3 (72 x 80 x 80 px), 1.17x the default patch's voxels
+    "aniso-24x80": {"spacing": "volume", "patch_size": (24, 80, 80)},
     # the boundary class drawn with the spacing (`instance_targets(spacing=)`): the default since
     # benchmarks/results/vol3d2.md; its first runs patched it in (cached "3d-aniso" models predate it)
     "aniso-rimxy": {"spacing": "volume"},

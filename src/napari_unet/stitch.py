@@ -9,7 +9,9 @@ union as in cellpose's ``stitch_threshold``, because near the top and bottom of 
 shrinks fast from plane to plane: the IoU of two sections of one nucleus falls to 0.2-0.3 there, and an
 IoU rule cuts the caps off as objects of their own (benchmarks/stitch_quality.py). A link is cut where
 the chain's section area dips (`dips`): there one nucleus ends and the one stacked under it begins,
-whose first section lies inside the upper one's last (benchmarks/results/vol3d2.md). Planes are handled
+whose first section lies inside the upper one's last (benchmarks/results/vol3d2.md). Once linked, each
+object loses its small end sections (a 2D model's caps of out-of-focus light) and objects seen in one
+plane only are dropped (`trimmed_sections`, benchmarks/results/vol3d3.md). Planes are handled
 one at a time and only the previous plane is kept (`PlaneStitcher`), so the stack is never held in
 memory: it works while a prediction writes plane by plane into a zarr array, and on label stacks of any
 size (`stitch_planes`). The rule (`match_objects`) and the new ids (in order of each object's first
@@ -24,7 +26,8 @@ import numbers
 import numpy as np
 
 __all__ = ["DEFAULT_STITCH_THRESHOLD", "DIP_RATIO", "PlaneStitcher", "link_planes", "stitch_planes", "check_stitch",
-           "can_stitch", "match_objects", "dips", "drop_dips", "per_plane_labels"]
+           "can_stitch", "match_objects", "dips", "drop_dips", "per_plane_labels", "TRIM_RATIO", "MIN_PLANES", "DEEP_OBJECTS",
+           "trimmed_sections", "zero_ids"]
 
 #: Default fraction of the smaller of two overlapping objects that must lie inside the other for them to
 #: be linked. On the true objects of synthetic stacks every value from 0.1 to 0.8 links all nuclei
@@ -39,6 +42,18 @@ DEFAULT_STITCH_THRESHOLD = 0.8
 #: objects of the anisotropic stand-in, 0.85 gave F1@0.5 in 3D 0.704 and 0.791 against 0.658 and 0.771
 #: without (0.7: 0.701, 0.778), and never cut a true nucleus (benchmarks/results/vol3d2.md).
 DIP_RATIO = 0.85
+#: Once a stack is linked, a chain's end sections (top and bottom) smaller than this fraction of its
+#: largest section are dropped: a 2D model sees a nucleus' blurred light in the planes above and below
+#: it (on the anisotropic stand-in its objects span 1.1-1.3 planes more than the true nuclei), and
+#: those caps are small. 0.3 gave 3D F1@0.5 / mean F1 0.737 / 0.390, 0.832 / 0.335, 0.784 / 0.340 on
+#: three seeds against 0.727 / 0.372, 0.832 / 0.325, 0.773 / 0.324 without (benchmarks/results/vol3d3.md).
+TRIM_RATIO = 0.3
+#: Linked objects with fewer sections than this are dropped: most single-plane objects of a 2D model on
+#: a z-stack are false detections (3D F1@0.5 0.745 -> 0.777 on three seeds, benchmarks/results/vol3d3.md).
+MIN_PLANES = 2
+#: ... but only when the stack's median object spans at least this many planes: in a stack whose planes
+#: are so far apart that its objects are seen in one or two planes, a single-plane object is a real one.
+DEEP_OBJECTS = 3
 
 
 def check_stitch(threshold, *, mode: str, dims: int, spatial_ndim: int, labels: bool = True):
@@ -150,6 +165,35 @@ def drop_dips(links, area, plane, ratio: float = DIP_RATIO) -> np.ndarray:
     return links[keep]
 
 
+def trimmed_sections(chain, plane, area, ratio: float = TRIM_RATIO, min_planes: int = MIN_PLANES) -> np.ndarray:
+    """Which sections of linked chains are dropped (pure; the one trimming rule).
+
+    Per section: its chain (3D object), its plane number and its area. A chain's leading and trailing
+    sections smaller than ``ratio`` of its largest section are dropped, then chains left with fewer
+    than ``min_planes`` sections, when the median chain (after its ends are trimmed) spans at least
+    `DEEP_OBJECTS` planes.
+
+    Returns
+    -------
+    ndarray of bool
+        Per section: dropped.
+    """
+    chain, plane, area = (np.asarray(a, np.int64).ravel() for a in (chain, plane, area))
+    dropped = np.zeros(len(chain), bool)
+    order = np.lexsort((plane, chain))
+    starts = np.flatnonzero(np.r_[True, chain[order][1:] != chain[order][:-1]]) if len(order) else []
+    kept = []
+    for rows in np.split(order, starts[1:]) if len(order) else ():
+        big = np.flatnonzero(area[rows] >= ratio * area[rows].max())
+        kept.append(rows[big[0]:big[-1] + 1])
+    deep = bool(kept) and np.median([len(k) for k in kept]) >= DEEP_OBJECTS
+    dropped[:] = True
+    for keep in kept:
+        if len(keep) >= (min_planes if deep else 1):
+            dropped[keep] = False
+    return dropped
+
+
 def link_planes(previous: np.ndarray | None, current, threshold: float, next_id: int, peaks: dict | None = None):
     """Relabel one plane against the (already relabelled) previous plane.
 
@@ -212,7 +256,8 @@ def _update_peaks(peaks: dict, new, cur_area, linked_current, linked_previous):
 
 
 class PlaneStitcher:
-    """Relabels planes one by one, in order, keeping only the previous plane.
+    """Relabels planes one by one, in order, keeping only the previous plane (and each plane's section
+    areas per id, for `dropped`: the trimming pass once every plane is added).
 
     Parameters
     ----------
@@ -231,6 +276,8 @@ class PlaneStitcher:
         self._previous = None
         self._index = None
         self._peaks: dict = {}  # the previous plane's ids -> their chain's largest section (`dips`)
+        self._indices: list = []  # per plane added: its index
+        self._sections: list = []  # per plane added: (ids, areas) of its objects, for `dropped`
 
     def add(self, plane, index: tuple | None = None) -> np.ndarray:
         """This plane's labels with linked ids (a new int32 array).
@@ -248,10 +295,30 @@ class PlaneStitcher:
         out, self.next_id = link_planes(self._previous if follows else None, plane, self.threshold, self.next_id,
                                         self._peaks)
         self._previous, self._index = out, index
+        ids, areas = np.unique(out, return_counts=True)
+        self._indices.append(index)
+        self._sections.append((ids[ids > 0], areas[ids > 0]))
         return out
 
+    def dropped(self):
+        """Once every plane is added: ``(index, ids)`` for each plane with sections that
+        `trimmed_sections` drops (zero them there). Memory grows with the objects, not the pixels."""
+        if not self._sections:
+            return []
+        chain = np.concatenate([ids for ids, _ in self._sections])
+        area = np.concatenate([a for _, a in self._sections])
+        plane = np.repeat(np.arange(len(self._sections)), [len(ids) for ids, _ in self._sections])
+        drop = trimmed_sections(chain, plane, area)
+        return [(self._indices[z], chain[drop & (plane == z)]) for z in np.unique(plane[drop])]
 
-def stitch_planes(labels, threshold: float = DEFAULT_STITCH_THRESHOLD, *, out=None):
+
+def zero_ids(out, index, ids) -> None:
+    """Zero the objects ``ids`` in ``out[index]`` (one plane read and written)."""
+    plane = np.asarray(out[index])
+    out[index] = np.where(np.isin(plane, ids), 0, plane).astype(plane.dtype, copy=False)
+
+
+def stitch_planes(labels, threshold: float = DEFAULT_STITCH_THRESHOLD, *, out=None, trim: bool = True):
     """Link the per-plane objects of a label stack into 3D objects, one plane at a time.
 
     Parameters
@@ -265,6 +332,10 @@ def stitch_planes(labels, threshold: float = DEFAULT_STITCH_THRESHOLD, *, out=No
     out : array-like, optional
         Where to write the linked labels (int32 or wider; may be ``labels`` itself, e.g. a zarr array);
         default a new int32 array. Only two planes are in memory at a time.
+    trim : bool
+        Drop each chain's small end sections and the objects seen in fewer than `MIN_PLANES` planes
+        (`trimmed_sections`: mostly a 2D model's blurred caps and false detections), in a second pass
+        over the planes concerned; ids stay as linked, so they may have gaps. False: the links only.
 
     Returns
     -------
@@ -289,6 +360,8 @@ def stitch_planes(labels, threshold: float = DEFAULT_STITCH_THRESHOLD, *, out=No
     stitcher = PlaneStitcher(threshold)
     for index in np.ndindex(*shape[:-2]):
         out[index] = stitcher.add(np.asarray(labels[index]), index)
+    for index, ids in stitcher.dropped() if trim else ():  # a second pass over the planes whose chains are trimmed
+        zero_ids(out, index, ids)
     return out
 
 

@@ -10,7 +10,7 @@ pair of objects of consecutive planes, the pixels they share. All three add up o
 2. `stitch_luts` (the whole stack, cheap: it grows with the number of objects, not pixels): those
    counts in merged ids, summed, linked by `napari_unet.stitch.match_objects` (cut at `dips`), chains joined,
    and each chain numbered in order of its first plane and first pixel, as `napari_unet.stitch.PlaneStitcher`
-   numbers objects; the result is composed into each block's lookup table.
+   numbers objects, and trimmed (`napari_unet.stitch.trimmed_sections`); the result is composed into each block's lookup table.
 
 So the final ids are written in the one relabelling pass the blocks need anyway, and they equal the
 in-process stitched labels whenever the planes hold the same objects.
@@ -91,7 +91,7 @@ def stitch_luts(luts, sizes, firsts, overlaps, block_items, threshold: float):
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    from .stitch import drop_dips, match_objects
+    from .stitch import drop_dips, match_objects, trimmed_sections
 
     n = max((int(lut.max()) for lut in luts), default=0)
     if n == 0:
@@ -131,6 +131,7 @@ def stitch_luts(luts, sizes, firsts, overlaps, block_items, threshold: float):
     chain_id[chain[starts]] = np.arange(1, len(starts) + 1)
     final = chain_id[chain]
     final[0] = 0
+    final[objects[trimmed_sections(final[objects], item[objects], area[objects])]] = 0  # trimmed chains
     return [final[np.asarray(lut)] for lut in luts]
 
 

@@ -38,7 +38,7 @@ def test_ids_are_unique_over_the_stack_and_chains_break_at_gaps_and_time():
     stack[:, :2, 1:4, 1:4] = 1   # planes 0-1: one object
     stack[:, 3, 1:4, 1:4] = 1    # plane 2 empty: plane 3's object is another one
     stack[:, :, 5:7, 5:7] = 2    # all planes: one object per time point
-    linked = stitch_planes(stack)
+    linked = stitch_planes(stack, trim=False)  # the links alone
     t0, t1 = linked[0], linked[1]
     assert t0[0, 2, 2] == t0[1, 2, 2] != t0[3, 2, 2]
     assert len({int(t0[z, 6, 6]) for z in range(4)}) == 1
@@ -51,7 +51,7 @@ def test_an_object_that_splits_continues_as_its_larger_part():
     stack[0, 2:8, 1:11] = 5
     stack[1, 2:8, 1:7] = 1      # most of it
     stack[1, 2:8, 8:11] = 2     # a sliver
-    linked = stitch_planes(stack, 0.2)
+    linked = stitch_planes(stack, 0.2, trim=False)
     assert linked[1, 4, 3] == linked[0, 4, 3]
     assert linked[1, 4, 9] not in (0, linked[0, 4, 3])
 
@@ -60,8 +60,8 @@ def test_the_threshold_decides_what_continues():
     stack = np.zeros((2, 10, 10), np.int32)
     stack[0, 0:6, 0:6] = 1
     stack[1, 3:9, 3:9] = 1       # IoU 9 / 63 = 0.14
-    assert len(np.unique(stitch_planes(stack, 0.1))) == 2
-    assert len(np.unique(stitch_planes(stack, 0.5))) == 3
+    assert len(np.unique(stitch_planes(stack, 0.1, trim=False))) == 2
+    assert len(np.unique(stitch_planes(stack, 0.5, trim=False))) == 3
 
 
 def _renumbered(per_plane, seed=0):
@@ -100,6 +100,38 @@ def test_nuclei_stacked_along_z_are_cut_where_the_section_area_dips():
     linked = stitch_planes(per_plane)
     assert len(np.unique(linked)) - 1 == 3
     assert matching(truth, linked)["f1"] == 1.0
+
+
+def test_linked_objects_lose_their_blurred_caps_and_single_plane_detections(tmp_path):
+    """What a 2D model gives on a z-stack: nuclei (planes 1-4) with their blurred light picked up as
+    small caps in planes 0 and 5, and a speck in one plane only. Linked, a nucleus keeps its four
+    sections and nothing else remains; in a zarr output too."""
+    stack = np.zeros((6, 16, 32), np.int32)
+    stack[1:5, 2:8, 20:26] = 3          # a second nucleus, so that the median object spans 4 planes
+    stack[1:5, 4:10, 4:10] = 1          # the nucleus: 36 px per section
+    stack[4, 4:10, 4:10] = 0
+    stack[4, 5:9, 5:8] = 1              # its last true section: 12 px, a third of its largest: kept
+    stack[[0, 5], 6:8, 6:8] = 1         # caps of 4 px (< 0.3 of 36): dropped
+    stack[2, 12:15, 12:15] = 2          # a 9 px speck seen in one plane: dropped
+    linked = stitch_planes(stack)
+    nucleus = linked[1, 6, 6]
+    assert nucleus > 0 and set(np.unique(linked)) == {0, nucleus, linked[1, 4, 22]}
+    inside = np.isin(np.arange(6), [1, 2, 3, 4])[:, None, None]
+    np.testing.assert_array_equal(linked > 0, inside & (stack > 0) & (stack != 2))
+    assert len(np.unique(stitch_planes(stack, trim=False))) == 4  # the links alone keep them
+    out = zarr.open_array(str(tmp_path / "t.zarr"), mode="w", shape=stack.shape, chunks=(1, 16, 32), dtype="i4")
+    np.testing.assert_array_equal(stitch_planes(stack, out=out)[:], linked)
+
+
+def test_a_stack_of_far_apart_planes_keeps_its_single_plane_objects():
+    """Planes so far apart that each nucleus is seen in one or two of them: nothing is dropped as a
+    single-plane detection (the median object spans fewer than `DEEP_OBJECTS` planes)."""
+    stack = np.zeros((3, 16, 40), np.int32)
+    for k, x in enumerate(range(0, 40, 8)):
+        stack[k % 3, 4:10, x:x + 6] = k + 1  # five nuclei, each in one plane
+    stack[1, 4:10, 0:6] = 1                  # the first one also in the next plane
+    linked = stitch_planes(stack)
+    assert len(np.unique(linked)) - 1 == 5 and ((linked > 0) == (stack > 0)).all()
 
 
 def _linked_without_dips(per_plane):

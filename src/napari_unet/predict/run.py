@@ -229,7 +229,10 @@ def _events(plan: PredictionPlan, labels_out, probabilities_out):
     t0 = time.perf_counter()
     total = plan.total_tiles
     yield PredictEvent("start", 0, total, 0.0, time.perf_counter() - t0, message=plan.describe())
-    yield from run_blocks(plan, sinks_for(plan, labels_out, probabilities_out), t0=t0, total=total)
+    sink = sinks_for(plan, labels_out, probabilities_out)
+    yield from run_blocks(plan, sink, t0=t0, total=total)
+    for region in sink.finish():  # planes rewritten once every item is done (stitching's trimmed chains)
+        yield PredictEvent("item", total, total, 1.0, time.perf_counter() - t0, region=region)
     elapsed = time.perf_counter() - t0
     yield PredictEvent("done", total, total, 1.0, elapsed, message=f"predicted {total} tile(s) in {elapsed:.1f} s",
                        result=labels_out if plan.labels else probabilities_out, labels=labels_out,

@@ -13,7 +13,7 @@ import numpy as np
 from ..conventions import written_labels
 from ..outputs import release_pages
 from ..postprocess import instance_labels, item_spacing
-from ..stitch import PlaneStitcher
+from ..stitch import PlaneStitcher, zero_ids
 
 __all__ = ["Sink", "ProbabilitiesSink", "SemanticLabelsSink", "InstanceLabelsSink", "Tee"]
 
@@ -44,6 +44,11 @@ class Sink:
         """All tiles of item ``index`` are written. Returns the region of the output written only now
         (a whole-item sink), or None."""
         return None
+
+    def finish(self) -> list:
+        """Every item is done: a last pass over the output if the sink needs one. Returns the regions
+        rewritten."""
+        return []
 
 
 class ProbabilitiesSink(Sink):
@@ -114,6 +119,16 @@ class InstanceLabelsSink(Sink):
         _release(self.out, index)
         return index + tuple(slice(0, s) for s in self.item_shape)
 
+    def finish(self):
+        """With stitching, zero the sections the linked chains drop (`napari_unet.stitch.trimmed_sections`):
+        a second pass over those planes only, one plane at a time."""
+        regions = []
+        for index, ids in self.stitcher.dropped() if self.stitcher is not None else ():
+            zero_ids(self.out, index, ids)
+            _release(self.out, index)
+            regions.append(index + tuple(slice(0, s) for s in self.item_shape))
+        return regions
+
 
 class Tee(Sink):
     """Several sinks fed by the same forward passes (labels and probabilities in one run)."""
@@ -129,3 +144,6 @@ class Tee(Sink):
     def item_done(self, index):
         regions = [sink.item_done(index) for sink in self.sinks]
         return next((r for r in regions if r is not None), None)
+
+    def finish(self):
+        return [r for sink in self.sinks for r in sink.finish()]
