@@ -174,10 +174,11 @@ class LiveSession:
         layer = self.preview_layer
         if layer is None or not any(same_layer(layer, x) for x in viewer.layers):
             layer = self._make_layer(viewer, image, labels_layer, data, scale, translate)
-        elif not (np.array_equal(layer.translate, translate) and layer.data.shape == data.shape
-                  and np.array_equal(layer.data, data)):
-            layer.data = data  # redrawing a Labels layer is the preview's cost on the GUI thread: only on change
-            layer.translate = translate
+        else:  # redrawing a Labels layer is the preview's cost on the GUI thread: each setter only on change
+            if not np.array_equal(layer.translate, translate):
+                layer.translate = translate
+            if layer.data.shape != data.shape or not np.array_equal(layer.data, data):
+                layer.data = data
         layer.editable = False
         if count:
             self.preview_times.append(time.perf_counter())
