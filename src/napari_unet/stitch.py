@@ -179,7 +179,6 @@ def trimmed_sections(chain, plane, area, ratio: float = TRIM_RATIO, min_planes: 
         Per section: dropped.
     """
     chain, plane, area = (np.asarray(a, np.int64).ravel() for a in (chain, plane, area))
-    dropped = np.zeros(len(chain), bool)
     order = np.lexsort((plane, chain))
     starts = np.flatnonzero(np.r_[True, chain[order][1:] != chain[order][:-1]]) if len(order) else []
     kept = []
@@ -187,7 +186,7 @@ def trimmed_sections(chain, plane, area, ratio: float = TRIM_RATIO, min_planes: 
         big = np.flatnonzero(area[rows] >= ratio * area[rows].max())
         kept.append(rows[big[0]:big[-1] + 1])
     deep = bool(kept) and np.median([len(k) for k in kept]) >= DEEP_OBJECTS
-    dropped[:] = True
+    dropped = np.ones(len(chain), bool)
     for keep in kept:
         if len(keep) >= (min_planes if deep else 1):
             dropped[keep] = False
