@@ -92,10 +92,13 @@ def ratio_summary(times: dict, num: str, den: str) -> str:
 
 def training_options(pairs) -> dict:
     """``--opt KEY=VALUE`` arguments as keyword arguments of `napari_unet.train`: numbers when they read
-    as one, else strings (``augment=elastic,blur``)."""
+    as one, booleans for true/false, else strings (``augment=elastic,blur``)."""
     options = {}
     for pair in pairs:
         key, _, text = pair.partition("=")
+        if text.lower() in ("true", "false"):
+            options[key] = text.lower() == "true"
+            continue
         try:
             options[key] = float(text) if "." in text else int(text)
         except ValueError:

@@ -52,7 +52,18 @@ VARIANTS = {
     # the boundary class drawn with the spacing (`instance_targets(spacing=)`): the default since
     # benchmarks/results/vol3d2.md; its first runs patched it in (cached "3d-aniso" models predate it)
     "aniso-rimxy": {"spacing": "volume"},
+    # training precision (`mixed_precision`): the cached models above were trained in fp32; bf16 is the
+    # default on CPUs with bf16 units since the sixth session (BENCHMARKS.md)
+    "aniso-bf16": {"spacing": "volume", "mixed_precision": True},
+    "aniso-fp32": {"spacing": "volume", "mixed_precision": False},
+    "bf16": {"mixed_precision": True},  # for 2D models: "2d:bf16"
+    "fp32": {"mixed_precision": False},
 }
+
+
+def model_dims(name) -> int:
+    """2 for the protocol's 2D models ("2d", "2d:VARIANT"), else 3 ("3d:VARIANT")."""
+    return 2 if name.split(":")[0] == "2d" else 3
 STEPS_PER_EPOCH = 10  # the protocol's regions are small: `train` makes 10 steps per epoch
 
 
@@ -70,7 +81,7 @@ def trained(name, train_img, train_lab, seed, steps, spacing, cache=None):
     Returns (model, training seconds; 0 when loaded). The cache also keeps the held-out half's
     probabilities (`cached_probabilities`), so post-processing variants reuse the same networks.
     """
-    dims, variant = (2, None) if name == "2d" else (3, name.split(":", 1)[1])
+    dims, variant = model_dims(name), (name.split(":", 1)[1] if ":" in name else None)
     path = None if cache is None else model_path(cache, name, seed, steps)
     if path is not None and path.exists():
         return nu.load_model(path), 0.0
@@ -100,7 +111,7 @@ def cached_probabilities(model_path, model, image):
 def run_model(name, train_part, test_part, seed, steps, spacing, cache=None):
     """Train one model of the protocol (or load it from ``cache``) and score it on the held-out half."""
     (train_img, train_lab), (test_img, test_lab) = train_part, test_part
-    dims = 2 if name == "2d" else 3
+    dims = model_dims(name)
     model, t_train = trained(name, train_img, train_lab, seed, steps, spacing, cache)
     t = time.perf_counter()
     pred = nu.segment(model, test_img, **({"stitch_planes": True} if dims == 2 else {}))
@@ -138,7 +149,7 @@ def main():
     for seed in args.seeds:
         parts = stand_in(args.shape, seed, args.spacing, args.attenuation, args.depth_blur)
         for name in args.models:
-            steps = args.steps_2d if name == "2d" else args.steps_3d
+            steps = args.steps_2d if model_dims(name) == 2 else args.steps_3d
             r = run_model(name, *parts, seed, steps, args.spacing, args.cache)
             rows.append(r)
             print(f"{name:14s} seed {seed}: {r['steps']} steps, patch {r['patch']}; {r['nuclei']} nuclei, "

@@ -7,7 +7,8 @@ The data is the sparse-strokes protocol of benchmarks/quality.py (synthetic nucl
 2. the parts, alternating: ``PatchSampler.sample(8)`` (crop + augmentation) and one optimizer step on a
    fixed batch (forward, loss, backward, AdamW), each on its own; the data share is
    sample / (sample + step), the share of a training step (sampling runs in the training thread);
-3. a prototype for the trainer: the same step with the network and the batch in channels_last.
+3. training precision: the trainer's own step in fp32 and in bf16 mixed precision, alternating, for the
+   2D strokes protocol and a 3D instance stack (anisotropic spacing).
 
 Usage: python benchmarks/train_throughput.py [--seconds 60] [--reps 20] [--threads N]
 """
@@ -26,7 +27,7 @@ from _common import machine  # noqa: E402
 
 import napari_unet as nu  # noqa: E402
 from napari_unet.data import augment_patch, crop_patch  # noqa: E402
-from napari_unet.device import thread_policy  # noqa: E402
+from napari_unet.device import cpu_computes_bf16, thread_policy  # noqa: E402
 from napari_unet.synthetic import make_nuclei, make_strokes  # noqa: E402
 from napari_unet.train import Trainer, masked_cross_entropy, resolve_settings  # noqa: E402
 
@@ -37,6 +38,23 @@ def sampler_and_network(image, strokes, seed=0):
     settings, annotated = resolve_settings([image], [strokes], mode="semantic", device="cpu", seed=seed)
     trainer = Trainer(settings, annotated)
     return trainer.sampler, trainer.network.to(memory_format=torch.contiguous_format)
+
+
+def precision_step_times(images, labels, reps, **kwargs) -> dict:
+    """Seconds per `Trainer.step` in fp32 and in bf16 on the same data, alternating (``mixed_precision``)."""
+    trainers = {}
+    for name, mixed in (("fp32", False), ("bf16", True)):
+        settings, annotated = resolve_settings(images, labels, device="cpu", seed=0, epochs=1,
+                                               mixed_precision=mixed, **kwargs)
+        trainers[name] = Trainer(settings, annotated)
+        trainers[name].step(0.5)  # warm-up: oneDNN picks its kernels on the first call
+    times = {name: [] for name in trainers}
+    for rep in range(reps):
+        for name in (("fp32", "bf16") if rep % 2 == 0 else ("bf16", "fp32")):
+            t = time.perf_counter()
+            trainers[name].step(0.5)
+            times[name].append(time.perf_counter() - t)
+    return times
 
 
 def main(argv=None):
@@ -95,30 +113,17 @@ def run(args):
           "without the data pipeline)")
     print(f"   data share of a serial step: {100 * s / (s + st):.1f}%")
 
-    # 3. prototype for the trainer: the same step with the network and batch in channels_last
-    import copy
-
-    net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
-    opt_cl = torch.optim.AdamW(net_cl.parameters(), lr=1e-3, weight_decay=1e-4)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-
-    def step_cl():
-        loss, _ = masked_cross_entropy(net_cl(x_cl), y)
-        opt_cl.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_cl.step()
-
-    step_cl()
-    pair = {"default": [], "channels_last": []}
-    for rep in range(max(4, args.reps // 2)):
-        for k, f in ((("default", step), ("channels_last", step_cl)) if rep % 2 == 0
-                     else (("channels_last", step_cl), ("default", step))):
-            t = time.perf_counter()
-            f()
-            pair[k].append(time.perf_counter() - t)
-    r = np.array(pair["channels_last"]) / np.array(pair["default"])
-    print(f"\n3. prototype: channels_last training step {1e3 * np.median(pair['channels_last']):.1f} ms vs "
-          f"{1e3 * np.median(pair['default']):.1f} ms (time ratio {np.median(r):.2f}x, {r.min():.2f}-{r.max():.2f})")
+    # 3. precision: the trainer's own step in fp32 and in bf16 (the default where the CPU has bf16 units)
+    print(f"\n3. training precision (the trainer's step, {max(4, args.reps // 2)} alternating pairs, medians; "
+          f"bf16 units: {cpu_computes_bf16()})")
+    image3, truth3 = make_nuclei((32, 128, 128), seed=0, spacing=(3, 1, 1), attenuation=0.6, depth_blur=0.5)
+    for label, data, kw in (("2D strokes, default network", ([image], [strokes]), dict(mode="semantic")),
+                            ("3D instance, spacing (3, 1, 1)", ([image3], [truth3]),
+                             dict(mode="instance", dims=3, spacing=(3, 1, 1)))):
+        times = precision_step_times(*data, reps=max(4, args.reps // 2), **kw)
+        r = np.array(times["bf16"]) / np.array(times["fp32"])
+        print(f"   {label}: fp32 {1e3 * np.median(times['fp32']):.0f} ms, bf16 {1e3 * np.median(times['bf16']):.0f} ms "
+              f"per step (time ratio {np.median(r):.2f}x, {r.min():.2f}-{r.max():.2f})", flush=True)
 
     # where the sampler's time goes
     prof = {"crop": [], "augment": []}

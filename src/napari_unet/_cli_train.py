@@ -66,7 +66,8 @@ def _train_run(args, images, labels, init, out, ranks):
                                 epochs=args.epochs, init=init, device=args.device, seed=args.seed,
                                 channel_axis=args.channel_axis, max_classes=args.max_classes, loss=args.loss,
                                 edge_weight=args.edge_weight, instance_boundary=args.instance_boundary,
-                                augment=args.augment, spacing=args.spacing, stop=stop,
+                                augment=args.augment, spacing=args.spacing,
+                                mixed_precision=args.mixed_precision, stop=stop,
                                 ranks=ranks):
             last = event
             if event.kind == "start":

@@ -7,8 +7,8 @@ import threading
 
 import torch
 
-__all__ = ["resolve_device", "autocast", "amp_dtype", "memory_format", "is_out_of_memory", "free_memory",
-           "thread_policy"]
+__all__ = ["resolve_device", "autocast", "amp_dtype", "training_precision", "cpu_computes_bf16", "memory_format",
+           "is_out_of_memory", "free_memory", "thread_policy"]
 
 _VALID = "auto, cpu, cuda, cuda:N or mps"
 
@@ -50,15 +50,50 @@ def resolve_device(device="auto") -> torch.device:
 
 
 def amp_dtype(device: torch.device):
-    """The autocast dtype for a device: bf16 on GPUs that support it, fp16 on older ones, None on CPU."""
+    """The autocast dtype of prediction on a device: bf16 on GPUs that support it, fp16 on older ones,
+    None (fp32) on CPU and MPS, where predictions stay exact (bf16 moves probabilities by up to ~0.1)."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """Mixed precision on GPU; a no-op elsewhere (CPU autocast is slower for convolutions)."""
-    dtype = amp_dtype(device)
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 matrix units (Intel AMX or AVX-512 BF16: Xeon Sapphire Rapids and later,
+    AMD Zen 4 and later). There a bf16 training step takes about 0.4x the fp32 time; elsewhere bf16 is
+    emulated and slower (benchmarks/train_throughput.py)."""
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(bool(probe()) for probe in probes if callable(probe))
+
+
+def training_precision(device: torch.device, mixed_precision: bool | None = None) -> str:
+    """The precision of training steps on ``device``: ``"bf16"``, ``"fp16"`` (mixed, under autocast) or ``"fp32"``.
+
+    ``mixed_precision`` None (automatic): mixed on GPUs (bf16 where supported), bf16 on CPUs that
+    compute it natively (`cpu_computes_bf16`), fp32 elsewhere. True: mixed even on a CPU without bf16
+    units (slower there). False: fp32 everywhere (exactly reproducible across machines, slower).
+
+    Raises
+    ------
+    ValueError
+        ``mixed_precision`` not a bool or None, or True on MPS (no mixed precision there).
+    """
+    if mixed_precision is not None and not isinstance(mixed_precision, bool):
+        raise ValueError(f"mixed_precision must be True, False or None (automatic), got {mixed_precision!r}")
+    if mixed_precision is False:
+        return "fp32"
+    if device.type == "cuda":
+        return "bf16" if amp_dtype(device) == torch.bfloat16 else "fp16"
+    if device.type == "cpu":
+        return "bf16" if mixed_precision or cpu_computes_bf16() else "fp32"
+    if mixed_precision:
+        raise ValueError(f"mixed precision is not available on {device.type}: leave mixed_precision out")
+    return "fp32"
+
+
+def autocast(device: torch.device, enabled: bool = True, precision: str | None = None):
+    """Mixed precision under ``precision`` (`training_precision`), or by default prediction's (`amp_dtype`:
+    GPUs only); a no-op for fp32."""
+    dtype = amp_dtype(device) if precision is None else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if not enabled or dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -189,6 +189,13 @@ class ModelConfig:
         """Output channels of the network (one per class id)."""
         return len(self.class_ids)
 
+    @property
+    def size_multiples(self) -> tuple:
+        """Per spatial axis, what a network input's size must be a multiple of (one pixel at the deepest
+        level): ``2**depth``, but Z only ``2**(depth - xy_pool_levels)`` in 3D, since Z is pooled fewer times."""
+        z = 2 ** (self.depth - self.xy_pool_levels)
+        return (z,) + (2 ** self.depth,) * 2 if self.dims == 3 else (2 ** self.depth,) * 2
+
     def to_dict(self) -> dict:
         """Plain JSON-ready data (tuples as lists), as stored in model files.
 

@@ -121,6 +121,18 @@ def test_anisotropic_model_trains_saves_and_segments_any_depth(tmp_path):
         nu.train(image, truth, mode="instance", epochs=1, init=model, spacing=(2, 1, 1))
 
 
+def test_a_patch_keeps_the_z_size_asked_when_z_is_pooled_fewer_times():
+    """With spacing (3, 1, 1) a depth-3 network pools Z twice, not three times: a 12 x 40 x 40 patch trains
+    as 12 x 40 x 40 (Z a multiple of 4), Y and X still rounded up to multiples of 8."""
+    image, truth = make_nuclei((16, 48, 48), seed=3, spacing=(3, 1, 1))
+    model = nu.train(image, truth, mode="instance", dims=3, depth=3, base_channels=4, epochs=1, seed=0,
+                     spacing=(3, 1, 1), patch_size=(12, 36, 36), device="cpu")
+    assert model.config.size_multiples == (4, 8, 8)
+    assert model.config.patch_size == (12, 40, 40)
+    with pytest.raises(ValueError, match=r"at least \[4, 8, 8\] px"):
+        nu.train(image, truth, mode="instance", dims=3, depth=3, epochs=1, spacing=(3, 1, 1), patch_size=(2, 40, 40))
+
+
 def test_cli_train_with_spacing(tmp_path, capsys):
     import tifffile
 

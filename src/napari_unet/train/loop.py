@@ -69,7 +69,8 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                batch_size: int | None = None, learning_rate: float | None = None,
                validation_fraction: float = VALIDATION_FRACTION, border_band: int = BORDER_BAND,
                max_classes: int = C.MAX_SEMANTIC_CLASSES, loss: str | None = None, edge_weight: float | None = None,
-               instance_boundary: str | None = None, augment=None, spacing=None, stop=None, ranks=None):
+               instance_boundary: str | None = None, augment=None, spacing=None, mixed_precision: bool | None = None,
+               stop=None, ranks=None):
     """Train a UNet on painted annotations, yielding `TrainEvent` progress reports.
 
     Parameters
@@ -128,6 +129,11 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
 
         These four training choices are stored in the model's configuration; left out, they are
         ``init``'s when fine-tuning, else the defaults (docs/training-quality.md, "Training choices").
+    mixed_precision : bool, optional
+        Steps in mixed precision (the weights stay fp32). Default (None): on GPUs, and on CPUs with bf16
+        units (Intel AMX / AVX-512 BF16), where a step takes about 0.4x the time and the same number of
+        steps trains as well (BENCHMARKS.md); fp32 elsewhere. False: fp32 everywhere (the same numbers
+        on every machine). See `napari_unet.device.training_precision`.
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
     ranks : napari_unet.train.distributed.Ranks, optional
@@ -147,7 +153,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         epochs=epochs, init=init, device=device, seed=seed, channel_axis=channel_axis, patch_size=patch_size,
         batch_size=batch_size, learning_rate=learning_rate, validation_fraction=validation_fraction,
         border_band=border_band, max_classes=max_classes, loss=loss, edge_weight=edge_weight,
-        instance_boundary=instance_boundary, augment=augment, spacing=spacing)
+        instance_boundary=instance_boundary, augment=augment, spacing=spacing, mixed_precision=mixed_precision)
     with thread_policy(device=settings.device):
         trainer = Trainer(settings, annotated, start_time, ranks=ranks)
         yield TrainEvent("start", elapsed=trainer.elapsed(), message=trainer.summary)

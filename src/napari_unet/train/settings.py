@@ -10,7 +10,7 @@ import torch
 
 from .. import conventions as C
 from ..data import AnnotatedItems, collect_annotated, compute_normalization
-from ..device import resolve_device
+from ..device import resolve_device, training_precision
 from ..model import Model, ModelConfig, relative_spacing, xy_pool_levels_for
 
 __all__ = ["TrainSettings", "resolve_settings", "default_patch_size", "default_batch_size",
@@ -60,6 +60,8 @@ class TrainSettings:
         Instance mode: how the boundary class is drawn (`napari_unet.data.instance_targets`).
     augment : tuple of str
         The optional extra augmentations (`napari_unet.data.augment_extra`).
+    precision : {"bf16", "fp16", "fp32"}
+        Of the training steps (`napari_unet.device.training_precision`); weights are always kept in fp32.
     """
 
     mode: str
@@ -81,11 +83,12 @@ class TrainSettings:
     edge_weight: float = 1.0
     instance_boundary: str = "inner"
     augment: tuple = ()
+    precision: str = "fp32"
 
     @property
-    def align(self) -> int:
-        """Patch sizes are multiples of this (one pixel at the deepest level)."""
-        return 2 ** self.config.depth
+    def align(self) -> tuple:
+        """Per spatial axis, patch sizes are multiples of this (`ModelConfig.size_multiples`)."""
+        return self.config.size_multiples
 
 
 def default_patch_size(dims: int, device: torch.device) -> tuple:
@@ -190,16 +193,17 @@ def _resolve_config(annotated: AnnotatedItems, mode, dims, depth, base_channels,
 
 
 def _resolve_patch(patch_size, dims, device, align, item_shapes) -> tuple:
-    """The asked (or default) patch, aligned, then shrunk to the largest item (rounded up to ``align``)."""
+    """The asked (or default) patch, each axis rounded up to its multiple in ``align`` (per axis), then
+    shrunk to the largest item (rounded up the same way)."""
     if patch_size is None:
         patch = default_patch_size(dims, device)
     else:
         patch = (patch_size,) * dims if np.isscalar(patch_size) else tuple(patch_size)
-        if len(patch) != dims or any(int(p) < align for p in patch):
-            raise ValueError(f"patch_size must be {dims} sizes of at least {align} px, got {patch_size!r}")
-        patch = tuple(int(-(-int(p) // align) * align) for p in patch)
+        if len(patch) != dims or any(int(p) < a for p, a in zip(patch, align)):
+            least = align[0] if len(set(align)) == 1 else list(align)
+            raise ValueError(f"patch_size must be {dims} sizes of at least {least} px, got {patch_size!r}")
     largest = np.max(np.array(item_shapes), axis=0)
-    return tuple(int(min(p, -(-int(s) // align) * align)) for p, s in zip(patch, largest))
+    return tuple(int(-(-min(int(p), int(s)) // a) * a) for p, s, a in zip(patch, largest, align))
 
 
 def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT_DEPTH,
@@ -207,7 +211,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
                      device="auto", seed=None, channel_axis=None, patch_size=None, batch_size=None,
                      learning_rate=None, validation_fraction=VALIDATION_FRACTION, border_band=BORDER_BAND,
                      max_classes=C.MAX_SEMANTIC_CLASSES, loss=None, edge_weight=None, instance_boundary=None,
-                     augment=None, spacing=None):
+                     augment=None, spacing=None, mixed_precision=None):
     """Validate a training request and resolve its defaults, once.
 
     Parameters are those of `napari_unet.train.iter_train` (``stop`` aside).
@@ -229,12 +233,13 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
     if init is not None:
         dims = init.dims
     dev = resolve_device(device)
+    precision = training_precision(dev, mixed_precision)
     if time_budget is None and epochs is None:
         time_budget = C.DEFAULT_TIME_BUDGET
     annotated = collect_annotated(images, labels, dims, channel_axis, mode)
     class_ids = _resolve_classes(mode, annotated.classes, init, max_classes)
     config = _resolve_config(annotated, mode, dims, depth, base_channels, class_ids, init, spacing)
-    patch = _resolve_patch(patch_size, dims, dev, 2 ** config.depth, annotated.item_shapes)
+    patch = _resolve_patch(patch_size, dims, dev, config.size_multiples, annotated.item_shapes)
     band = border_band if (mode == "semantic" and class_ids[0] == C.BACKGROUND) else 0
     settings = TrainSettings(
         mode=mode, dims=dims, device=dev, time_budget=None if time_budget is None else float(time_budget),
@@ -242,7 +247,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
         batch_size=int(batch_size) if batch_size is not None else default_batch_size(dims, dev),
         learning_rate=float(learning_rate) if learning_rate is not None else default_learning_rate(init is not None),
         validation_fraction=float(validation_fraction), border_band=int(band), class_ids=class_ids,
-        config=config, init=init, **choices)
+        config=config, init=init, precision=precision, **choices)
     return settings, annotated
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..conventions import IGNORE
 from ..data import AnnotatedItems, PatchSampler, prepare_items
-from ..device import amp_dtype, autocast, free_memory, is_out_of_memory, memory_format
+from ..device import autocast, free_memory, is_out_of_memory, memory_format
 from ..model import Model, network_from_config
 from ..postprocess import item_spacing
 from ..publish import uninterruptible
@@ -205,14 +205,16 @@ class Trainer:
         self.network.to(dev)
         if self.memory_format is not None:
             self.network.to(memory_format=self.memory_format)
-        fp16 = amp_dtype(dev) == torch.float16
+        fp16 = self.settings.precision == "fp16"
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
 
     @property
     def summary(self) -> str:
         """One line saying what is trained on, for the start of a run."""
         ranks = f", {self.ranks.world_size} processes (data-parallel)" if self.ranks is not None else ""
-        return f"training on {len(self.items)} region(s), {self.region_px} px, device {self.settings.device}{ranks}"
+        precision = "" if self.settings.precision == "fp32" else f" ({self.settings.precision} mixed precision)"
+        return (f"training on {len(self.items)} region(s), {self.region_px} px, device {self.settings.device}"
+                f"{precision}{ranks}")
 
     def elapsed(self) -> float:
         """Seconds since the run began."""
@@ -259,7 +261,7 @@ class Trainer:
 
     def _optimize(self, x: np.ndarray, y: np.ndarray) -> None:
         dev = self.settings.device
-        with autocast(dev):
+        with autocast(dev, precision=self.settings.precision):
             logits = self._forward(self._to_device(x, layout=True))
         loss, n_valid = masked_loss(logits, self._to_device(y), self.settings.loss, self.settings.edge_weight)
         self.optimizer.zero_grad(set_to_none=True)
@@ -284,7 +286,7 @@ class Trainer:
             return f"out of memory on {dev}: continuing with batches of {self.batch_size} patches"
         align = self.settings.align
         patch = self.sampler.patch_size
-        smaller = tuple(max(2 * align, p // 2 // align * align) for p in patch)
+        smaller = tuple(max(2 * a, p // 2 // a * a) for p, a in zip(patch, align))
         if smaller == patch:
             raise MemoryError(f"out of memory on {dev} even with one patch of {patch}: use device='cpu' or a "
                               "smaller network (fewer base channels or less depth)")
@@ -308,7 +310,7 @@ class Trainer:
         net.eval()
         total, count = 0.0, 0
         try:
-            with torch.inference_mode(), autocast(self.settings.device):
+            with torch.inference_mode(), autocast(self.settings.device, precision=self.settings.precision):
                 for x, y in self.val_batches:
                     loss, n = masked_loss(net(self._to_device(x, layout=True)), self._to_device(y),
                                           self.settings.loss, self.settings.edge_weight)
