@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stitch-planes", type=_overlap, nargs="?", const=True, default=None, metavar="OVERLAP",
                    help="2D instance model on a z-stack: link each plane's objects to the previous plane's "
                         "(at least OVERLAP of the smaller object inside the other, default "
-                        f"{DEFAULT_STITCH_THRESHOLD}) so each object gets one 3D id; linked objects lose their "
-                        "small end sections and, in stacks of deep objects, single-plane objects are dropped")
+                        f"{DEFAULT_STITCH_THRESHOLD}) so each object gets one 3D id, then trim the linked objects: "
+                        "small end sections and, in deep stacks, single-plane objects are dropped")
     r.add_argument("--no-stitch-trim", dest="stitch_trim", action="store_false",
                    help="with --stitch-planes: keep every linked object whole (no end sections or single-plane "
                         "objects dropped), e.g. for thin objects that are real")
