@@ -55,6 +55,7 @@ class BlockJob:
     item_shape: tuple
     stitch: float | None = None  # instance labels of a stack: link planes at this overlap
     min_fraction: float = FRAGMENT_FRACTION  # fragments: under this fraction of their item's median object
+    stitch_trim: bool = True     # linked objects lose their small ends and single-plane objects
 
     @property
     def grid(self) -> tuple:

@@ -207,17 +207,18 @@ def _run_local(plan, labels_out, probabilities_out, block, margin):
     return _blocks(plan.items, plan.item_shape, predictions, labels_out, probabilities_out, block, margin,
                    None if not plan.labels or margin else written_labels(model.config.class_ids),
                    plan.min_size or (12 if model.dims == 2 else 40), message, plan.stitch_planes,
-                   item_spacing(model.config.spacing, plan.item_shape), plan.min_fraction)
+                   item_spacing(model.config.spacing, plan.item_shape), plan.min_fraction, plan.stitch_trim)
 
 
 def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block, margin, class_lut, min_size,
-            message, stitch=None, spacing=None, min_fraction=FRAGMENT_FRACTION):
+            message, stitch=None, spacing=None, min_fraction=FRAGMENT_FRACTION, stitch_trim=True):
     """The local driver: every block in order, faces merged as soon as both sides are done.
 
     ``margin`` > 0: instance labels; else ``class_lut`` (class index -> written label) or no labels.
     ``predictions(i, region)``: probabilities ``(K, *region)`` of item ``i`` (classes when the labels
     are semantic and no probabilities are written). ``stitch``: an overlap to link instance labels
-    across planes at (`napari_unet.stitchblocks`: counted per block, applied in the relabelling pass).
+    across planes at (`napari_unet.stitchblocks`: counted per block, applied in the relabelling pass),
+    trimmed unless ``stitch_trim`` is False.
     """
     from .predict.run import PredictEvent
     from .stitchblocks import PlaneLinks
@@ -236,7 +237,7 @@ def _blocks(items, item_shape, predictions, labels_out, probabilities_out, block
 
     yield PredictEvent("start", 0, total, 0.0, 0.0, message=f"{message}: {len(blocks)} block(s)")
     sizes, edges, open_faces = [], [], {}  # open: upper faces of blocks whose neighbour is not done yet
-    links = PlaneLinks(stitch, len(positions), items.__getitem__) if instance and stitch else None
+    links = PlaneLinks(stitch, len(positions), items.__getitem__, stitch_trim) if instance and stitch else None
     for k, (i, position) in enumerate(blocks):
         index = items[i]
         core = core_region(item_shape, block, position)

@@ -141,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stitch-planes", type=_overlap, nargs="?", const=True, default=None, metavar="OVERLAP",
                    help="2D instance model on a z-stack: link each plane's objects to the previous plane's "
                         "(at least OVERLAP of the smaller object inside the other, default "
-                        f"{DEFAULT_STITCH_THRESHOLD}) so each object gets one 3D id")
+                        f"{DEFAULT_STITCH_THRESHOLD}) so each object gets one 3D id, then trim the linked objects: "
+                        "small end sections and, in deep stacks, single-plane objects are dropped")
+    r.add_argument("--no-stitch-trim", dest="stitch_trim", action="store_false",
+                   help="with --stitch-planes: keep every linked object whole (no end sections or single-plane "
+                        "objects dropped), e.g. for thin objects that are real")
     r.add_argument("--min-fraction", type=_fraction, default=None, metavar="F",
                    help="instance models: drop objects smaller than F of the median object (fragments, debris; "
                         "default 0.2); 0 keeps every object")
@@ -186,7 +190,8 @@ def _predict(args):
     try:
         plan = plan_prediction(model, image, labels=True, probabilities=bool(args.probabilities), tile=args.tile,
                                batch_size=args.batch_size, device=args.device, channel_axis=channel_axis,
-                               stitch_planes=args.stitch_planes, tta=args.tta, min_fraction=args.min_fraction)
+                               stitch_planes=args.stitch_planes, stitch_trim=args.stitch_trim, tta=args.tta,
+                               min_fraction=args.min_fraction)
     except ValueError as exc:
         if declared is None:
             raise
@@ -225,7 +230,7 @@ def _predict_on_cluster(args):
     events = iter_segment(args.model, args.input, out=args.output, probabilities_out=args.probabilities,
                           client=args.scheduler, workers=args.workers, block=args.block, tile=args.tile,
                           batch_size=args.batch_size, device=args.device, channel_axis=args.channel_axis,
-                          stitch_planes=args.stitch_planes, tta=args.tta,
+                          stitch_planes=args.stitch_planes, stitch_trim=args.stitch_trim, tta=args.tta,
                           min_fraction=args.min_fraction)  # channel_axis None: each file's declared axis
     first = next(events)
     print(first.message, file=sys.stderr, flush=True)
@@ -350,6 +355,8 @@ _FLAGS = [(re.compile(r"\bchannel_axis=\.\.\."), "--channel-axis N"),
           (re.compile(r"\btile="), "--tile"),
           (re.compile(r"\bbatch_size="), "--batch-size"),
           (re.compile(r"\bleave stitch_planes=None"), "leave out --stitch-planes"),
+          (re.compile(r"\bstitch_planes=True"), "--stitch-planes"),
+          (re.compile(r"\bstitch_trim=False"), "--no-stitch-trim"),
           (re.compile(r"\bstitch_planes\b"), "--stitch-planes"),
           (re.compile(r"\bmin_fraction\b"), "--min-fraction"),
           (re.compile(r"\bdevice='([\w:]+)'"), r"--device \1")]

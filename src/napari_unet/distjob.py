@@ -99,7 +99,8 @@ def plan_job(model, model_path, sha, path, labels_dest, prob_dest, block, margin
     options = {**plan_options, "tile": tile, "halo": plan.halo, "batch_size": plan.batch_size}
     options.pop("workers", None)
     options.pop("stitch_planes", None)  # the client links the planes: the workers' plans need not know
-    linked = {"stitch": plan.stitch_planes} if plan.stitch_planes else {}
+    options.pop("stitch_trim", None)
+    linked = {"stitch": plan.stitch_planes, "stitch_trim": plan.stitch_trim} if plan.stitch_planes else {}
     key = _job_key(sha, path, {**options, "block": block, "margin": margin, "labels": labels_dest is not None,
                                "probabilities": prob_dest is not None, **linked})
     anchor = labels_dest if labels_dest is not None else prob_dest
@@ -109,7 +110,7 @@ def plan_job(model, model_path, sha, path, labels_dest, prob_dest, block, margin
                          None if prob_partial is None else str(prob_partial.resolve()), labels_dest is not None,
                          instance, tuple(sorted(options.items())), block, margin,
                          plan.min_size or (12 if model.dims == 2 else 40), threads, tuple(plan.shape[:lead]),
-                         tuple(plan.item_shape), plan.stitch_planes, plan.min_fraction)
+                         tuple(plan.item_shape), plan.stitch_planes, plan.min_fraction, plan.stitch_trim)
     layout = dict(shape=plan.shape, chunks=chunks, dtype=plan.labels_dtype, probabilities=plan.probabilities_shape)
     return job, layout, plan.describe()
 

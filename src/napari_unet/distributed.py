@@ -125,7 +125,7 @@ class _Run:
         self.job, self.done, self.labels_dest, self.prob_dest = job, done, labels_dest, prob_dest
         self.waiting = 0
         self.pairs: dict = {}
-        self.links = PlaneLinks(job.stitch, job.per_item, job.item_index) if job.stitch else None
+        self.links = PlaneLinks(job.stitch, job.per_item, job.item_index, job.stitch_trim) if job.stitch else None
 
     def first(self, workers: int):
         todo = [k for k in range(self.job.n_blocks) if self.done[k] < (tasks.DONE_PREDICTED if self.job.instance
@@ -205,7 +205,8 @@ def iter_segment(model, image, *, out=None, probabilities_out=None, client=None,
         A 2D instance model on z-stacks: link each plane's objects to the previous plane's, as
         ``napari_unet.segment(..., stitch_planes=)`` does (the same labels, `napari_unet.stitch`); the
         overlaps are counted by the workers block by block, and the linked ids written in the
-        relabelling every instance run does: no extra pass, no plane in the client's memory.
+        relabelling every instance run does: no extra pass, no plane in the client's memory. Linked
+        objects are trimmed unless ``stitch_trim=False`` (a plan option).
     resources : dict, optional
         Dask resources each prediction task takes, e.g. ``{"GPU": 1}`` with workers started with
         ``--resources GPU=1`` (one GPU per task).

@@ -11,13 +11,13 @@ IoU rule cuts the caps off as objects of their own (benchmarks/stitch_quality.py
 the chain's section area dips (`dips`): there one nucleus ends and the one stacked under it begins,
 whose first section lies inside the upper one's last (benchmarks/results/vol3d2.md). Once linked, each
 object loses its small end sections (a 2D model's caps of out-of-focus light) and objects seen in one
-plane only are dropped (`trimmed_sections`, benchmarks/results/vol3d3.md). Planes are handled
-one at a time and only the previous plane is kept (`PlaneStitcher`), so the stack is never held in
-memory: it works while a prediction writes plane by plane into a zarr array, and on label stacks of any
-size (`stitch_planes`). The rule (`match_objects`) and the new ids (in order of each object's first
-pixel) depend only on which pixels form each object, never on the ids it came with: blockwise and
-distributed runs apply it to overlaps counted block by block (`napari_unet.stitchblocks`) and give the
-same labels.
+plane only are dropped (`trimmed_sections`, benchmarks/results/vol3d3.md; ``stitch_trim=False``
+keeps the links alone, for thin objects that are real). Planes are handled one at a time and only the
+previous plane is kept (`PlaneStitcher`), so the stack is never held in memory: it works while a
+prediction writes plane by plane into a zarr array, and on label stacks of any size (`stitch_planes`).
+The rule (`match_objects`) and the new ids (in order of each object's first pixel) depend only on which
+pixels form each object, never on the ids it came with: blockwise and distributed runs apply it to
+overlaps counted block by block (`napari_unet.stitchblocks`) and give the same labels.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = ["DEFAULT_STITCH_THRESHOLD", "DIP_RATIO", "PlaneStitcher", "link_planes", "stitch_planes", "check_stitch",
            "can_stitch", "match_objects", "dips", "drop_dips", "per_plane_labels", "TRIM_RATIO", "MIN_PLANES", "DEEP_OBJECTS",
-           "trimmed_sections", "zero_ids"]
+           "trimmed_sections", "zero_ids", "check_trim"]
 
 #: Default fraction of the smaller of two overlapping objects that must lie inside the other for them to
 #: be linked. On the true objects of synthetic stacks every value from 0.1 to 0.8 links all nuclei
@@ -94,6 +94,17 @@ def check_stitch(threshold, *, mode: str, dims: int, spatial_ndim: int, labels: 
     if not labels:
         raise ValueError("stitch_planes links labels: ask for labels (labels=True), or leave stitch_planes=None")
     return float(threshold)
+
+
+def check_trim(trim, threshold) -> bool:
+    """``stitch_trim`` as a bool (`trimmed_sections` on or off); turning it off needs ``threshold``
+    (`check_stitch`'s): without linking there is nothing to trim."""
+    if not isinstance(trim, (bool, np.bool_)):
+        raise TypeError(f"stitch_trim must be True or False, got {trim!r}")
+    if not trim and threshold is None:
+        raise ValueError("stitch_trim=False keeps objects linked across planes untrimmed, but nothing is linked: "
+                         "link the planes (stitch_planes=True), or leave out stitch_trim=False")
+    return bool(trim)
 
 
 def can_stitch(model, spatial_ndim: int) -> bool:
@@ -332,9 +343,11 @@ def stitch_planes(labels, threshold: float = DEFAULT_STITCH_THRESHOLD, *, out=No
         Where to write the linked labels (int32 or wider; may be ``labels`` itself, e.g. a zarr array);
         default a new int32 array. Only two planes are in memory at a time.
     trim : bool
-        Drop each chain's small end sections and the objects seen in fewer than `MIN_PLANES` planes
+        Drop each chain's small end sections (under `TRIM_RATIO` of its largest) and, when the median
+        object spans `DEEP_OBJECTS` planes or more, the objects seen in fewer than `MIN_PLANES` planes
         (`trimmed_sections`: mostly a 2D model's blurred caps and false detections), in a second pass
-        over the planes concerned; ids stay as linked, so they may have gaps. False: the links only.
+        over the planes concerned; ids stay as linked, so they may have gaps. False: the links only
+        (what ``napari_unet.segment(..., stitch_trim=False)`` and ``--no-stitch-trim`` give).
 
     Returns
     -------

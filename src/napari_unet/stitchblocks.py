@@ -65,7 +65,7 @@ def block_overlaps(pieces: np.ndarray, previous: np.ndarray | None, core: tuple,
     return first, np.concatenate([pairs.T, counts[:, None]], axis=1).astype(np.int64)
 
 
-def stitch_luts(luts, sizes, firsts, overlaps, block_items, threshold: float):
+def stitch_luts(luts, sizes, firsts, overlaps, block_items, threshold: float, trim: bool = True):
     """Each block's lookup table piece -> 3D id, from the within-plane merge and the block counts (pure).
 
     Parameters
@@ -82,6 +82,8 @@ def stitch_luts(luts, sizes, firsts, overlaps, block_items, threshold: float):
         Per block, its plane (item) number: chains are numbered in plane order.
     threshold : float
         As `napari_unet.stitch.match_objects`.
+    trim : bool
+        Drop the sections `napari_unet.stitch.trimmed_sections` drops (False: the links alone).
 
     Returns
     -------
@@ -131,7 +133,8 @@ def stitch_luts(luts, sizes, firsts, overlaps, block_items, threshold: float):
     chain_id[chain[starts]] = np.arange(1, len(starts) + 1)
     final = chain_id[chain]
     final[0] = 0
-    final[objects[trimmed_sections(final[objects], item[objects], area[objects])]] = 0  # trimmed chains
+    if trim:
+        final[objects[trimmed_sections(final[objects], item[objects], area[objects])]] = 0  # trimmed chains
     return [final[np.asarray(lut)] for lut in luts]
 
 
@@ -146,10 +149,13 @@ class PlaneLinks:
         Blocks per plane (blocks are numbered plane by plane, then along the block grid).
     index_of : callable
         Plane number -> its leading index, e.g. ``(t, z)`` (`follows` decides which planes are linked).
+    trim : bool
+        Whether the linked chains are trimmed (`stitch_luts`).
     """
 
-    def __init__(self, threshold: float, per_item: int, index_of):
+    def __init__(self, threshold: float, per_item: int, index_of, trim: bool = True):
         self.threshold, self.per_item, self.index_of = float(threshold), int(per_item), index_of
+        self.trim = bool(trim)
         self.firsts: dict = {}
         self.overlaps: dict = {}
 
@@ -175,4 +181,4 @@ class PlaneLinks:
         """`stitch_luts` of the within-plane lookup tables, once every block's counts are in."""
         return stitch_luts(luts, sizes, [self.firsts[k] for k in range(len(luts))],
                            [(k, lower, rows) for k, (lower, rows) in self.overlaps.items()],
-                           [k // self.per_item for k in range(len(luts))], self.threshold)
+                           [k // self.per_item for k in range(len(luts))], self.threshold, self.trim)

@@ -17,6 +17,7 @@ from napari_unet.blockwise import segment_blockwise  # noqa: E402
 
 from .test_blockwise import same_partition  # noqa: E402
 from .test_predict import random_model  # noqa: E402
+from .test_stitch import thresholding_model, trimmed_stack  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +218,21 @@ def test_the_command_line_stitches_on_a_cluster(client, files, zstack, tmp_path)
     assert main(["predict", str(files[0] / "instance.pt"), str(path), "-o", str(out), "--scheduler",
                  client.scheduler.address, "--stitch-planes"]) == 0
     np.testing.assert_array_equal(_read(out), expected)
+
+
+def test_trimming_is_turned_off_on_a_cluster_as_in_process(client, tmp_path):
+    """``--no-stitch-trim`` on a cluster, blocks smaller than the planes: the in-process untrimmed labels
+    (a cap and a single-plane object kept, which the default drops)."""
+    from napari_unet.cli import main
+
+    model, (image, dropped) = thresholding_model(), trimmed_stack()
+    nu.save_model(model, tmp_path / "m.pt")
+    np.save(tmp_path / "stack.npy", image)
+    untrimmed = nu.segment(model, image, stitch_planes=True, stitch_trim=False)
+    assert (untrimmed[dropped] > 0).all() and not nu.segment(model, image, stitch_planes=True)[dropped].any()
+    assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "stack.npy"), "-o", str(tmp_path / "u.zarr"),
+                 "--scheduler", client.scheduler.address, "--block", "32", "--stitch-planes", "--no-stitch-trim"]) == 0
+    np.testing.assert_array_equal(_read(tmp_path / "u.zarr"), untrimmed)
 
 
 def test_a_file_s_declared_channel_axis_is_used_on_a_cluster(client, files, tmp_path):

@@ -322,3 +322,98 @@ def test_fragments_are_kept_when_asked_in_the_api_blockwise_and_from_the_cli(sta
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--min-fraction" in err and len(err.splitlines()) == 1
     assert not (d / "bad.npy").exists()
+
+
+def thresholding_model():
+    """A 2D instance model whose objects are exactly the image's pixels above 0.5 (hand-set weights:
+    the intensity goes through the first block, the skip and the last block; the head thresholds it),
+    so a stack's per-plane objects are known and the same in every path (in process, blocks, cluster)."""
+    import torch
+
+    from napari_unet.model import Model
+
+    model = Model.untrained(dims=2, depth=2, base_channels=4, mode="instance", class_ids=(0, 1, 2), seed=0)
+    net = model.network
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.weight.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.zero_(), m.running_var.fill_(1.0), m.weight.fill_(1.0), m.bias.zero_()
+                m.eps = 0.0
+        for block in (net.down[0], net.up_blocks[-1]):
+            block[0].weight[0, 0, 1, 1] = block[3].weight[0, 0, 1, 1] = 1.0
+        net.head.weight[:2, 0, 0, 0] = torch.tensor([-20.0, 20.0])  # background / interior: below / above 0.5
+        net.head.bias[:] = torch.tensor([10.0, -10.0, -50.0])      # never boundary
+    return model
+
+
+def trimmed_stack():
+    """Six planes: two nuclei through the stack, one with a small cap on top (plane 5, 25 px against
+    144), and an object seen in plane 2 only. Returns the image and the objects trimming drops."""
+    image = np.zeros((6, 48, 64), np.float32)
+    image[:5, 4:16, 4:16] = 1      # nucleus A, planes 0-4
+    image[5, 6:11, 6:11] = 1       # its blurred cap
+    image[:, 28:40, 4:16] = 1      # nucleus B, every plane
+    image[2, 20:32, 40:52] = 1     # seen in one plane only
+    dropped = np.zeros(image.shape, bool)
+    dropped[5, 6:11, 6:11] = dropped[2, 20:32, 40:52] = True
+    return image, dropped
+
+
+def test_thresholding_model_gives_the_bright_pixels_as_objects():
+    image, _ = trimmed_stack()
+    per_plane = nu.segment(thresholding_model(), image)
+    np.testing.assert_array_equal(per_plane > 0, image > 0.5)
+    assert [len(np.unique(p)) - 1 for p in per_plane] == [2, 2, 3, 2, 2, 2]
+
+
+def test_trimming_can_be_turned_off_in_process_and_block_by_block():
+    """By default the cap and the single-plane object are dropped; ``stitch_trim=False`` keeps every
+    linked object whole, with the same labels as `stitch_planes(..., trim=False)`, blockwise too."""
+    from napari_unet.blockwise import segment_blockwise
+
+    model, (image, dropped) = thresholding_model(), trimmed_stack()
+    per_plane = nu.segment(model, image)
+    trimmed = nu.segment(model, image, stitch_planes=True)
+    np.testing.assert_array_equal(trimmed > 0, (image > 0.5) & ~dropped)
+    untrimmed = nu.segment(model, image, stitch_planes=True, stitch_trim=False)
+    np.testing.assert_array_equal(untrimmed > 0, image > 0.5)
+    np.testing.assert_array_equal(untrimmed, stitch_planes(per_plane, trim=False))
+    assert len(np.unique(untrimmed)) - 1 == 3 and untrimmed[5, 8, 8] == untrimmed[0, 8, 8]  # the cap: A's
+    for block in (32, 64):  # blocks smaller than the planes, and a block per plane
+        np.testing.assert_array_equal(segment_blockwise(model, image, block=block, stitch_planes=True), trimmed)
+        np.testing.assert_array_equal(segment_blockwise(model, image, block=block, stitch_planes=True,
+                                                        stitch_trim=False), untrimmed)
+
+
+def test_turning_trimming_off_without_linking_is_refused():
+    model, (image, _) = thresholding_model(), trimmed_stack()
+    with pytest.raises(ValueError, match=r"nothing is linked.*stitch_planes=True"):
+        nu.segment(model, image, stitch_trim=False)
+    with pytest.raises(TypeError, match="True or False"):
+        nu.segment(model, image, stitch_planes=True, stitch_trim="no")
+    assert nu.segment(model, image, stitch_trim=True).max() == 13  # the default, unlinked: accepted
+
+
+def test_cli_no_stitch_trim_keeps_linked_objects_whole_and_is_refused_alone(tmp_path, capsys):
+    model, (image, _) = thresholding_model(), trimmed_stack()
+    nu.save_model(model, tmp_path / "m.pt")
+    np.save(tmp_path / "stack.npy", image)
+    untrimmed = nu.segment(model, image, stitch_planes=True, stitch_trim=False)
+    args = ["predict", str(tmp_path / "m.pt"), str(tmp_path / "stack.npy"), "-o"]
+    assert main(args + [str(tmp_path / "a.npy"), "--stitch-planes", "--no-stitch-trim"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), untrimmed)
+    assert "not trimmed" in capsys.readouterr().err  # the plan says so before it runs
+    assert main(args + [str(tmp_path / "b.zarr"), "--stitch-planes", "--no-stitch-trim", "--block", "32"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "b.zarr"), mode="r")[:], untrimmed)
+    assert main(args + [str(tmp_path / "c.npy"), "--stitch-planes"]) == 0
+    assert (np.load(tmp_path / "c.npy") > 0).sum() < (untrimmed > 0).sum()  # trimmed by default
+    capsys.readouterr()
+    assert main(args + [str(tmp_path / "bad.npy"), "--no-stitch-trim"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert "--no-stitch-trim" in err and "--stitch-planes" in err and "stitch_" not in err, err
+    assert not (tmp_path / "bad.npy").exists()

@@ -68,6 +68,9 @@ class SegmentWidget(JobWidget):
         Shown for a 2D instance model on an image with a stack axis: link each plane's objects to the
         previous plane's, so an object gets one 3D id (`napari_unet.stitch`). Off by default (a time
         series is not a z-stack).
+    trim_links : CheckBox
+        Shown while ``link_planes`` is on, on by default: linked objects lose their small end sections
+        and single-plane objects are dropped (`napari_unet.stitch.trimmed_sections`); off keeps them.
     segment_button : PushButton
         "Segment"; reads "Cancel" while running.
     progress : ProgressBar
@@ -103,6 +106,9 @@ class SegmentWidget(JobWidget):
         self.link_planes = CheckBox(text="Link objects across planes", value=False, visible=False,
                                     tooltip="A z-stack segmented plane by plane: an object overlapping one in "
                                             "the previous plane keeps its id (one 3D object); not for time series")
+        self.trim_links = CheckBox(text="Trim linked objects' ends", value=True, visible=False,
+                                   tooltip="Drop each linked object's small top and bottom sections (blurred "
+                                           "light) and objects seen in one plane only; untick for thin objects")
         self.segment_button = PushButton(text="Segment")
         self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
         self.click_to_segment = CheckBox(text="Click to segment", value=False,
@@ -113,12 +119,14 @@ class SegmentWidget(JobWidget):
                                                      "(a new Labels layer) to retrain with")
         self.status = fixed_label(Label(label="", value=""))
         self.extend([self.image, self.channel_axis, self.model_source, self.model_file, self.model_info,
-                     self.tile_size, self.device, self.show_probabilities, self.link_planes, self.segment_button,
+                     self.tile_size, self.device, self.show_probabilities, self.link_planes, self.trim_links,
+                     self.segment_button,
                      self.progress,
                      self.click_to_segment, self.use_as_annotations, self.status])
 
         self.image.changed.connect(self._image_changed)
         self.channel_axis.changed.connect(self._offer_linking)
+        self.link_planes.changed.connect(self._offer_linking)
         self.model_source.changed.connect(self._source_changed)
         self.model_file.changed.connect(self._file_changed)
         self.segment_button.changed.connect(self._on_run_clicked)
@@ -186,7 +194,9 @@ class SegmentWidget(JobWidget):
         if image is not None:
             data, axis = image_array(image, parse_channel_axis(self.channel_axis.value))
             spatial = len(np.shape(data)) - (axis is not None)
-        self.link_planes.visible = model is not None and spatial is not None and can_stitch(model, spatial)
+        offered = model is not None and spatial is not None and can_stitch(model, spatial)
+        self.link_planes.visible = offered
+        self.trim_links.visible = offered and self.link_planes.value  # what linking does, shown with it
 
     def _source_changed(self, value):
         self.model_file.visible = value == "file"
@@ -239,7 +249,8 @@ class SegmentWidget(JobWidget):
         link = self.link_planes.visible and self.link_planes.value
         plan = plan_prediction(model, data, labels=True, probabilities=bool(self.show_probabilities.value),
                                tile=self.tile_size.value or "auto", device=self.device.value, channel_axis=axis,
-                               stitch_planes=True if link else None)
+                               stitch_planes=True if link else None,
+                               stitch_trim=bool(self.trim_links.value) if link else True)
         lazy = is_lazy(data)
         # every output is made before the viewer is touched: a full disk leaves the old result in place
         labels_out = make_output(tuple(plan.shape), np.int32, lazy)

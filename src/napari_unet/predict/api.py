@@ -65,7 +65,7 @@ def predict(model, image, *, out=None, progress=None, **plan_options):
 
 
 def segment(model, image, *, out=None, progress=None, probabilities_out=None, stitch_planes=None,
-            **plan_options):
+            stitch_trim: bool = True, **plan_options):
     """Integer labels shaped like the image's spatial axes.
 
     Semantic models write each pixel's class id with the background (id 1) as 0; instance models write
@@ -87,14 +87,22 @@ def segment(model, image, *, out=None, progress=None, probabilities_out=None, st
         `napari_unet.stitch.DEFAULT_STITCH_THRESHOLD`), so each object gets one 3D id. Streams plane by
         plane (works with ``out=`` on disk). Never on by default: a time series is not a z-stack.
         Refused for 3D models (already 3D) and semantic models (nothing to link).
+    stitch_trim : bool
+        With ``stitch_planes``: once linked, each object loses its end sections smaller than
+        `napari_unet.stitch.TRIM_RATIO` of its largest (a 2D model's blurred caps), and objects seen in
+        one plane only are dropped when the stack's objects span several planes (mostly false detections;
+        `napari_unet.stitch.trimmed_sections`). False keeps every linked object as the planes gave it
+        (thin objects that are real, flat cells); refused without ``stitch_planes``.
     **plan_options
         See `plan_prediction`.
 
     Examples
     --------
     >>> nuclei3d = segment(model2d, zstack, stitch_planes=True)  # doctest: +SKIP
+    >>> untrimmed = segment(model2d, zstack, stitch_planes=True, stitch_trim=False)  # doctest: +SKIP
     """
     events = iter_predict(model, image, labels=True, probabilities=probabilities_out is not None, labels_out=out,
-                          probabilities_out=probabilities_out, stitch_planes=stitch_planes, **plan_options)
+                          probabilities_out=probabilities_out, stitch_planes=stitch_planes,
+                          stitch_trim=stitch_trim, **plan_options)
     with closing(events):
         return drain(events, progress).labels

@@ -19,7 +19,7 @@ from ..data import as_channels_first, iter_items
 from ..device import amp_dtype, resolve_device
 from ..model import Model
 from ..postprocess import FRAGMENT_FRACTION
-from ..stitch import check_stitch
+from ..stitch import check_stitch, check_trim
 from ..tiling import Tile, choose_tile_size, normalize_tile_size, plan_tiles
 
 __all__ = ["PredictionPlan", "plan_prediction", "auto_tile_size", "labels_dtype", "memory_budget",
@@ -80,6 +80,9 @@ class PredictionPlan:
         ``workers`` forward passes run at once (CPU), each with ``threads`` torch threads.
     stitch_planes : float or None
         2D instance model on a stack: objects are linked across planes at this overlap (`napari_unet.stitch`).
+    stitch_trim : bool
+        With ``stitch_planes``: linked objects lose their small end sections and single-plane objects
+        are dropped (`napari_unet.stitch.trimmed_sections`); False keeps the links alone.
     tta : bool
         Test-time augmentation: probabilities averaged over 8 turned/mirrored views (`napari_unet.predict.tta`).
     """
@@ -101,6 +104,7 @@ class PredictionPlan:
     workers: int = 1
     threads: int = 1
     stitch_planes: float | None = None
+    stitch_trim: bool = True
     tta: bool = False
 
     @property
@@ -122,7 +126,9 @@ class PredictionPlan:
         """One line: the output's size, items, tiles, halo, batch, device and workers."""
         size = "x".join(map(str, self.tile_size)) if self.tile_size and len(self.tiles) > 1 else "whole image"
         par = f", {self.workers} workers x {self.threads} threads" if self.workers > 1 else ""
-        linked = f", objects linked across planes (overlap >= {self.stitch_planes:g})" if self.stitch_planes else ""
+        untrimmed = "" if self.stitch_trim else ", not trimmed"
+        linked = (f", objects linked across planes (overlap >= {self.stitch_planes:g}{untrimmed})"
+                  if self.stitch_planes else "")
         linked += ", test-time augmentation (8 views)" if self.tta else ""
         pixels = math.prod(self.shape)  # said before anything runs: a crafted file's absurd size shows here
         amount = f"{pixels / 1e9:.1f} G" if pixels >= 1e9 else f"{pixels / 1e6:.1f} M" if pixels >= 1e6 else f"{pixels}"
@@ -302,7 +308,7 @@ def _fraction(value) -> float:
 def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = False, tile="auto",
                     batch_size: int | None = None, device="auto", channel_axis: int | None = None,
                     halo: int | None = None, min_size: int | None = None, min_fraction: float | None = None,
-                    workers: int | None = None, stitch_planes: float | None = None,
+                    workers: int | None = None, stitch_planes: float | None = None, stitch_trim: bool = True,
                     tta: bool = False) -> PredictionPlan:
     """Check a prediction's inputs and outputs and plan its tiles; nothing is computed or written.
 
@@ -340,6 +346,11 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
         2D instance models on stacks (``(..., Z, Y, X)``): link each plane's objects to the previous
         plane's (overlap at least this; True: `napari_unet.stitch.DEFAULT_STITCH_THRESHOLD`), so an object
         seen in several planes gets one 3D id. Off by default: a time series is not a z-stack.
+    stitch_trim : bool
+        With ``stitch_planes``: drop each linked object's small end sections (a 2D model's blurred caps)
+        and, in stacks whose objects span several planes, the objects seen in one plane only
+        (`napari_unet.stitch.trimmed_sections`; the default). False keeps every linked object whole,
+        e.g. thin objects that are real; refused without ``stitch_planes``.
     tta : bool
         Test-time augmentation: average the probabilities over the 8 quarter turns and mirror images of
         each tile (in the YX plane). 8 forward passes instead of one; off by default.
@@ -361,6 +372,7 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
     img, spatial = _channels_first(model, image, channel_axis)
     stitch = check_stitch(stitch_planes, mode=model.mode, dims=model.dims, spatial_ndim=len(spatial),
                           labels=bool(labels))
+    stitch_trim = check_trim(stitch_trim, stitch)
     items = tuple(iter_items(spatial, model.dims))
     item_shape = spatial[len(spatial) - model.dims:]
     tile_sizes, halo = _tiles(model, dev, item_shape, tile, halo, batch_size, n_workers)
@@ -376,4 +388,5 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
     _check_some_finite(img, items, item_shape)  # before the caller creates any output file
     return PredictionPlan(model, dev, img, items, item_shape, tiles, tile_sizes, halo, batch_size, spatial,
                           labels=bool(labels), probabilities=bool(probabilities), min_size=min_size,
-                          min_fraction=min_fraction, workers=n_workers, threads=threads, stitch_planes=stitch, tta=bool(tta))
+                          min_fraction=min_fraction, workers=n_workers, threads=threads, stitch_planes=stitch,
+                          stitch_trim=stitch_trim, tta=bool(tta))

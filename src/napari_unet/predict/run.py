@@ -191,7 +191,7 @@ def sinks_for(plan: PredictionPlan, labels_out=None, probabilities_out=None) -> 
         model = plan.model
         sinks.append(InstanceLabelsSink(labels_out, plan.item_shape, model.num_classes, plan.min_size,
                                         stitch_planes=plan.stitch_planes, spacing=model.config.spacing,
-                                        min_fraction=plan.min_fraction)
+                                        min_fraction=plan.min_fraction, stitch_trim=plan.stitch_trim)
                      if model.mode == "instance" else SemanticLabelsSink(labels_out, model.config.class_ids))
     if probabilities_out is not None:
         sinks.append(ProbabilitiesSink(probabilities_out))

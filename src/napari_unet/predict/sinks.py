@@ -89,16 +89,19 @@ class InstanceLabelsSink(Sink):
     separated over the whole item (`napari_unet.postprocess.instance_labels`); ids are offset so that
     they are unique across the items of a stack, in item order (items must finish in order). With
     ``stitch_planes`` (an overlap), each plane's objects are linked to the previous plane's instead
-    (`napari_unet.stitch.PlaneStitcher`: only the previous plane is kept)."""
+    (`napari_unet.stitch.PlaneStitcher`: only the previous plane is kept), and trimmed at the end
+    unless ``stitch_trim`` is False."""
 
     def __init__(self, out, item_shape: tuple, num_classes: int, min_size: int | None = None,
-                 stitch_planes: float | None = None, spacing=None, min_fraction: float | None = None):
+                 stitch_planes: float | None = None, spacing=None, min_fraction: float | None = None,
+                 stitch_trim: bool = True):
         self.out, self.item_shape, self.num_classes, self.min_size = out, tuple(item_shape), num_classes, min_size
         self.min_fraction = min_fraction
         self.spacing = item_spacing(spacing, self.item_shape)
         self.buffers: dict = {}
         self.next_id = 1
         self.stitcher = PlaneStitcher(stitch_planes) if stitch_planes else None
+        self.trim = bool(stitch_trim)
 
     def write(self, index, region, values):
         buf = self.buffers.get(index)
@@ -123,7 +126,7 @@ class InstanceLabelsSink(Sink):
         """With stitching, zero the sections the linked chains drop (`napari_unet.stitch.trimmed_sections`):
         a second pass over those planes only, one plane at a time."""
         regions = []
-        for index, ids in self.stitcher.dropped() if self.stitcher is not None else ():
+        for index, ids in self.stitcher.dropped() if self.stitcher is not None and self.trim else ():
             zero_ids(self.out, index, ids)
             _release(self.out, index)
             regions.append(index + tuple(slice(0, s) for s in self.item_shape))
