@@ -82,7 +82,13 @@ def main():
     p.add_argument("--seconds", type=float, default=40)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--stroke-every", type=float, default=4.0)
+    p.add_argument("--fp32", action="store_true", help="train in fp32 even where the CPU has bf16 units (the "
+                   "widget passes no precision: this makes 'automatic' mean fp32)")
     args = p.parse_args()
+    if args.fp32:
+        import napari_unet.device
+
+        napari_unet.device.cpu_computes_bf16 = lambda: False
     import napari
 
     from napari_unet._napari._jobs import WARMED
@@ -97,7 +103,7 @@ def main():
         QApplication.processEvents()
         time.sleep(0.01)
     print(f"# {time.strftime('%Y-%m-%d')} {machine()}; network depth {train.advanced.depth.value}, "
-          f"{train.advanced.base_channels.value} base channels; {args.seconds:g} s per run, a stroke every "
+          f"{train.advanced.base_channels.value} base channels{', fp32' if args.fp32 else ''}; {args.seconds:g} s per run, a stroke every "
           f"{args.stroke_every:g} s", flush=True)
     rng = np.random.default_rng(0)
     results = {True: [], False: [], None: []}
