@@ -130,10 +130,9 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         These four training choices are stored in the model's configuration; left out, they are
         ``init``'s when fine-tuning, else the defaults (docs/training-quality.md, "Training choices").
     mixed_precision : bool, optional
-        Steps in mixed precision (the weights stay fp32). Default (None): on GPUs, and on CPUs with bf16
-        units (Intel AMX / AVX-512 BF16), where a step takes about 0.4x the time and the same number of
-        steps trains as well (BENCHMARKS.md); fp32 elsewhere. False: fp32 everywhere (the same numbers
-        on every machine). See `napari_unet.device.training_precision`.
+        Steps in mixed precision (weights stay fp32). Default (None): on GPUs, and on CPUs with bf16 units
+        (Intel AMX / AVX-512 BF16), where a step takes about 0.4x the time (a time budget trains 2.5x the
+        steps; BENCHMARKS.md); fp32 elsewhere. False: fp32 everywhere (the same numbers on every machine).
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
     ranks : napari_unet.train.distributed.Ranks, optional
