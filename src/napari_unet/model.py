@@ -71,8 +71,10 @@ def _numbers(name: str, values, n: int) -> tuple:
 
 
 #: `ModelConfig` fields newer than the first model files, with the defaults that `to_dict` leaves out.
+#: The training arithmetics a configuration records (`ModelConfig.precision`).
+PRECISIONS = ("fp32", "bf16", "fp16")
 _LATER_FIELDS = {"spacing": None, "xy_pool_levels": 0, "loss": "ce", "edge_weight": 1.0, "instance_boundary": "inner",
-                 "augment": []}  # as to_dict writes them (lists for tuples)
+                 "augment": [], "precision": None}  # as to_dict writes them (lists for tuples)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,9 @@ class ModelConfig:
         (`conventions.INSTANCE_BOUNDARIES`), extra augmentations (`conventions.AUGMENTATIONS`). Files
         written before they were stored read as the defaults, which is what those models were trained with
         unless ``loss="ce+dice"`` was asked for.
+    precision : {"fp32", "bf16", "fp16"} or None
+        The arithmetic of the last training run (bf16 / fp16: mixed precision, `device.training_precision`);
+        None when not recorded (never trained, or trained before it was).
     """
 
     mode: str = "semantic"
@@ -131,6 +136,7 @@ class ModelConfig:
     edge_weight: float = 1.0
     instance_boundary: str = conventions.INSTANCE_BOUNDARIES[0]
     augment: tuple = ()
+    precision: str | None = None
 
     def __post_init__(self):
         def put(name, value):
@@ -183,6 +189,8 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"augment must name some of {', '.join(conventions.AUGMENTATIONS)}, got {unknown}")
         put("augment", tuple(a for a in conventions.AUGMENTATIONS if a in aug))  # one order, no repeats
+        if self.precision not in (None, *PRECISIONS):
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (or None), got {self.precision!r}")
 
     @property
     def num_classes(self) -> int:
@@ -329,7 +337,7 @@ class Model:
                             f"poolings in Y and X only: {c.xy_pool_levels}")
         if c.trained_steps:
             lines.append(f"trained: {c.trained_steps} steps, {c.trained_seconds:.0f} s, "
-                         f"best validation loss {c.best_val_loss}")
+                         f"best validation loss {c.best_val_loss}" + (f", last run in {c.precision}" if c.precision else ""))
             lines.append(f"training choices: loss {c.loss}, edge weight {c.edge_weight:g}, "
                          + (f"boundary {c.instance_boundary}, " if c.mode == "instance" else "")
                          + f"extra augmentation {', '.join(c.augment) or 'none'}")

@@ -80,7 +80,9 @@ def provenance(model, *, model_file=None, plan=None, **settings) -> dict:
     -------
     dict
         ``software``, ``version``, ``created`` (UTC, ISO 8601), ``model`` (weights hash, file and its
-        hash, mode, classes, architecture, training steps) and ``settings``.
+        hash, mode, classes, architecture, training steps and precision) and ``settings`` (tiles,
+        device, test-time augmentation; for instance models the fragment rule and the linking across
+        planes).
     """
     from . import __version__
 
@@ -88,13 +90,20 @@ def provenance(model, *, model_file=None, plan=None, **settings) -> dict:
     record = {"weights_sha256": weights_sha256(model), "mode": c.mode, "class_ids": list(c.class_ids),
               "class_names": list(c.class_names), "dims": c.dims, "depth": c.depth,
               "base_channels": c.base_channels, "in_channels": c.in_channels, "trained_steps": c.trained_steps}
+    if c.precision is not None:
+        record["training_precision"] = c.precision
     if model_file is not None and Path(model_file).is_file():
         record["file"] = Path(model_file).name
         record["file_sha256"] = _file_sha256(model_file)
     used = {}
     if plan is not None:
         used = {"tile_size": list(plan.tile_size) if plan.tile_size else None, "halo": int(plan.halo),
-                "batch_size": int(plan.batch_size), "device": str(plan.device)}
+                "batch_size": int(plan.batch_size), "device": str(plan.device), "tta": bool(plan.tta)}
+        if model.mode == "instance":  # what changes the objects: fragments, linking across planes
+            used.update(min_size=plan.min_size, min_fraction=float(plan.min_fraction),
+                        stitch_planes=plan.stitch_planes)
+            if plan.stitch_planes is not None:
+                used["stitch_trim"] = bool(plan.stitch_trim)
     used.update({k: (v.item() if isinstance(v, np.generic) else v) for k, v in settings.items()})
     return {"software": "napari-unet", "version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": record, "settings": used}

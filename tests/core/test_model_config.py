@@ -41,6 +41,7 @@ def test_config_is_frozen_and_replace_validates():
     (dict(class_ids=(1, 2), class_names=("a",)), "1 names for 2 classes"),
     (dict(in_channels=2, norm_low=(0.0,)), "norm_low must be 2"),
     (dict(norm_high=(float("nan"),)), "finite"),
+    (dict(precision="int8"), "precision must be one of fp32, bf16, fp16"),
 ])
 def test_invalid_configuration_is_refused(fields, message):
     with pytest.raises(ValueError, match=message):

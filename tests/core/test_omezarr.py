@@ -10,6 +10,7 @@ import zarr
 import napari_unet as nu
 from napari_unet import omezarr, omezarr_labels
 from napari_unet.cli import main
+from napari_unet.predict import plan_prediction
 from napari_unet.provenance import PROVENANCE_KEY, label_classes, provenance, weights_sha256
 
 from .test_predict import random_model
@@ -238,3 +239,15 @@ def test_provenance_record_is_json_and_classes_follow_the_label_conventions():
     assert json.loads(json.dumps(record)) == record and record["settings"] == {"channel_axis": 0}
     assert weights_sha256(model) == weights_sha256(random_model(classes=(1, 2, 5)))
     assert weights_sha256(model) != weights_sha256(random_model(classes=(1, 2, 5), seed=1))
+
+
+def test_provenance_records_the_settings_that_change_the_objects():
+    stack = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    semantic = provenance(random_model(), plan=plan_prediction(random_model(), stack[0]))["settings"]
+    assert semantic["tta"] is False and "stitch_planes" not in semantic  # no objects: no object rules
+    model = random_model(mode="instance")
+    linked = provenance(model, plan=plan_prediction(model, stack, stitch_planes=0.6, stitch_trim=False))["settings"]
+    assert linked["stitch_planes"] == 0.6 and linked["stitch_trim"] is False and "min_fraction" in linked
+    plain = provenance(model, plan=plan_prediction(model, stack, min_fraction=0))["settings"]
+    assert plain["stitch_planes"] is None and "stitch_trim" not in plain and plain["min_fraction"] == 0
+    assert json.loads(json.dumps(linked)) == linked

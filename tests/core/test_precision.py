@@ -7,6 +7,7 @@ import napari_unet as nu
 from napari_unet import device as devices
 from napari_unet.cli import main
 from napari_unet.device import training_precision
+from napari_unet.provenance import provenance
 
 TINY = dict(depth=2, base_channels=8, patch_size=32, batch_size=4)
 CPU = torch.device("cpu")
@@ -48,6 +49,17 @@ def test_bf16_training_learns_keeps_fp32_weights_and_is_reproducible(blobs):
     assert (fg & (truth > 0)).sum() / (fg | (truth > 0)).sum() > 0.8
 
 
+def test_the_model_file_and_the_provenance_say_which_precision_trained_it(tmp_path, blobs):
+    image, strokes, _ = blobs
+    model = nu.train(image, strokes, mode="semantic", epochs=1, seed=0, device="cpu", mixed_precision=True, **TINY)
+    nu.save_model(model, tmp_path / "m.pt")
+    loaded = nu.load_model(tmp_path / "m.pt")
+    assert model.config.precision == loaded.config.precision == "bf16"
+    assert "last run in bf16" in loaded.describe()
+    assert provenance(loaded)["model"]["training_precision"] == "bf16"
+    assert nu.Model.untrained(depth=2).config.precision is None  # never trained: nothing claimed
+
+
 def test_cli_fp32_flag_trains_in_full_precision(tmp_path, blobs, capsys):
     image, strokes, _ = blobs
     np.save(tmp_path / "img.npy", image)
@@ -56,3 +68,4 @@ def test_cli_fp32_flag_trains_in_full_precision(tmp_path, blobs, capsys):
     assert main(["train", "-i", str(tmp_path / "img.npy"), "-l", str(tmp_path / "lab.npy"), "-o", str(out), "--epochs", "1",
                  "--depth", "2", "--base-channels", "4", "--device", "cpu", "--fp32"]) == 0
     assert out.exists() and "mixed precision" not in capsys.readouterr().err
+    assert nu.load_model(out).config.precision == "fp32"

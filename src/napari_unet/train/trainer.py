@@ -358,7 +358,7 @@ class Trainer:
                        patch_size=tuple(s.patch_size),
                        batch_size=int(self.batch_size), learning_rate=float(s.learning_rate),
                        border_band=int(s.border_band), loss=s.loss, edge_weight=float(s.edge_weight),
-                       instance_boundary=s.instance_boundary, augment=tuple(s.augment))
+                       instance_boundary=s.instance_boundary, augment=tuple(s.augment), precision=s.precision)
 
     def finish(self, stopped: bool = False) -> Model:
         """The trained `Model`: the best weights seen, on the CPU, contiguous, in eval mode.
