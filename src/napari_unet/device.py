@@ -7,7 +7,7 @@ import threading
 
 import torch
 
-__all__ = ["resolve_device", "autocast", "amp_dtype", "training_precision", "cpu_computes_bf16", "memory_format",
+__all__ = ["resolve_device", "autocast", "amp_dtype", "compute_precision", "cpu_computes_bf16", "memory_format",
            "is_out_of_memory", "free_memory", "thread_policy"]
 
 _VALID = "auto, cpu, cuda, cuda:N or mps"
@@ -50,8 +50,8 @@ def resolve_device(device="auto") -> torch.device:
 
 
 def amp_dtype(device: torch.device):
-    """The autocast dtype of prediction on a device: bf16 on GPUs that support it, fp16 on older ones,
-    None (fp32) on CPU and MPS, where predictions stay exact (bf16 moves probabilities by up to ~0.1)."""
+    """The autocast dtype of a GPU: bf16 where supported, fp16 on older ones; None (fp32) on CPU and MPS
+    (where `compute_precision` decides)."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
@@ -65,12 +65,15 @@ def cpu_computes_bf16() -> bool:
     return any(bool(probe()) for probe in probes if callable(probe))
 
 
-def training_precision(device: torch.device, mixed_precision: bool | None = None) -> str:
-    """The precision of training steps on ``device``: ``"bf16"``, ``"fp16"`` (mixed, under autocast) or ``"fp32"``.
+def compute_precision(device: torch.device, mixed_precision: bool | None = None) -> str:
+    """The arithmetic of training steps and forward passes on ``device``: ``"bf16"``, ``"fp16"`` (mixed,
+    under autocast) or ``"fp32"``.
 
     ``mixed_precision`` None (automatic): mixed on GPUs (bf16 where supported), bf16 on CPUs that
     compute it natively (`cpu_computes_bf16`), fp32 elsewhere. True: mixed even on a CPU without bf16
     units (slower there). False: fp32 everywhere (exactly reproducible across machines, slower).
+    Training keeps fp32 weights and loss; prediction's probabilities move by up to ~0.1 under bf16, its
+    labels by a few pixels in ten thousand (benchmarks/prediction_precision.py).
 
     Raises
     ------
@@ -91,9 +94,9 @@ def training_precision(device: torch.device, mixed_precision: bool | None = None
 
 
 def autocast(device: torch.device, enabled: bool = True, precision: str | None = None):
-    """Mixed precision under ``precision`` (`training_precision`), or by default prediction's (`amp_dtype`:
-    GPUs only); a no-op for fp32."""
-    dtype = amp_dtype(device) if precision is None else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    """Mixed precision under ``precision`` (default: `compute_precision`'s automatic choice); a no-op for fp32."""
+    precision = compute_precision(device) if precision is None else precision
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if not enabled or dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -110,7 +110,7 @@ class ModelConfig:
         written before they were stored read as the defaults, which is what those models were trained with
         unless ``loss="ce+dice"`` was asked for.
     precision : {"fp32", "bf16", "fp16"} or None
-        The arithmetic of the last training run (bf16 / fp16: mixed precision, `device.training_precision`);
+        The arithmetic of the last training run (bf16 / fp16: mixed precision, `device.compute_precision`);
         None when not recorded (never trained, or trained before it was).
     """
 

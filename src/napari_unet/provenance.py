@@ -98,7 +98,8 @@ def provenance(model, *, model_file=None, plan=None, **settings) -> dict:
     used = {}
     if plan is not None:
         used = {"tile_size": list(plan.tile_size) if plan.tile_size else None, "halo": int(plan.halo),
-                "batch_size": int(plan.batch_size), "device": str(plan.device), "tta": bool(plan.tta)}
+                "batch_size": int(plan.batch_size), "device": str(plan.device), "tta": bool(plan.tta),
+                "precision": plan.precision}
         if model.mode == "instance":  # what changes the objects: fragments, linking across planes
             used.update(min_size=plan.min_size, min_fraction=float(plan.min_fraction),
                         stitch_planes=plan.stitch_planes)

@@ -6,7 +6,8 @@ import torch
 import napari_unet as nu
 from napari_unet import device as devices
 from napari_unet.cli import main
-from napari_unet.device import training_precision
+from napari_unet.device import compute_precision
+from napari_unet.predict import plan_prediction
 from napari_unet.provenance import provenance
 
 TINY = dict(depth=2, base_channels=8, patch_size=32, batch_size=4)
@@ -15,16 +16,16 @@ CPU = torch.device("cpu")
 
 def test_precision_is_bf16_only_where_the_cpu_computes_it_unless_asked(monkeypatch):
     monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
-    assert training_precision(CPU) == "bf16"
-    assert training_precision(CPU, False) == "fp32"
+    assert compute_precision(CPU) == "bf16"
+    assert compute_precision(CPU, False) == "fp32"
     monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)
-    assert training_precision(CPU) == "fp32"  # emulated bf16 would be slower: not by default
-    assert training_precision(CPU, True) == "bf16"
-    assert training_precision(torch.device("mps")) == "fp32"
+    assert compute_precision(CPU) == "fp32"  # emulated bf16 would be slower: not by default
+    assert compute_precision(CPU, True) == "bf16"
+    assert compute_precision(torch.device("mps")) == "fp32"
     with pytest.raises(ValueError, match="not available on mps"):
-        training_precision(torch.device("mps"), True)
+        compute_precision(torch.device("mps"), True)
     with pytest.raises(ValueError, match="mixed_precision must be True, False or None"):
-        training_precision(CPU, "yes")
+        compute_precision(CPU, "yes")
 
 
 def first_message(image, labels, **kwargs):
@@ -69,3 +70,39 @@ def test_cli_fp32_flag_trains_in_full_precision(tmp_path, blobs, capsys):
                  "--depth", "2", "--base-channels", "4", "--device", "cpu", "--fp32"]) == 0
     assert out.exists() and "mixed precision" not in capsys.readouterr().err
     assert nu.load_model(out).config.precision == "fp32"
+
+
+def test_prediction_runs_in_bf16_where_the_cpu_computes_it_and_in_fp32_when_asked(monkeypatch, blobs):
+    image, strokes, _ = blobs
+    model = nu.train(image, strokes, mode="semantic", epochs=4, seed=0, device="cpu", **TINY)
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
+    assert plan_prediction(model, image, device="cpu").precision == "bf16"
+    assert "bf16 mixed precision" in plan_prediction(model, image, device="cpu").describe()
+    exact = plan_prediction(model, image, device="cpu", mixed_precision=False)
+    assert exact.precision == "fp32" and "mixed precision" not in exact.describe()
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)
+    assert plan_prediction(model, image, device="cpu").precision == "fp32"  # emulated bf16: slower, not a default
+    with pytest.raises(ValueError, match="mixed_precision must be True, False or None"):
+        plan_prediction(model, image, mixed_precision="no")
+    # bf16 forward passes really run (the probabilities move) and give the same labels but a few pixels
+    fp32 = nu.predict(model, image, mixed_precision=False)
+    bf16 = nu.predict(model, image, mixed_precision=True)
+    assert 0 < np.abs(fp32 - bf16).max() < 0.15
+    assert np.mean(fp32.argmax(0) != bf16.argmax(0)) < 0.01
+
+
+def test_cli_predict_fp32_flag_is_recorded_in_the_provenance(tmp_path, blobs, capsys):
+    import tifffile
+
+    from napari_unet.provenance import PROVENANCE_KEY
+
+    image, strokes, _ = blobs
+    model = nu.train(image, strokes, mode="semantic", epochs=1, seed=0, device="cpu", **TINY)
+    nu.save_model(model, tmp_path / "m.pt")
+    np.save(tmp_path / "img.npy", image)
+    for flags, precision in (([], "bf16"), (["--fp32"], "fp32")):
+        out = tmp_path / f"labels-{precision}.tif"
+        assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "img.npy"), "-o", str(out), "--device", "cpu",
+                     *flags]) == 0
+        recorded = tifffile.TiffFile(out).shaped_metadata[0][PROVENANCE_KEY]["settings"]["precision"]
+        assert recorded == (precision if devices.cpu_computes_bf16() or precision == "fp32" else "fp32")

@@ -144,7 +144,8 @@ def run_blocks(plan: PredictionPlan, sink: Sink, blocks=None, *, t0: float | Non
     model = plan.model
     source = TileSource(plan, dev)
     runner = DeviceRunner(prepared_network(model.network, dev, model.dims), dev, output=sink.wants,
-                          halo=plan.halo, align=2**model.depth, dims=model.dims, tta=plan.tta)
+                          halo=plan.halo, align=2**model.depth, dims=model.dims, tta=plan.tta,
+                          precision=plan.precision)
     writer = _BlockWriter(plan, sink, blocks, t0, len(blocks) if total is None else total)
 
     def hear_warnings(notify):

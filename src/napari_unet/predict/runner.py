@@ -56,10 +56,12 @@ class DeviceRunner:
     tta : bool
         Average the probabilities over the 8 quarter turns and mirror images of each tile
         (`napari_unet.predict.tta`): 8 forward passes per tile.
+    precision : {"fp32", "bf16", "fp16"}, optional
+        The forward passes' arithmetic; default the device's automatic choice (`compute_precision`).
     """
 
     def __init__(self, net, device, *, output: str = "probabilities", halo: int, align: int, dims: int,
-                 warn=print, tta: bool = False):
+                 warn=print, tta: bool = False, precision: str | None = None):
         if output not in ("probabilities", "classes"):
             raise ValueError(f"output must be 'probabilities' or 'classes', got {output!r}")
         self.net, self.dev, self.output = net, device, output
@@ -67,6 +69,7 @@ class DeviceRunner:
         self.fmt = network_memory_format(net) if net is not None else None
         self.warn = warn
         self.tta = bool(tta)
+        self.precision = precision  # None: the device's automatic choice (`compute_precision`)
         self.max_batch: int | None = None
         self.sub_tile: tuple | None = None
         self.lock = threading.Lock()
@@ -76,7 +79,7 @@ class DeviceRunner:
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.fmt is not None:
             x = x.contiguous(memory_format=self.fmt)
-        with autocast(self.dev):
+        with autocast(self.dev, precision=self.precision):
             return self.net(x)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:

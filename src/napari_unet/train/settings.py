@@ -10,7 +10,7 @@ import torch
 
 from .. import conventions as C
 from ..data import AnnotatedItems, collect_annotated, compute_normalization
-from ..device import resolve_device, training_precision
+from ..device import compute_precision, resolve_device
 from ..model import Model, ModelConfig, relative_spacing, xy_pool_levels_for
 
 __all__ = ["TrainSettings", "resolve_settings", "default_patch_size", "default_batch_size",
@@ -61,7 +61,7 @@ class TrainSettings:
     augment : tuple of str
         The optional extra augmentations (`napari_unet.data.augment_extra`).
     precision : {"bf16", "fp16", "fp32"}
-        Of the training steps (`napari_unet.device.training_precision`); weights are always kept in fp32.
+        Of the training steps (`napari_unet.device.compute_precision`); weights are always kept in fp32.
     """
 
     mode: str
@@ -233,7 +233,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
     if init is not None:
         dims = init.dims
     dev = resolve_device(device)
-    precision = training_precision(dev, mixed_precision)
+    precision = compute_precision(dev, mixed_precision)
     if time_budget is None and epochs is None:
         time_budget = C.DEFAULT_TIME_BUDGET
     annotated = collect_annotated(images, labels, dims, channel_axis, mode)
