@@ -62,6 +62,16 @@ def test_semantic_labels_and_probabilities_equal_in_process_for_every_input(clie
     assert not [p for p in tmp_path.rglob(".*partial*")]  # nothing left behind
 
 
+def test_workers_predict_in_the_precision_asked(client, files, tmp_path):
+    root, model, _, stacks = files
+    nd.segment(root / "semantic.pt", str(root / "stack0.npy"), out=tmp_path / "l.zarr",
+               probabilities_out=tmp_path / "p.zarr", client=client, block=64, mixed_precision=False)
+    exact = nu.predict(model, stacks[0], mixed_precision=False)
+    np.testing.assert_allclose(_read(tmp_path / "p.zarr"), exact, atol=1e-5)  # fp32 on the workers too
+    if nu.device.cpu_computes_bf16():  # and the default is bf16 there: the option was not ignored
+        assert np.abs(nu.predict(model, stacks[0]) - exact).max() > 1e-4
+
+
 def test_instance_labels_are_the_local_partition(client, files, tmp_path):
     root, _, model, stacks = files
     nd.segment(root / "instance.pt", root / "stack0.npy", out=tmp_path / "l.zarr", client=client, block=64,
