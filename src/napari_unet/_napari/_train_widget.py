@@ -6,7 +6,7 @@ from functools import partial
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 
 from ._base import JobWidget
 from ._jobs import Job
@@ -272,6 +272,7 @@ class TrainWidget(JobWidget):
         job = self._start_main("train", work, layers=layers, on_update=self._on_update,
                                on_finished=self._on_finished)
         self.train_button.text = "Stop"
+        self.live.enabled = False  # a run stays what it started as (live or with a budget) until it ends
         self.progress.value = 0
         self.status.value = "preparing the training data…"
         return job
@@ -304,6 +305,9 @@ class TrainWidget(JobWidget):
             return
         if update.kind == "start":
             self.status.value = update.message
+        elif update.kind == "warning":  # e.g. a live edit that cannot be used, or a smaller batch after OOM
+            self.status.value = update.message
+            show_warning(f"{NAME}: {update.message}")
         elif update.kind == "done":
             run.done = True
             if update.step == 0:  # nothing learned: an untrained network must not replace the current model
@@ -334,6 +338,7 @@ class TrainWidget(JobWidget):
             self._live = None
         self.train_button.text = "Train"
         self.train_button.enabled = True
+        self.live.enabled = True
         if run is not None and run.done:
             self.progress.value = 100
 
