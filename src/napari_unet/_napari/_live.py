@@ -221,6 +221,7 @@ class LiveSession:
         for emitter, callback in self._callbacks:
             emitter.disconnect(callback)
         self._callbacks = []
+        self._viewer = None  # a closed viewer is not kept alive by a session that is over
 
 
 class _EmptyPreview:

@@ -371,6 +371,8 @@ class TrainWidget(JobWidget):
 
     # ------------------------------------------------------------------------------------- closing
     def _disconnect(self) -> None:
+        if self._live is not None:  # its end is not shown once closing: stop watching the layers now
+            self._live.close()
         STORE.changed.disconnect(self._on_model_changed, missing_ok=True)
         STORE.annotations_ready.disconnect(self._on_annotations_ready, missing_ok=True)
 
