@@ -4,6 +4,8 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QDockWidget
 
+from napari_unet._napari._live import LiveSession
+
 from .conftest import click_checkbox, messages, set_tiny, wait_until
 
 LEFT = Qt.MouseButton.LeftButton
@@ -50,4 +52,21 @@ def test_closing_train_unet_during_live_mode_stops_watching_the_annotations(plug
     qtbot.wait(2 * 250 + 100)  # past the settle time
     assert session.version == 0  # no copies of the annotations for a run that is over
     assert not messages(notifications, "error")
+
+
+def test_the_live_preview_of_a_zoomed_out_multiscale_image_is_where_the_view_is(plugin_viewer, qtbot):
+    viewer, train, _ = plugin_viewer
+    base = np.tile(viewer.layers["nuclei"].data, (4, 4))  # 1536 x 1536: drawn from a coarser level
+    image = viewer.add_image([base, base[::2, ::2], base[::4, ::4]], name="pyramid", multiscale=True)
+    labels = viewer.add_labels(np.zeros(base.shape, np.uint8), name="pyramid labels")
+    viewer.reset_view()
+    qtbot.wait(300)
+    assert image.data_level > 0
+    session = LiveSession(viewer, [(image, labels)], [base.shape], None, 2, [labels.data.copy()])
+    try:
+        key = session.view_request().key
+    finally:
+        session.close()
+    centre = [(k.start + k.stop) / 2 for k in key]
+    np.testing.assert_allclose(centre, np.asarray(viewer.camera.center[-2:]), atol=8)  # the middle of the image
 

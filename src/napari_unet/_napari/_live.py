@@ -137,6 +137,9 @@ class LiveSession:
             del shape[self.channel_axis % len(shape)]
         point = np.asarray(image.world_to_data(viewer.dims.point), float)
         corners = np.asarray(image.corner_pixels, float)
+        if image.multiscale:  # corner_pixels are in the pixels of the level drawn, the request in level 0's
+            factors = np.asarray(image.downsample_factors[image.data_level], float)
+            corners = np.stack([corners[0] * factors, (corners[1] + 1) * factors - 1])
         if self.channel_axis is not None and not image.rgb:
             keep = [i for i in range(len(point)) if i != self.channel_axis % len(point)]
             point, corners = point[keep], corners[:, keep]
