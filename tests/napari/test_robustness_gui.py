@@ -6,7 +6,7 @@ from qtpy.QtWidgets import QDockWidget
 
 from napari_unet._napari._live import LiveSession
 
-from .conftest import click_checkbox, messages, set_tiny, wait_until
+from .conftest import click_checkbox, messages, open_lazy_stack, set_tiny, wait_until
 
 LEFT = Qt.MouseButton.LeftButton
 
@@ -70,3 +70,17 @@ def test_the_live_preview_of_a_zoomed_out_multiscale_image_is_where_the_view_is(
     centre = [(k.start + k.stop) / 2 for k in key]
     np.testing.assert_allclose(centre, np.asarray(viewer.camera.center[-2:]), atol=8)  # the middle of the image
 
+
+def test_closing_segment_with_unet_mid_run_leaves_its_layer_editable(plugin_viewer, qtbot, notifications):
+    viewer, _, segment = plugin_viewer
+    open_lazy_stack(viewer, segment, planes=12)
+    segment.tile_size.value = 128
+    qtbot.mouseClick(segment.segment_button.native, LEFT)
+    wait_until(qtbot, lambda: segment.progress.value > 0, timeout=60)
+    job = segment.job
+    layer = viewer.layers["stack segmentation"]
+    assert not layer.editable  # locked while the run writes it
+    _close_dock(qtbot, viewer, "Segment with UNet")
+    qtbot.waitUntil(job.ended.is_set, timeout=10000)
+    assert layer.editable  # the part done can be corrected (or deleted)
+    assert not messages(notifications, "error")
