@@ -84,3 +84,24 @@ def test_closing_segment_with_unet_mid_run_leaves_its_layer_editable(plugin_view
     qtbot.waitUntil(job.ended.is_set, timeout=10000)
     assert layer.editable  # the part done can be corrected (or deleted)
     assert not messages(notifications, "error")
+
+
+def test_save_model_into_a_folder_that_cannot_be_written_is_a_notification(plugin_viewer, qtbot, notifications,
+                                                                            tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import napari_unet.publish as publish
+    from napari_unet._napari._store import STORE
+
+    from .conftest import random_model
+
+    viewer, train, _ = plugin_viewer
+    STORE.set(random_model(), "test")
+    target = tmp_path / "model.pt"
+    monkeypatch.setattr("napari_unet._napari._model_files.ask_save_model_path", lambda parent=None: str(target))
+    # the file is written under a temporary name first: put that where nothing can be written
+    monkeypatch.setattr(publish, "temporary_name", lambda path, tag="partial": tmp_path / "gone" / Path(path).name)
+    qtbot.mouseClick(train.save_button.native, LEFT)
+    errors = messages(notifications, "error")
+    assert len(errors) == 1 and "could not save the model: cannot write" in errors[0], errors
+    assert not target.exists()
