@@ -105,3 +105,20 @@ def test_save_model_into_a_folder_that_cannot_be_written_is_a_notification(plugi
     errors = messages(notifications, "error")
     assert len(errors) == 1 and "could not save the model: cannot write" in errors[0], errors
     assert not target.exists()
+
+
+def test_a_preview_arriving_after_the_annotations_and_preview_were_removed_raises_nothing(plugin_viewer, qtbot):
+    """Removing the annotations stops a live run, but a preview already on its way is still drawn."""
+    from napari_unet._napari._live import _EmptyPreview
+
+    viewer, _, _ = plugin_viewer
+    image, strokes = viewer.layers["nuclei"], viewer.layers["nuclei annotations"]
+    session = LiveSession(viewer, [(image, strokes)], [image.data.shape], None, 2, [strokes.data.copy()])
+    try:
+        qtbot.wait(100)
+        viewer.layers.remove(session.preview_layer)
+        viewer.layers.remove(strokes)
+        session.show_preview(_EmptyPreview(session.view_request()))  # raised: a removed layer made active
+        assert viewer.layers.selection.active is not strokes
+    finally:
+        session.close()

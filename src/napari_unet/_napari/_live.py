@@ -196,12 +196,12 @@ class LiveSession:
         else:
             layer = viewer.add_labels(data, name=preview_name(image.name), scale=scale, translate=translate,
                                       opacity=0.45, metadata={PREVIEW_KEY: image.unique_id})
-        if labels_layer in viewer.layers:
+        if labels_layer in viewer.layers:  # (it may have been removed while the run stops)
             below = viewer.layers.index(labels_layer)
             here = viewer.layers.index(layer)
             if here > below:
                 viewer.layers.move(here, below)
-        viewer.layers.selection.active = labels_layer  # painting goes on in the annotations
+            viewer.layers.selection.active = labels_layer  # painting goes on in the annotations
         self.preview_layer = layer
         return layer
 
