@@ -122,3 +122,15 @@ def test_a_preview_arriving_after_the_annotations_and_preview_were_removed_raise
         assert viewer.layers.selection.active is not strokes
     finally:
         session.close()
+
+
+def test_live_mode_with_a_3d_model_on_a_2d_image_says_what_to_change(plugin_viewer, qtbot, notifications):
+    viewer, train, _ = plugin_viewer
+    set_tiny(train)
+    train.advanced.dims.value = 3
+    click_checkbox(qtbot, train.live)
+    qtbot.mouseClick(train.train_button.native, LEFT)
+    errors = messages(notifications, "error")
+    assert len(errors) == 1 and "3D model needs images with at least 3 spatial axes" in errors[0], errors
+    assert not train.running and train.train_button.text == "Train" and train._live is None
+    assert "nuclei preview" not in viewer.layers
