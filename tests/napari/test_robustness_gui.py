@@ -134,3 +134,39 @@ def test_live_mode_with_a_3d_model_on_a_2d_image_says_what_to_change(plugin_view
     assert len(errors) == 1 and "3D model needs images with at least 3 spatial axes" in errors[0], errors
     assert not train.running and train.train_button.text == "Train" and train._live is None
     assert "nuclei preview" not in viewer.layers
+
+
+def test_results_of_a_rotated_sheared_image_lie_on_it(plugin_viewer, qtbot, notifications):
+    """Segmentation, "Use as annotations" and the live preview of an image drawn with rotate/shear/affine
+    (deskewed light-sheet data, say) are drawn on it, not beside it."""
+    from napari_unet._napari._live import _EmptyPreview
+    from napari_unet._napari._store import STORE
+    from napari_unet.train import PreviewRequest
+
+    from .conftest import random_model
+
+    viewer, _, segment = plugin_viewer
+    image, strokes = viewer.layers["nuclei"], viewer.layers["nuclei annotations"]
+    image.scale, image.translate, image.rotate, image.shear = (2, 3), (10, -20), 30, [0.2]
+    image.affine = np.array([[1.0, 0, 5], [0, 1.0, 0], [0, 0, 1]])
+    STORE.set(random_model(), "test")
+    qtbot.mouseClick(segment.segment_button.native, LEFT)
+    wait_until(qtbot, lambda: not segment.running, timeout=60)
+    corners = [(0, 0), (383, 0), (0, 383), (200, 100)]
+    world = [image.data_to_world(p) for p in corners]
+    seg = viewer.layers["nuclei segmentation"]
+    np.testing.assert_allclose([seg.data_to_world(p) for p in corners], world, atol=1e-6)
+    qtbot.mouseClick(segment.use_as_annotations.native, LEFT)
+    wait_until(qtbot, lambda: "nuclei annotations (corrected)" in viewer.layers, timeout=20)
+    made = viewer.layers["nuclei annotations (corrected)"]
+    np.testing.assert_allclose([made.data_to_world(p) for p in corners], world, atol=1e-6)
+
+    session = LiveSession(viewer, [(image, strokes)], [image.data.shape], None, 2, [strokes.data.copy()])
+    try:
+        session.show_preview(_EmptyPreview(PreviewRequest(0, (slice(100, 200), slice(50, 150)))))
+        preview = session.preview_layer
+        np.testing.assert_allclose(preview.data_to_world((0, 0)), image.data_to_world((100, 50)), atol=1e-6)
+        np.testing.assert_allclose(preview.data_to_world((99, 99)), image.data_to_world((199, 149)), atol=1e-6)
+    finally:
+        session.close()
+    assert not messages(notifications, "error")

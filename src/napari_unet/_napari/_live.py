@@ -171,12 +171,11 @@ class LiveSession:
         values = values.astype(labels_dtype_for(int(values.max(initial=0))), copy=False)
         data = values.reshape((1,) * n_lead + values.shape)
         offset = np.array([k.start if isinstance(k, slice) else k for k in key], float)
-        geometry = spatial_geometry(image, self.channel_axis)
-        scale = np.asarray(geometry["scale"], float)
-        translate = np.asarray(geometry["translate"], float) + offset * scale
+        geometry = spatial_geometry(image, self.channel_axis, offset)
+        translate = np.asarray(geometry["translate"], float)
         layer = self.preview_layer
         if layer is None or not any(same_layer(layer, x) for x in viewer.layers):
-            layer = self._make_layer(viewer, image, labels_layer, data, scale, translate)
+            layer = self._make_layer(viewer, image, labels_layer, data, geometry)
         else:  # redrawing a Labels layer is the preview's cost on the GUI thread: each setter only on change
             if not np.array_equal(layer.translate, translate):
                 layer.translate = translate
@@ -187,15 +186,17 @@ class LiveSession:
             self.preview_times.append(time.perf_counter())
             self.preview_seconds.append(preview.seconds)
 
-    def _make_layer(self, viewer, image, labels_layer, data, scale, translate):
+    def _make_layer(self, viewer, image, labels_layer, data, geometry):
         # a preview of an earlier run is reused; known by its metadata, so a user's layer of that name never is
         earlier = [x for x in viewer.layers if x.metadata.get(PREVIEW_KEY) == image.unique_id]
         if earlier:
             layer = earlier[-1]
-            layer.data, layer.scale, layer.translate = data, scale, translate
+            layer.data = data
+            for name, value in geometry.items():
+                setattr(layer, name, value)
         else:
-            layer = viewer.add_labels(data, name=preview_name(image.name), scale=scale, translate=translate,
-                                      opacity=0.45, metadata={PREVIEW_KEY: image.unique_id})
+            layer = viewer.add_labels(data, name=preview_name(image.name), opacity=0.45,
+                                      metadata={PREVIEW_KEY: image.unique_id}, **geometry)
         if labels_layer in viewer.layers:  # (it may have been removed while the run stops)
             below = viewer.layers.index(labels_layer)
             here = viewer.layers.index(layer)
