@@ -170,3 +170,24 @@ def test_results_of_a_rotated_sheared_image_lie_on_it(plugin_viewer, qtbot, noti
     finally:
         session.close()
     assert not messages(notifications, "error")
+
+
+def test_an_image_of_the_probability_layers_name_is_never_overwritten(plugin_viewer, qtbot, notifications):
+    """A user's Image layer named like the probabilities (say reopened from a saved file) keeps its data."""
+    from napari_unet._napari._store import STORE
+
+    from .conftest import random_model
+
+    viewer, _, segment = plugin_viewer
+    mine = viewer.add_image(np.full((50, 60), 7.0, np.float32), name="nuclei probability (class 2)")
+    segment.reset_choices()
+    segment.image.value = viewer.layers["nuclei"]
+    STORE.set(random_model(), "test")
+    segment.show_probabilities.value = True
+    for _ in range(2):  # the second run reuses the plugin's own layer
+        qtbot.mouseClick(segment.segment_button.native, LEFT)
+        wait_until(qtbot, lambda: not segment.running, timeout=60)
+    assert mine.data.shape == (50, 60) and (mine.data == 7).all()
+    ours = [layer for layer in viewer.layers if layer.name.startswith("nuclei probability") and layer is not mine]
+    assert len(ours) == 1 and ours[0].data.shape == (384, 384)
+    assert not messages(notifications, "error")
