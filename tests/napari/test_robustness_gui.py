@@ -191,3 +191,19 @@ def test_an_image_of_the_probability_layers_name_is_never_overwritten(plugin_vie
     ours = [layer for layer in viewer.layers if layer.name.startswith("nuclei probability") and layer is not mine]
     assert len(ours) == 1 and ours[0].data.shape == (384, 384)
     assert not messages(notifications, "error")
+
+
+def test_the_live_preview_is_never_offered_as_annotations(plugin_viewer, qtbot, notifications):
+    """Removing the annotations must not leave Train UNet pointing at the model's own preview."""
+    viewer, train, _ = plugin_viewer
+    image, strokes = viewer.layers["nuclei"], viewer.layers["nuclei annotations"]
+    session = LiveSession(viewer, [(image, strokes)], [image.data.shape], None, 2, [strokes.data.copy()])
+    session.close()
+    assert "nuclei preview" in viewer.layers
+    qtbot.wait(100)
+    viewer.layers.remove(strokes)
+    row = train.rows()[0]
+    assert all(layer.name != "nuclei preview" for layer in row.labels.choices)
+    assert row.labels.value is None
+    qtbot.mouseClick(train.train_button.native, LEFT)
+    assert not train.running and any("Labels layer" in m for m in messages(notifications, "error"))
