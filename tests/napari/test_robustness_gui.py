@@ -207,3 +207,29 @@ def test_the_live_preview_is_never_offered_as_annotations(plugin_viewer, qtbot, 
     assert row.labels.value is None
     qtbot.mouseClick(train.train_button.native, LEFT)
     assert not train.running and any("Labels layer" in m for m in messages(notifications, "error"))
+
+
+def test_a_z_channel_y_x_stack_trains_with_its_z_spacing(plugin_viewer, qtbot, notifications):
+    """The voxel size of a stack whose channel axis sits between Z and Y (ImageJ's ZCYX) is its Z, Y, X
+    scale, not the last three entries of the layer's scale (which held the channel's 1)."""
+    from napari_unet._napari._store import STORE
+    from napari_unet.synthetic import make_sample
+
+    viewer, train, _ = plugin_viewer
+    image, _, truth = make_sample((8, 64, 64), seed=1)
+    strokes = np.zeros(truth.shape, np.uint8)
+    strokes[2:6] = np.where(truth[2:6] > 0, 2, 1)  # dense annotations of four planes
+    zcyx = np.stack([image, image // 2], axis=1)
+    layer = viewer.add_image(zcyx, name="zcyx", scale=(3, 1, 1, 1))
+    labels = viewer.add_labels(strokes, name="zcyx strokes", scale=(3, 1, 1))
+    train.reset_choices()
+    train.rows()[0].image.value, train.rows()[0].labels.value = layer, labels
+    set_tiny(train, budget=6.0)  # the first 3D step takes a few seconds on a loaded CPU
+    train.advanced.dims.value = 3
+    train.advanced.channel_axis.reset_choices()
+    train.advanced.channel_axis.value = "1"
+    qtbot.mouseClick(train.train_button.native, LEFT)
+    wait_until(qtbot, lambda: not train.running, timeout=90)
+    assert not messages(notifications, "error"), messages(notifications)
+    assert STORE.model is not None, (train.status.value, messages(notifications))
+    assert tuple(STORE.model.config.spacing) == (3.0, 1.0, 1.0)

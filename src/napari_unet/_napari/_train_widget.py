@@ -10,7 +10,8 @@ from napari.utils.notifications import show_info, show_warning
 
 from ._base import JobWidget
 from ._jobs import Job
-from ._layers import drop_channel_axis, fixed_label, image_array, labels_array, same_layer, set_progress
+from ._layers import (drop_channel_axis, fixed_label, image_array, labels_array, same_layer, set_progress,
+                      spatial_geometry)
 from ._lifecycle import weak_method
 from ._live import LiveSession, live_training
 from ._model_files import export_current_model, load_model_file, save_current_model
@@ -257,7 +258,8 @@ class TrainWidget(JobWidget):
         if init is None:  # a new 3D model learns the voxel size the image layers declare (their scale)
             from napari_unet.model import spacing_from_scales
 
-            kwargs["spacing"] = spacing_from_scales([layer.scale for layer in layers[::2]], kwargs["dims"])
+            scales = [spatial_geometry(layer, channel_axis)["scale"] for layer in layers[::2]]  # no channel axis
+            kwargs["spacing"] = spacing_from_scales(scales, kwargs["dims"])
         work = partial(_training, images, labels, kwargs)
         if self.live.value:
             del kwargs["time_budget"]
