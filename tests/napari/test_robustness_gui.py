@@ -233,3 +233,28 @@ def test_a_z_channel_y_x_stack_trains_with_its_z_spacing(plugin_viewer, qtbot, n
     assert not messages(notifications, "error"), messages(notifications)
     assert STORE.model is not None, (train.status.value, messages(notifications))
     assert tuple(STORE.model.config.spacing) == (3.0, 1.0, 1.0)
+
+
+def test_load_model_while_training_runs_is_refused_rather_than_silently_replaced(plugin_viewer, qtbot,
+                                                                                 notifications, tmp_path,
+                                                                                 monkeypatch):
+    """The run's model becomes the current one when it ends (and at each live preview): a model loaded
+    meanwhile would be replaced without a word."""
+    from napari_unet import save_model
+    from napari_unet._napari._store import STORE
+
+    from .conftest import random_model, start_long_training
+
+    viewer, train, _ = plugin_viewer
+    path = tmp_path / "other.pt"
+    save_model(random_model(seed=3), path)
+    monkeypatch.setattr("napari_unet._napari._model_files.ask_open_model_path", lambda parent=None: str(path))
+    start_long_training(qtbot, train, steps=1)
+    qtbot.mouseClick(train.load_button.native, LEFT)
+    errors = messages(notifications, "error")
+    assert len(errors) == 1 and "stop the training before loading" in errors[0], errors
+    assert STORE.source != "loaded from other.pt"
+    qtbot.mouseClick(train.train_button.native, LEFT)  # Stop
+    wait_until(qtbot, lambda: not train.running, timeout=60)
+    qtbot.mouseClick(train.load_button.native, LEFT)  # now it loads
+    assert STORE.source == "loaded from other.pt"

@@ -6,7 +6,7 @@ from functools import partial
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton
-from napari.utils.notifications import show_info, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ._base import JobWidget
 from ._jobs import Job
@@ -362,6 +362,10 @@ class TrainWidget(JobWidget):
         Files are read safely by `napari_unet.load_model`: a foreign, damaged or malicious file is
         refused with a notification and nothing of it runs.
         """
+        if self.running:  # the run's model becomes the current one at its end: the loaded one would be lost
+            show_error(f"{NAME}: stop the training before loading a model (its model becomes the current one "
+                       "when it ends); Segment with UNet can use a model file meanwhile")
+            return None
         model = load_model_file(NAME, self.native, path)
         if model is not None:
             self.mode.value = model.mode
