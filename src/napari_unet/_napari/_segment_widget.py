@@ -386,6 +386,7 @@ class SegmentWidget(JobWidget):
         self.clicks.stop_listening()
 
     def shutdown(self, timeout: float = 5.0) -> None:
+        """End running work (`JobWidget.shutdown`); the layer a stopped run was writing is unlocked."""
         run = None if self.closing else self._run
         super().shutdown(timeout)
         if run is not None and not run.done:  # its end is not shown once closing: never leave a layer locked
