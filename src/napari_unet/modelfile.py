@@ -43,8 +43,13 @@ def save_model(model: Model, path) -> Path:
         "history": json.dumps(model.history),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        # through a Python file: a folder that is not writable, or a full disk, is an OSError (torch's own
+        # file writer raises a RuntimeError naming none of it)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(payload, f)
+    except OSError as exc:
+        raise OSError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
     return path
 
 

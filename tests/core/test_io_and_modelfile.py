@@ -1,5 +1,6 @@
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,8 +130,7 @@ def test_saving_over_an_existing_model_is_atomic(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def broken_save(payload, target, **kwargs):
-        with open(target, "wb") as f:
-            f.write(b"half a model")  # a crash after writing part of the file
+        target.write(b"half a model")  # a crash after writing part of the file (save_model passes a file)
         raise error
 
     monkeypatch.setattr(torch, "save", broken_save)
@@ -207,3 +207,31 @@ def test_atomic_path_never_replaces_a_folder_with_a_file(tmp_path):
             tmp.write_text("new")
     assert (folder / "keep.txt").read_text() == "user data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def _unwritable_folder(monkeypatch, tmp_path):
+    """Make the model's temporary file land in a folder that cannot be written (as a read-only or
+    vanished folder does for a user; root may write anywhere, so the folder is simply missing)."""
+    import napari_unet.publish as publish
+
+    monkeypatch.setattr(publish, "temporary_name", lambda path, tag="partial": tmp_path / "gone" / Path(path).name)
+
+
+def test_saving_a_model_where_it_cannot_be_written_is_an_oserror_saying_where(tmp_path, monkeypatch):
+    _unwritable_folder(monkeypatch, tmp_path)
+    target = tmp_path / "model.pt"
+    with pytest.raises(OSError, match="cannot write .*model.pt"):
+        nu.save_model(random_model(), target)
+    assert not target.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_saving_a_model_into_a_read_only_folder_is_an_oserror(tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OSError, match="cannot write"):
+            nu.save_model(random_model(), folder / "model.pt")
+    finally:
+        folder.chmod(0o700)

@@ -78,3 +78,8 @@ def test_mailbox_keeps_only_the_latest_value():
     box.put(1)
     box.put(2)
     assert box.take() == 2 and box.take() is None
+
+
+def test_preview_window_of_a_3d_model_on_a_2d_image_says_what_to_change():
+    with pytest.raises(ValueError, match="a 3D model needs images with at least 3 spatial axes.*2D model"):
+        preview_window((10, 10), (20, 20), (64, 64), dims=3)

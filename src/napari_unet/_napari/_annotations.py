@@ -10,7 +10,7 @@ from napari.utils.notifications import show_info, show_warning
 from napari_unet.conventions import BACKGROUND
 from napari_unet.interactive import to_training_labels
 
-from ._layers import level0, same_layer, segmentation_name
+from ._layers import level0, same_layer, segmentation_name, spatial_geometry
 from ._lifecycle import weak_method
 from ._segmentation import SegmentationLayer
 from ._store import STORE
@@ -68,8 +68,8 @@ class Annotations:
         if not any(same_layer(image, layer) for layer in viewer.layers):
             show_info(f"{widget.NAME}: the image was removed; no annotations made")
             return
-        new = viewer.add_labels(labels, name=f"{image.name} annotations (corrected)", scale=seg_layer.scale,
-                                translate=seg_layer.translate)
+        new = viewer.add_labels(labels, name=f"{image.name} annotations (corrected)",
+                                **spatial_geometry(seg_layer, None))  # drawn where the segmentation is
         seg_layer.visible = False  # the new layer covers it; one editable layer at a time is less confusing
         if mode == "instance":
             what = "one id per object, 0 background"

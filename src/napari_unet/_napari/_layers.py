@@ -103,14 +103,29 @@ def is_lazy(data) -> bool:
     return not isinstance(data, np.ndarray) or isinstance(data, np.memmap)
 
 
-def spatial_geometry(layer, channel_axis: int | None) -> dict:
-    """``scale`` and ``translate`` of an image's spatial axes, for output layers drawn on top of it."""
-    scale = list(np.asarray(layer.scale, dtype=float))
-    translate = list(np.asarray(layer.translate, dtype=float))
+def spatial_geometry(layer, channel_axis: int | None, offset=None) -> dict:
+    """Where an output layer over an image's spatial axes must be drawn to lie on the image: its
+    ``scale``, ``translate``, ``rotate``, ``shear`` and ``affine`` (keyword arguments of ``add_labels``).
+
+    ``offset`` (data pixels, spatial axes) places a window of the image instead of the whole of it.
+    """
+    from napari.utils.transforms import Affine
+
+    n = layer.ndim
+    scale = np.asarray(layer.scale, dtype=float)
+    translate = np.asarray(layer.translate, dtype=float)
+    rotate = np.asarray(layer.rotate, dtype=float)
+    shear = Affine(shear=layer.shear, ndim=n).linear_matrix  # the upper-triangular matrix
+    affine = np.asarray(layer.affine.affine_matrix, dtype=float)
     if channel_axis is not None and not getattr(layer, "rgb", False):
-        axis = channel_axis % len(scale)
-        del scale[axis], translate[axis]
-    return {"scale": scale, "translate": translate}
+        a = channel_axis % n
+        scale, translate = np.delete(scale, a), np.delete(translate, a)
+        rotate, shear, affine = (np.delete(np.delete(m, a, 0), a, 1) for m in (rotate, shear, affine))
+    if offset is not None:
+        # the window's first pixel, through the layer's own rotation and shear (exact when there are none)
+        translate = translate + (rotate @ shear) @ (scale * np.asarray(offset, dtype=float))
+    return {"scale": list(scale), "translate": list(translate), "rotate": rotate, "shear": shear,
+            "affine": affine}
 
 
 def spatial_shape(data, channel_axis: int | None) -> tuple:

@@ -137,6 +137,9 @@ class LiveSession:
             del shape[self.channel_axis % len(shape)]
         point = np.asarray(image.world_to_data(viewer.dims.point), float)
         corners = np.asarray(image.corner_pixels, float)
+        if image.multiscale:  # corner_pixels are in the pixels of the level drawn, the request in level 0's
+            factors = np.asarray(image.downsample_factors[image.data_level], float)
+            corners = np.stack([corners[0] * factors, (corners[1] + 1) * factors - 1])
         if self.channel_axis is not None and not image.rgb:
             keep = [i for i in range(len(point)) if i != self.channel_axis % len(point)]
             point, corners = point[keep], corners[:, keep]
@@ -168,12 +171,11 @@ class LiveSession:
         values = values.astype(labels_dtype_for(int(values.max(initial=0))), copy=False)
         data = values.reshape((1,) * n_lead + values.shape)
         offset = np.array([k.start if isinstance(k, slice) else k for k in key], float)
-        geometry = spatial_geometry(image, self.channel_axis)
-        scale = np.asarray(geometry["scale"], float)
-        translate = np.asarray(geometry["translate"], float) + offset * scale
+        geometry = spatial_geometry(image, self.channel_axis, offset)
+        translate = np.asarray(geometry["translate"], float)
         layer = self.preview_layer
         if layer is None or not any(same_layer(layer, x) for x in viewer.layers):
-            layer = self._make_layer(viewer, image, labels_layer, data, scale, translate)
+            layer = self._make_layer(viewer, image, labels_layer, data, geometry)
         else:  # redrawing a Labels layer is the preview's cost on the GUI thread: each setter only on change
             if not np.array_equal(layer.translate, translate):
                 layer.translate = translate
@@ -184,21 +186,23 @@ class LiveSession:
             self.preview_times.append(time.perf_counter())
             self.preview_seconds.append(preview.seconds)
 
-    def _make_layer(self, viewer, image, labels_layer, data, scale, translate):
+    def _make_layer(self, viewer, image, labels_layer, data, geometry):
         # a preview of an earlier run is reused; known by its metadata, so a user's layer of that name never is
         earlier = [x for x in viewer.layers if x.metadata.get(PREVIEW_KEY) == image.unique_id]
         if earlier:
             layer = earlier[-1]
-            layer.data, layer.scale, layer.translate = data, scale, translate
+            layer.data = data
+            for name, value in geometry.items():
+                setattr(layer, name, value)
         else:
-            layer = viewer.add_labels(data, name=preview_name(image.name), scale=scale, translate=translate,
-                                      opacity=0.45, metadata={PREVIEW_KEY: image.unique_id})
-        if labels_layer in viewer.layers:
+            layer = viewer.add_labels(data, name=preview_name(image.name), opacity=0.45,
+                                      metadata={PREVIEW_KEY: image.unique_id}, **geometry)
+        if labels_layer in viewer.layers:  # (it may have been removed while the run stops)
             below = viewer.layers.index(labels_layer)
             here = viewer.layers.index(layer)
             if here > below:
                 viewer.layers.move(here, below)
-        viewer.layers.selection.active = labels_layer  # painting goes on in the annotations
+            viewer.layers.selection.active = labels_layer  # painting goes on in the annotations
         self.preview_layer = layer
         return layer
 
@@ -221,6 +225,7 @@ class LiveSession:
         for emitter, callback in self._callbacks:
             emitter.disconnect(callback)
         self._callbacks = []
+        self._viewer = None  # a closed viewer is not kept alive by a session that is over
 
 
 class _EmptyPreview:

@@ -6,9 +6,16 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton
 from napari.layers import Image, Labels
 
 from ._layers import level0
+from ._live import PREVIEW_KEY
+from ._probabilities import PROBABILITY_KEY
+from ._uncertainty import UNCERTAINTY_KEY
 
 __all__ = ["LayerComboBox", "layer_choices", "auto_choices", "channel_axis_choices", "parse_channel_axis",
            "device_choices", "has_gpu", "PairRow"]
+
+
+#: Metadata keys of the plugin's views of a model's output (see `layer_choices`).
+_VIEW_KEYS = (PREVIEW_KEY, PROBABILITY_KEY, UNCERTAINTY_KEY)
 
 
 def auto_choices(values) -> list:
@@ -17,13 +24,19 @@ def auto_choices(values) -> list:
 
 
 def layer_choices(viewer_ref, kind):
-    """A magicgui ``choices`` callable listing the viewer's layers of one type, top layer last."""
+    """A magicgui ``choices`` callable listing the viewer's layers of one type, top layer last.
+
+    The plugin's own views of a model's output (live preview, uncertainty, probabilities) are left out:
+    they are never something to train on or to segment (a removed annotations layer must not leave a
+    picker on the model's preview).
+    """
 
     def choices(widget=None):
         viewer = viewer_ref()
         if viewer is None:
             return []
-        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+        return [(layer.name, layer) for layer in viewer.layers
+                if isinstance(layer, kind) and not any(key in layer.metadata for key in _VIEW_KEYS)]
 
     return choices
 

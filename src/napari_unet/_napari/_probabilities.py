@@ -6,7 +6,10 @@ from napari.layers import Image
 
 from ._layers import remove_output_store, spatial_geometry
 
-__all__ = ["ProbabilityLayers"]
+__all__ = ["ProbabilityLayers", "PROBABILITY_KEY"]
+
+#: Layer metadata marking a probability layer: (``unique_id`` of its image, class name).
+PROBABILITY_KEY = "napari_unet_probability"
 
 
 class ProbabilityLayers:
@@ -32,13 +35,16 @@ class ProbabilityLayers:
             if cname == "background":
                 continue
             lname = f"{image.name} probability ({cname})"
-            found = next((lay for lay in viewer.layers if lay.name == lname and isinstance(lay, Image)), None)
+            # known by its metadata, never by its name: a user's layer of that name is never overwritten
+            mark = (image.unique_id, cname)
+            found = next((lay for lay in viewer.layers
+                          if isinstance(lay, Image) and lay.metadata.get(PROBABILITY_KEY) == mark), None)
             if found is not None:
                 found.data = source[c]
                 layers.append(found)
             else:
                 layers.append(viewer.add_image(source[c], name=lname, colormap="magma", contrast_limits=(0, 1),
-                                               blending="additive", opacity=0.7,
+                                               blending="additive", opacity=0.7, metadata={PROBABILITY_KEY: mark},
                                                **spatial_geometry(image, channel_axis)))
         # the previous run's on-disk probabilities are no longer shown by any of these layers
         previous = self._stores.pop(image.name, None)

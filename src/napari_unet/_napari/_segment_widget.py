@@ -385,6 +385,13 @@ class SegmentWidget(JobWidget):
         STORE.changed.disconnect(self._update_model_info, missing_ok=True)
         self.clicks.stop_listening()
 
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """End running work (`JobWidget.shutdown`); the layer a stopped run was writing is unlocked."""
+        run = None if self.closing else self._run
+        super().shutdown(timeout)
+        if run is not None and not run.done:  # its end is not shown once closing: never leave a layer locked
+            run.seg.layer.editable = True
+
 
 def _segmentation(plan, labels_out, prob_out, instance, stop):
     """The segmentation job (in the worker): the widget's plan run into its outputs, events batched."""

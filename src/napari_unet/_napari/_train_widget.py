@@ -6,11 +6,12 @@ from functools import partial
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ._base import JobWidget
 from ._jobs import Job
-from ._layers import drop_channel_axis, fixed_label, image_array, labels_array, same_layer, set_progress
+from ._layers import (drop_channel_axis, fixed_label, image_array, labels_array, same_layer, set_progress,
+                      spatial_geometry)
 from ._lifecycle import weak_method
 from ._live import LiveSession, live_training
 from ._model_files import export_current_model, load_model_file, save_current_model
@@ -257,7 +258,8 @@ class TrainWidget(JobWidget):
         if init is None:  # a new 3D model learns the voxel size the image layers declare (their scale)
             from napari_unet.model import spacing_from_scales
 
-            kwargs["spacing"] = spacing_from_scales([layer.scale for layer in layers[::2]], kwargs["dims"])
+            scales = [spatial_geometry(layer, channel_axis)["scale"] for layer in layers[::2]]  # no channel axis
+            kwargs["spacing"] = spacing_from_scales(scales, kwargs["dims"])
         work = partial(_training, images, labels, kwargs)
         if self.live.value:
             del kwargs["time_budget"]
@@ -272,6 +274,7 @@ class TrainWidget(JobWidget):
         job = self._start_main("train", work, layers=layers, on_update=self._on_update,
                                on_finished=self._on_finished)
         self.train_button.text = "Stop"
+        self.live.enabled = False  # a run stays what it started as (live or with a budget) until it ends
         self.progress.value = 0
         self.status.value = "preparing the training data…"
         return job
@@ -304,6 +307,9 @@ class TrainWidget(JobWidget):
             return
         if update.kind == "start":
             self.status.value = update.message
+        elif update.kind == "warning":  # e.g. a live edit that cannot be used, or a smaller batch after OOM
+            self.status.value = update.message
+            show_warning(f"{NAME}: {update.message}")
         elif update.kind == "done":
             run.done = True
             if update.step == 0:  # nothing learned: an untrained network must not replace the current model
@@ -334,6 +340,7 @@ class TrainWidget(JobWidget):
             self._live = None
         self.train_button.text = "Train"
         self.train_button.enabled = True
+        self.live.enabled = True
         if run is not None and run.done:
             self.progress.value = 100
 
@@ -355,6 +362,10 @@ class TrainWidget(JobWidget):
         Files are read safely by `napari_unet.load_model`: a foreign, damaged or malicious file is
         refused with a notification and nothing of it runs.
         """
+        if self.running:  # the run's model becomes the current one at its end: the loaded one would be lost
+            show_error(f"{NAME}: stop the training before loading a model (its model becomes the current one "
+                       "when it ends); Segment with UNet can use a model file meanwhile")
+            return None
         model = load_model_file(NAME, self.native, path)
         if model is not None:
             self.mode.value = model.mode
@@ -366,6 +377,8 @@ class TrainWidget(JobWidget):
 
     # ------------------------------------------------------------------------------------- closing
     def _disconnect(self) -> None:
+        if self._live is not None:  # its end is not shown once closing: stop watching the layers now
+            self._live.close()
         STORE.changed.disconnect(self._on_model_changed, missing_ok=True)
         STORE.annotations_ready.disconnect(self._on_annotations_ready, missing_ok=True)
 

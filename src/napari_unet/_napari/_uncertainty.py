@@ -91,20 +91,20 @@ class UncertaintyView:
             return None
         n_lead = sum(not isinstance(k, slice) for k in key)
         data = np.asarray(values, np.float32).reshape((1,) * n_lead + tuple(np.shape(values)))
-        geometry = spatial_geometry(image, channel_axis)
         offset = np.array([k.start if isinstance(k, slice) else k for k in key], float)
-        scale = np.asarray(geometry["scale"], float)
-        translate = np.asarray(geometry["translate"], float) + offset * scale
+        geometry = spatial_geometry(image, channel_axis, offset)
         layer = self.layer
         if layer is None or not any(same_layer(layer, x) for x in viewer.layers):
             # one of an earlier widget or run is reused; known by its metadata, never a user's layer of that name
             layer = next((x for x in viewer.layers if x.metadata.get(UNCERTAINTY_KEY) == image.unique_id), None)
         if layer is None:
             layer = viewer.add_image(data, name=uncertainty_name(image.name), colormap="inferno",
-                                     contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, scale=scale,
-                                     translate=translate, metadata={UNCERTAINTY_KEY: image.unique_id})
+                                     contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7,
+                                     metadata={UNCERTAINTY_KEY: image.unique_id}, **geometry)
         else:
-            layer.data, layer.scale, layer.translate = data, scale, translate
+            layer.data = data
+            for name, value in geometry.items():
+                setattr(layer, name, value)
             layer.contrast_limits = (0.0, 1.0)  # the same scale for every map: brighter = more hesitant
         layer.visible = True
         layer.editable = False

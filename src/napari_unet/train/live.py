@@ -126,6 +126,9 @@ def preview_window(center: Sequence[int], visible: Sequence[int], shape: Sequenc
     tuple
         An index into the image's spatial axes (`napari_unet.interactive.window_around`).
     """
+    if len(shape) < dims:  # (else window_around's message, about its window, says nothing of the cause)
+        raise ValueError(f"a {dims}D model needs images with at least {dims} spatial axes, got shape "
+                         f"{tuple(int(s) for s in shape)}: train a 2D model on this image")
     largest = PREVIEW_MAX_2D if dims == 2 else PREVIEW_MAX_3D
     window = [max(1, min(int(v), m)) for v, m in zip(visible, largest)]
     center = [min(max(int(c), 0), int(s) - 1) for c, s in zip(center, shape)]
