@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "instance: dense masks (0 = background, each id one object)")
     t.add_argument("--dims", type=int, choices=[2, 3], default=2)
     t.add_argument("--depth", type=_positive_int, default=C.DEFAULT_DEPTH)
-    t.add_argument("--base-channels", type=_positive_int, default=C.DEFAULT_BASE_CHANNELS,
-                   help=f"feature maps of the first level (default {C.DEFAULT_BASE_CHANNELS}; 32 doubles capacity, "
-                        "~2.4x slower)")
+    t.add_argument("--base-channels", type=_positive_int, default=None,
+                   help=f"feature maps of the first level (default {C.DEFAULT_BASE_CHANNELS}, but 32 for 2D instance "
+                        "models where training runs in mixed precision: GPUs, CPUs with bf16 units; 32 doubles "
+                        "capacity, ~2.4x slower in fp32)")
     t.add_argument("--time-budget", type=_seconds, default=None, help=f"seconds of training (default {C.DEFAULT_TIME_BUDGET:g})")
     t.add_argument("--epochs", type=_positive_int, default=None)
     t.add_argument("--init", default=None, help="model file to continue training from (fine-tuning)")

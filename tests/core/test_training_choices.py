@@ -59,6 +59,26 @@ def test_a_new_instance_model_weighs_its_outlines_and_fine_tuning_an_older_one_d
                     patch_size=(8, 32, 32), batch_size=1).config.edge_weight == 1.0  # 3D: weight 2 lost
 
 
+def test_dense_2d_masks_get_32_base_channels_where_training_runs_in_mixed_precision(blobs, monkeypatch):
+    from napari_unet import device as devices
+    from napari_unet.train.settings import resolve_settings
+
+    image, strokes, truth = blobs
+
+    def base(labels, **kw):
+        return resolve_settings(image, labels, epochs=1, device="cpu", **kw)[0].config.base_channels
+
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
+    assert base(truth, mode="instance") == 32
+    assert base(truth, mode="instance", mixed_precision=False) == 16  # an fp32 step of 32 costs 2.4x
+    assert base(strokes) == 16  # strokes lost with 32
+    assert base(truth, mode="instance", base_channels=8) == 8  # asked for: kept
+    volume, masks = make_nuclei((8, 32, 32), seed=0)
+    assert resolve_settings(volume, masks, mode="instance", dims=3, epochs=1, device="cpu")[0].config.base_channels == 16
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)
+    assert base(truth, mode="instance") == 16
+
+
 @pytest.mark.parametrize("fields,message", [
     (dict(loss="focal"), "loss must be one of"),
     (dict(edge_weight=0.5), "edge_weight must be a number of at least 1"),

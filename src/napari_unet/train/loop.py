@@ -63,7 +63,7 @@ class TrainEvent:
 
 
 def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: int = C.DEFAULT_DEPTH,
-               base_channels: int = C.DEFAULT_BASE_CHANNELS, time_budget: float | None = None, epochs: int | None = None,
+               base_channels: int | None = None, time_budget: float | None = None, epochs: int | None = None,
                init: Model | None = None, device="auto", seed: int | None = None,
                channel_axis: int | None = None, patch_size: int | Sequence[int] | None = None,
                batch_size: int | None = None, learning_rate: float | None = None,
@@ -84,7 +84,9 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
     dims : {2, 3}
         2D model (applied plane by plane to stacks) or 3D model.
     depth, base_channels : int
-        Network size (ignored when ``init`` is given: its architecture is kept).
+        Network size (ignored when ``init`` is given: its architecture is kept). Default base channels:
+        16, but 32 for 2D instance models where training runs in mixed precision
+        (`napari_unet.conventions.default_base_channels`).
     time_budget : float, optional
         Seconds of training. When neither this nor ``epochs`` is given, 60 s.
     epochs : int, optional

@@ -207,7 +207,7 @@ def _resolve_patch(patch_size, dims, device, align, item_shapes) -> tuple:
 
 
 def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT_DEPTH,
-                     base_channels=C.DEFAULT_BASE_CHANNELS, time_budget=None, epochs=None, init=None,
+                     base_channels=None, time_budget=None, epochs=None, init=None,
                      device="auto", seed=None, channel_axis=None, patch_size=None, batch_size=None,
                      learning_rate=None, validation_fraction=VALIDATION_FRACTION, border_band=BORDER_BAND,
                      max_classes=C.MAX_SEMANTIC_CLASSES, loss=None, edge_weight=None, instance_boundary=None,
@@ -234,6 +234,8 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
         dims = init.dims
     dev = resolve_device(device)
     precision = compute_precision(dev, mixed_precision)
+    if base_channels is None:
+        base_channels = C.default_base_channels(mode, dims, precision)
     if time_budget is None and epochs is None:
         time_budget = C.DEFAULT_TIME_BUDGET
     annotated = collect_annotated(images, labels, dims, channel_axis, mode)
