@@ -118,6 +118,7 @@ def load_model(path) -> Model:
         from .bioimageio import load_package
 
         return load_package(path)
+    _check_checksums(path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
             warnings.simplefilter("ignore")
@@ -140,6 +141,21 @@ def load_model(path) -> Model:
                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
     network.eval()
     return Model(network=network, config=config, history=history)
+
+
+def _check_checksums(path: Path) -> None:
+    """Refuse an archive whose stored data no longer matches its checksums: ``torch.load`` does not check
+    them, so a file damaged after saving (a bad disk, a broken copy) would load with wrong weights."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
+        return  # not a readable zip archive: torch.load says what it is
+    if bad is not None:
+        raise ValueError(f"{str(path)!r} is a damaged napari-unet model file (its data does not match "
+                         "the checksums stored with it: the file changed after it was saved); use an intact copy")
 
 
 def _check_weights(config: ModelConfig, state_dict) -> None:
