@@ -26,3 +26,33 @@ def test_a_model_file_with_damaged_weights_is_refused_not_used(tmp_path):
     with pytest.raises(ValueError, match="damaged"):
         nu.load_model(tmp_path / "bad.pt")
     nu.load_model(good)  # the check passes on an intact file
+
+
+@pytest.mark.parametrize("mode, classes, dtype", [("instance", (1, 2, 3), np.uint8), ("instance", (1, 2, 3), np.uint16),
+                                                  ("semantic", (1, 2), bool), ("semantic", (1, 2), np.float32),
+                                                  ("semantic", (1, 300), np.uint8)])
+def test_a_labels_output_that_cannot_hold_the_ids_is_refused_before_any_work(mode, classes, dtype):
+    model = random_model(mode=mode, classes=classes)
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    out = np.ones((32, 32), dtype)
+    with pytest.raises(TypeError, match="labels_out has dtype"):
+        nu.segment(model, image, out=out)  # would wrap instance ids past 255, or turn classes into True
+    assert (out == 1).all()
+
+
+def test_outputs_that_are_not_arrays_get_a_type_error():
+    image = np.zeros((32, 32), np.float32)
+    with pytest.raises(TypeError, match="labels_out must be an array"):
+        nu.segment(random_model(), image, out=[])
+    with pytest.raises(TypeError, match="probabilities_out must be an array"):
+        nu.predict(random_model(), image, out="prob.zarr")
+
+
+def test_wide_enough_labels_outputs_are_taken():
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    expected = nu.segment(random_model(mode="instance", classes=(1, 2, 3)), image)
+    for dtype in (np.int32, np.uint32, np.int64):
+        out = np.zeros((32, 32), dtype)
+        nu.segment(random_model(mode="instance", classes=(1, 2, 3)), image, out=out)
+        np.testing.assert_array_equal(out, expected)
+    nu.segment(random_model(), image, out=np.zeros((32, 32), np.int16))  # semantic ids 0 and 2
