@@ -56,3 +56,33 @@ def test_wide_enough_labels_outputs_are_taken():
         nu.segment(random_model(mode="instance", classes=(1, 2, 3)), image, out=out)
         np.testing.assert_array_equal(out, expected)
     nu.segment(random_model(), image, out=np.zeros((32, 32), np.int16))  # semantic ids 0 and 2
+
+
+def test_an_array_inside_a_zarr_group_can_be_read_as_the_error_advises(tmp_path):
+    import zarr
+
+    from napari_unet.io import read_image
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    for name, value in (("a", 1), ("b", 2)):
+        group.create_array(name, shape=(8, 9), dtype="u2", fill_value=value)
+    with pytest.raises(ValueError, match="point to one of them"):
+        read_image(tmp_path / "g.zarr")
+    np.testing.assert_array_equal(read_image(tmp_path / "g.zarr" / "b")[:], np.full((8, 9), 2))
+    with pytest.raises(FileNotFoundError):
+        read_image(tmp_path / "g.zarr" / "c")
+    with pytest.raises(ValueError, match="unknown image format"):
+        read_image(tmp_path / "g.zarr" / "c.png")
+
+
+def test_ome_zarr_labels_and_levels_are_readable_inputs(tmp_path):
+    from napari_unet.io import declared_channel_axis, read_image
+
+    from .test_omezarr import make_image
+
+    data = make_image(tmp_path / "img.ome.zarr", channels=2)  # (c, y, x) with a label 'theirs' of its own
+    labels = read_image(tmp_path / "img.ome.zarr" / "labels" / "theirs")  # to train on, or to segment again
+    np.testing.assert_array_equal(np.asarray(labels[:]), (data > 300).astype(np.uint8))
+    level = tmp_path / "img.ome.zarr" / "s1"
+    assert read_image(level).shape == (2, 32, 48)
+    assert declared_channel_axis(level) == 0  # the image's channels, never taken as planes
