@@ -86,3 +86,42 @@ def test_ome_zarr_labels_and_levels_are_readable_inputs(tmp_path):
     level = tmp_path / "img.ome.zarr" / "s1"
     assert read_image(level).shape == (2, 32, 48)
     assert declared_channel_axis(level) == 0  # the image's channels, never taken as planes
+
+
+@pytest.mark.parametrize("image, match", [(None, "got NoneType"), ("img.tif", "read_image"),
+                                          ([np.zeros((32, 32))], "one array per image"),
+                                          (np.full((32, 32), "a"), "real numbers"),
+                                          (np.zeros((32, 32), np.complex64), "real numbers")])
+def test_what_is_not_an_image_array_gets_a_type_error_saying_so(image, match):
+    model = random_model()
+    for call in (lambda: nu.segment(model, image), lambda: nu.predict(model, image),
+                 lambda: nu.segment_at(model, image, (5, 5))):
+        with pytest.raises(TypeError, match=match):
+            call()
+    labels = np.ones((32, 32), np.uint8)
+    labels[:4] = 2
+    with pytest.raises(TypeError, match=match):
+        nu.train([image], [labels], depth=2, base_channels=4, epochs=1, device="cpu")
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, 2**70, "0"])
+def test_a_bad_seed_is_refused_with_a_message_of_ours(seed):
+    labels = np.ones((32, 32), np.uint8)
+    labels[:4] = 2
+    with pytest.raises(ValueError, match="seed must be a whole number"):
+        nu.train([np.zeros((32, 32))], [labels], depth=2, base_channels=4, epochs=1, device="cpu", seed=seed)
+
+
+def test_instance_only_options_on_a_semantic_model_are_refused_not_ignored(tmp_path, capsys):
+    from napari_unet.cli import main
+
+    image = np.zeros((32, 32), np.float32)
+    for option in ({"min_fraction": 0.5}, {"min_size": 30}):
+        with pytest.raises(ValueError, match="instance model"):
+            nu.segment(random_model(), image, **option)
+    nu.save_model(random_model(), tmp_path / "m.pt")
+    np.save(tmp_path / "img.npy", image)
+    code = main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "img.npy"), "-o", str(tmp_path / "l.tif"),
+                 "--min-fraction", "0.5"])
+    assert code == 2 and "--min-fraction" in capsys.readouterr().err
+    assert not (tmp_path / "l.tif").exists()

@@ -6,6 +6,7 @@ model) that hold annotations; the label conventions are `napari_unet.conventions
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -42,6 +43,7 @@ class ChannelsFirst:
     """
 
     def __init__(self, array, channel_axis: int | None):
+        _check_array(array)
         self.array = array
         shape = tuple(int(s) for s in np.shape(array))
         if channel_axis is None:
@@ -82,6 +84,16 @@ class ChannelsFirst:
 
     def __len__(self):
         return self.shape[0]
+
+
+def _check_array(image) -> None:
+    """Refuse what is not an array of real numbers, before numpy or torch fail deep inside on it."""
+    if not (hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__")):
+        hint = ": read a file with napari_unet.io.read_image(path) first" if isinstance(image, (str, os.PathLike)) \
+            else ": pass one array per image" if isinstance(image, (list, tuple)) else ""
+        raise TypeError(f"an image must be an array (numpy, dask, zarr...), got {type(image).__name__}{hint}")
+    if np.dtype(image.dtype).kind not in "biuf":
+        raise TypeError(f"cannot use an image of dtype {image.dtype}: images must hold real numbers")
 
 
 def as_channels_first(image, channel_axis: int | None) -> ChannelsFirst:
