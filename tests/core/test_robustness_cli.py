@@ -125,3 +125,21 @@ def test_instance_only_options_on_a_semantic_model_are_refused_not_ignored(tmp_p
                  "--min-fraction", "0.5"])
     assert code == 2 and "--min-fraction" in capsys.readouterr().err
     assert not (tmp_path / "l.tif").exists()
+
+
+def test_an_output_that_is_the_image_itself_is_refused():
+    image = (np.random.default_rng(0).random((96, 96)) * 1000).astype(np.uint16)
+    kept = image.copy()
+    with pytest.raises(ValueError, match="the image itself"):
+        nu.segment(random_model(), image, out=image, tile=64)  # later tiles would read labels as pixels
+    with pytest.raises(ValueError, match="the image itself"):
+        nu.segment(random_model(), image, out=image[:, ::-1])  # a view is the same memory
+    np.testing.assert_array_equal(image, kept)
+
+
+@pytest.mark.parametrize("labels", [np.array([[0, 2**63]], np.uint64), np.array([[0, 1e30]])])
+def test_label_ids_beyond_int64_are_refused_not_wrapped(labels):
+    from napari_unet.data import check_labels
+
+    with pytest.raises(ValueError, match="2\\*\\*63"):
+        check_labels(labels)

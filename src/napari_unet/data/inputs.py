@@ -24,15 +24,25 @@ def check_labels(labels, name: str = "labels") -> np.ndarray:
     if np.issubdtype(arr.dtype, np.integer):
         if arr.size and arr.min() < 0:
             raise ValueError(f"{name} contain negative values: use 0 for 'not annotated' and 1, 2, ... for classes")
-        return arr.astype(np.int64, copy=False) if arr.dtype.kind == "u" and arr.dtype.itemsize >= 8 else arr
+        if arr.dtype.kind == "u" and arr.dtype.itemsize >= 8:
+            _check_int64(arr, name)
+            return arr.astype(np.int64, copy=False)
+        return arr
     if np.issubdtype(arr.dtype, np.floating):
         finite = np.isfinite(arr).all()
         if finite and np.array_equal(arr, np.round(arr)) and (arr.size == 0 or arr.min() >= 0):
+            _check_int64(arr, name)
             return arr.astype(np.int64)
         raise ValueError(
             f"{name} must hold whole numbers (0 = not annotated, 1, 2, ... = classes), but they are "
             f"{arr.dtype} with non-integer values: pass a Labels layer or an integer array")
     raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+
+
+def _check_int64(arr, name: str) -> None:
+    # int64 holds the ids; larger ones would wrap to negative ids (or to 0: "no annotation") silently
+    if arr.size and arr.max() >= 2**63:
+        raise ValueError(f"{name} hold ids of 2**63 or more: renumber them (e.g. skimage.segmentation.relabel_sequential)")
 
 
 class ChannelsFirst:

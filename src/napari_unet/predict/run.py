@@ -188,6 +188,10 @@ def _outputs(plan: PredictionPlan, labels_out, probabilities_out):
     if probabilities_out is not None and not plan.probabilities:
         raise ValueError("probabilities_out was given but the plan does not compute probabilities: plan with "
                          "probabilities=True")
+    for out, name in ((labels_out, "labels_out"), (probabilities_out, "probabilities_out")):
+        if isinstance(out, np.ndarray) and isinstance(plan.image.array, np.ndarray) \
+                and np.may_share_memory(out, plan.image.array):  # later tiles would read results as pixels
+            raise ValueError(f"{name} is the image itself (the same memory): write the results to a new array")
     if labels_out is not None:
         _check_output(labels_out, "labels_out", plan.shape, "labels", largest=_largest_label(plan.model))
     if probabilities_out is not None:
