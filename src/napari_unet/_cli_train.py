@@ -2,6 +2,7 @@
 cleanly (the first saves the best model so far, a second aborts without saving)."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -25,6 +26,9 @@ def train_command(args) -> int:
 
     if len(args.image) != len(args.labels):
         raise ValueError(f"got {len(args.image)} image(s) but {len(args.labels)} labels file(s): give one -l per -i")
+    for image, labels in zip(args.image, args.labels):  # the image as its own labels trains nothing useful
+        if os.path.exists(image) and os.path.exists(labels) and os.path.samefile(image, labels):
+            raise ValueError(f"-i and -l both name {image!r}: give the image to -i and its annotations to -l")
     # before any work: the model never replaces an input, nor a file that is not a model
     refuse_inputs_as_outputs([args.output], args.image + args.labels + ([args.init] if args.init else []))
     out = check_model_output(args.output)

@@ -143,3 +143,15 @@ def test_label_ids_beyond_int64_are_refused_not_wrapped(labels):
 
     with pytest.raises(ValueError, match="2\\*\\*63"):
         check_labels(labels)
+
+
+def test_train_refuses_an_image_given_as_its_own_labels(tmp_path, capsys):
+    from napari_unet.cli import main
+
+    labels = np.ones((32, 32), np.uint8)
+    labels[:4] = 2
+    np.save(tmp_path / "both.npy", labels)
+    code = main(["train", "-i", str(tmp_path / "both.npy"), "-l", str(tmp_path / "both.npy"), "-o",
+                 str(tmp_path / "m.pt"), "--epochs", "1", "--depth", "2", "--base-channels", "4"])
+    assert code == 2 and "-i and -l both name" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
