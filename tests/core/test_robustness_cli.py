@@ -155,3 +155,14 @@ def test_train_refuses_an_image_given_as_its_own_labels(tmp_path, capsys):
                  str(tmp_path / "m.pt"), "--epochs", "1", "--depth", "2", "--base-channels", "4"])
     assert code == 2 and "-i and -l both name" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("point", [(float("nan"), 3), "10,10", None, ("a", 2)])
+def test_segment_at_a_point_that_is_not_numbers(point):
+    with pytest.raises(ValueError, match="the point must be a sequence of finite numbers"):
+        nu.segment_at(random_model(), np.zeros((32, 32), np.float32), point)
+
+
+def test_segment_at_a_window_that_is_not_whole_numbers():
+    with pytest.raises(ValueError, match="window must be an integer or 2 integers"):
+        nu.segment_at(random_model(), np.zeros((32, 32), np.float32), (5, 5), window=64.5)
