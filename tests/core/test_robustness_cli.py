@@ -166,3 +166,22 @@ def test_segment_at_a_point_that_is_not_numbers(point):
 def test_segment_at_a_window_that_is_not_whole_numbers():
     with pytest.raises(ValueError, match="window must be an integer or 2 integers"):
         nu.segment_at(random_model(), np.zeros((32, 32), np.float32), (5, 5), window=64.5)
+
+
+class _Bar:
+    total = None
+
+    def update(self, n):
+        pass
+
+
+@pytest.mark.parametrize("progress", [5, _Bar])
+def test_a_progress_that_is_not_a_progress_bar_is_refused_before_training(progress):
+    labels = np.ones((32, 32), np.uint8)
+    labels[:4] = 2
+    with pytest.raises(TypeError, match="progress must be a tqdm-like object"):
+        nu.train([np.zeros((32, 32))], [labels], depth=2, base_channels=4, epochs=1, device="cpu",
+                 progress=progress)  # the class itself (tqdm instead of tqdm()), or a number
+    with pytest.raises(TypeError, match="progress must be a tqdm-like object"):
+        nu.predict(random_model(), np.zeros((32, 32)), progress=progress)
+    nu.predict(random_model(), np.zeros((32, 32)), progress=_Bar())
