@@ -185,3 +185,8 @@ def test_a_progress_that_is_not_a_progress_bar_is_refused_before_training(progre
     with pytest.raises(TypeError, match="progress must be a tqdm-like object"):
         nu.predict(random_model(), np.zeros((32, 32)), progress=progress)
     nu.predict(random_model(), np.zeros((32, 32)), progress=_Bar())
+
+
+def test_a_too_small_tile_is_named_as_the_user_gave_it():
+    with pytest.raises(ValueError, match="tile size 3 is too small"):  # was "tile size 0" (rounded down)
+        nu.segment(random_model(), np.zeros((64, 64), np.float32), tile=3)
