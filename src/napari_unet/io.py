@@ -196,7 +196,10 @@ def _open_zarr(p: Path):
     import zarr
 
     check_zarr_codecs(p)
-    node = zarr.open(str(p), mode="r")
+    try:
+        node = zarr.open(str(p), mode="r")
+    except FileNotFoundError:  # zarr's message names its store object, not the folder
+        raise _OwnError(f"{str(p)!r} is not a zarr store (a folder without zarr metadata)") from None
     if INCOMPLETE_ATTR in node.attrs:
         raise _OwnError(f"{str(p)!r} is an interrupted output (marked incomplete): run the prediction again")
     if hasattr(node, "shape"):
@@ -207,5 +210,8 @@ def _open_zarr(p: Path):
     arrays = list(node.array_keys())
     if len(arrays) == 1:
         return node[arrays[0]]
+    inside = arrays or sorted(node.group_keys())  # e.g. an OME-Zarr "labels" group: its label images
+    if not inside:
+        raise _OwnError(f"{str(p)!r} is an empty zarr group: it holds no array to read")
     raise _OwnError(f"{str(p)!r} is a zarr group with {len(arrays)} arrays: point to one of them "
-                     f"({', '.join(arrays[:5])})")
+                     f"(e.g. {str(p / inside[0])!r}; it holds {', '.join(inside[:5])})")

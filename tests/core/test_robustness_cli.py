@@ -190,3 +190,22 @@ def test_a_progress_that_is_not_a_progress_bar_is_refused_before_training(progre
 def test_a_too_small_tile_is_named_as_the_user_gave_it():
     with pytest.raises(ValueError, match="tile size 3 is too small"):  # was "tile size 0" (rounded down)
         nu.segment(random_model(), np.zeros((64, 64), np.float32), tile=3)
+
+
+def test_zarr_folders_without_one_array_say_what_to_read(tmp_path):
+    import zarr
+
+    from napari_unet.io import read_image
+
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(ValueError, match="not a zarr store"):
+        read_image(tmp_path / "empty.zarr")
+    group = zarr.open_group(str(tmp_path / "img.zarr"), mode="w")
+    with pytest.raises(ValueError, match="empty zarr group"):
+        read_image(tmp_path / "img.zarr")
+    labels = group.create_group("labels")
+    for name in ("cells", "nuclei"):  # label images are groups (OME-Zarr); plain arrays here
+        labels.create_group(name).create_array("0", shape=(4, 4), dtype="u1")
+    with pytest.raises(ValueError, match="img.zarr/labels/cells"):  # a path that reads, as the next test shows
+        read_image(tmp_path / "img.zarr" / "labels")
+    assert read_image(tmp_path / "img.zarr" / "labels" / "nuclei").shape == (4, 4)  # its one array
