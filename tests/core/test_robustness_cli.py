@@ -209,3 +209,21 @@ def test_zarr_folders_without_one_array_say_what_to_read(tmp_path):
     with pytest.raises(ValueError, match="img.zarr/labels/cells"):  # a path that reads, as the next test shows
         read_image(tmp_path / "img.zarr" / "labels")
     assert read_image(tmp_path / "img.zarr" / "labels" / "nuclei").shape == (4, 4)  # its one array
+
+
+def test_predict_finishes_when_the_reader_of_its_messages_goes_away(tmp_path):
+    """``napari-unet predict ... 2>&1 | head -1``: the closed pipe ended the run in an abort, without output."""
+    import os
+    import subprocess
+    import sys
+
+    nu.save_model(random_model(), tmp_path / "m.pt")
+    np.save(tmp_path / "stack.npy", np.random.default_rng(0).random((12, 64, 64)).astype(np.float32))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-m", "napari_unet", "predict", str(tmp_path / "m.pt"), str(tmp_path / "stack.npy"),
+           "-o", str(tmp_path / "labels.zarr")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc.stdout.readline()  # the plan's line, then the reader leaves
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 0
+    assert nu.io.read_image(tmp_path / "labels.zarr").shape == (12, 64, 64)
