@@ -227,3 +227,23 @@ def test_predict_finishes_when_the_reader_of_its_messages_goes_away(tmp_path):
     proc.stdout.close()
     assert proc.wait(timeout=120) == 0
     assert nu.io.read_image(tmp_path / "labels.zarr").shape == (12, 64, 64)
+
+
+def test_train_uses_the_channel_axis_the_file_declares_as_predict_does(tmp_path, capsys):
+    import tifffile
+
+    from napari_unet.cli import main
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((2, 32, 32)) * 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "cyx.tif", image, imagej=True, metadata={"axes": "CYX"})
+    labels = np.ones((32, 32), np.uint8)
+    labels[:8] = 2
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    args = ["train", "-i", tmp_path / "cyx.tif", "-l", tmp_path / "labels.tif", "-o", tmp_path / "m.pt",
+            "--epochs", "1", "--depth", "2", "--base-channels", "4", "--device", "cpu"]
+    assert main([str(a) for a in args]) == 0, capsys.readouterr().err
+    assert nu.load_model(tmp_path / "m.pt").config.in_channels == 2
+    tifffile.imwrite(tmp_path / "yx.tif", image[0])
+    args[2:3] = [tmp_path / "cyx.tif", "-i", tmp_path / "yx.tif", "-l", tmp_path / "labels.tif"]
+    assert main([str(a) for a in args]) == 2 and "declare different channel axes" in capsys.readouterr().err
