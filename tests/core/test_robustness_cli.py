@@ -247,3 +247,14 @@ def test_train_uses_the_channel_axis_the_file_declares_as_predict_does(tmp_path,
     tifffile.imwrite(tmp_path / "yx.tif", image[0])
     args[2:3] = [tmp_path / "cyx.tif", "-i", tmp_path / "yx.tif", "-l", tmp_path / "labels.tif"]
     assert main([str(a) for a in args]) == 2 and "declare different channel axes" in capsys.readouterr().err
+
+
+def test_export_refuses_a_test_image_with_missing_values(tmp_path):
+    pytest.importorskip("bioimageio.spec")
+    from napari_unet.bioimageio import export_package
+
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    image[30:34, 30:34] = np.nan  # its test tensors (input and output) would hold NaN
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        export_package(random_model(), tmp_path / "p.zip", test_image=image)
+    assert list(tmp_path.iterdir()) == []
