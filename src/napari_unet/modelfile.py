@@ -87,6 +87,8 @@ def check_file_output(path, suffixes, example: str, load, kind: str, what: str) 
     target = resolve_link(path)  # a symlinked output is written where it points: check that place
     if not target.parent.exists():
         raise FileNotFoundError(f"the folder {str(target.parent)!r} does not exist")
+    if not target.parent.is_dir():  # found only when saving, after all the training, before
+        raise NotADirectoryError(f"{str(target.parent)!r} is a file, not a folder: choose a {kind} path in a folder")
     if target.exists():
         try:
             load(path)

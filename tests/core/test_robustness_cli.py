@@ -258,3 +258,21 @@ def test_export_refuses_a_test_image_with_missing_values(tmp_path):
     with pytest.raises(ValueError, match="NaN or infinite"):
         export_package(random_model(), tmp_path / "p.zip", test_image=image)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_inside_a_file_is_refused_before_any_work(tmp_path, capsys):
+    from napari_unet.cli import main
+
+    labels = np.ones((32, 32), np.uint8)
+    labels[:8] = 2
+    np.save(tmp_path / "img.npy", np.zeros((32, 32), np.float32))
+    np.save(tmp_path / "labels.npy", labels)
+    nu.save_model(random_model(), tmp_path / "m.pt")
+    file = tmp_path / "img.npy"
+    for args in (["train", "-i", file, "-l", tmp_path / "labels.npy", "-o", file / "m.pt", "--epochs", "1"],
+                 ["predict", tmp_path / "m.pt", file, "-o", file / "labels.tif"]):
+        # train failed only when saving, after the whole training run (RuntimeError, exit 1)
+        assert main([str(a) for a in args]) == 2
+        assert "is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        nu.save_model(random_model(), file / "m.pt")
