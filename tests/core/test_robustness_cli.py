@@ -276,3 +276,12 @@ def test_an_output_inside_a_file_is_refused_before_any_work(tmp_path, capsys):
         assert "is a file, not a folder" in capsys.readouterr().err
     with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
         nu.save_model(random_model(), file / "m.pt")
+
+
+def test_training_that_diverges_stops_with_an_error_instead_of_returning_a_nan_model():
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    labels = np.ones((64, 64), np.uint8)
+    labels[20:40, 20:40] = 2
+    with pytest.raises(ValueError, match="training diverged"):  # its network predicted NaN: all background
+        nu.train([image], [labels], depth=2, base_channels=4, epochs=3, seed=0, device="cpu", learning_rate=1e6,
+                 mixed_precision=False)
