@@ -285,3 +285,16 @@ def test_training_that_diverges_stops_with_an_error_instead_of_returning_a_nan_m
     with pytest.raises(ValueError, match="training diverged"):  # its network predicted NaN: all background
         nu.train([image], [labels], depth=2, base_channels=4, epochs=3, seed=0, device="cpu", learning_rate=1e6,
                  mixed_precision=False)
+
+
+def test_a_segmentation_given_as_semantic_labels_gets_advice():
+    model = random_model()
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    segmentation = np.zeros((64, 64), np.uint8)
+    segmentation[10:30, 10:30] = 2  # what segment writes: background 0, objects 2
+    with pytest.raises(ValueError, match="to_training_labels"):
+        nu.train([image], [segmentation], depth=2, base_channels=4, epochs=1, device="cpu")
+    from napari_unet.interactive import to_training_labels
+
+    nu.train([image], [to_training_labels(segmentation, "semantic", model.config.class_ids)], depth=2,
+             base_channels=4, epochs=1, device="cpu")  # the advice works

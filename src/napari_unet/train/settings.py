@@ -172,8 +172,11 @@ def _resolve_classes(mode, seen, init, max_classes=C.MAX_SEMANTIC_CLASSES) -> tu
                              f" are {list(class_ids)}): train a new model to add classes")
         return class_ids
     if len(seen) < 2:
+        # a segmentation writes background as 0, which here means "not annotated"
+        hint = "" if seen[0] == C.BACKGROUND else (" (a segmentation as labels? its background is 0, 'not annotated': "
+                                                  "convert it with napari_unet.interactive.to_training_labels)")
         raise ValueError(f"only one class is painted (label {seen[0]}): paint at least two, e.g. 1 "
-                         "for background and 2 for objects")
+                         f"for background and 2 for objects{hint}")
     return tuple(seen)
 
 
