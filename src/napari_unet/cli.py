@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
 import sys
@@ -12,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from . import conventions as C
+from ._streams import ReaderMayLeave
 from .stitch import DEFAULT_STITCH_THRESHOLD
 
 __all__ = ["main", "build_parser"]
@@ -295,7 +295,7 @@ def main(argv=None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if on_main_thread else None
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
+    sys.stdout, sys.stderr = ReaderMayLeave(sys.stdout), ReaderMayLeave(sys.stderr)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -304,36 +304,6 @@ def main(argv=None) -> int:
         sys.stdout, sys.stderr = streams
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous_sigterm)
-
-
-class _ReaderMayLeave:
-    """stdout/stderr whose reader may go away (``napari-unet predict ... 2>&1 | head``): a closed pipe
-    silences the messages, never the run (it ended in an abort, with no output)."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def _closed_pipe(self):
-        try:  # later writes, and the flush at exit, go nowhere instead of failing again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
-
-    def write(self, text):
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            self._closed_pipe()
-            return len(text)
-
-    def flush(self):
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self._closed_pipe()
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
