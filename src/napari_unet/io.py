@@ -56,8 +56,9 @@ def read_image(path, *, lazy: bool = True):
     """Open an image file as an array, without loading big files whole.
 
     ``.npy`` is memory-mapped; ``.zarr`` opens the array (the first level of an OME-Zarr multiscale
-    group; a path inside a store opens that array or group, e.g. ``image.ome.zarr/labels/nuclei``); ``.tif`` is memory-mapped when stored contiguously, otherwise read through a zarr view when
-    large, or read whole when small.
+    group; a path inside a store opens that array or group, e.g. ``image.ome.zarr/labels/nuclei``);
+    ``.tif`` is memory-mapped when stored contiguously, otherwise read through a zarr view when large,
+    or read whole when small.
 
     Raises
     ------

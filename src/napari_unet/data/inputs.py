@@ -42,7 +42,8 @@ def check_labels(labels, name: str = "labels") -> np.ndarray:
 def _check_int64(arr, name: str) -> None:
     # int64 holds the ids; larger ones would wrap to negative ids (or to 0: "no annotation") silently
     if arr.size and arr.max() >= 2**63:
-        raise ValueError(f"{name} hold ids of 2**63 or more: renumber them (e.g. skimage.segmentation.relabel_sequential)")
+        raise ValueError(f"{name} hold ids of 2**63 or more: renumber them "
+                         "(e.g. skimage.segmentation.relabel_sequential)")
 
 
 class ChannelsFirst:
