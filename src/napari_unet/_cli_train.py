@@ -2,6 +2,7 @@
 cleanly (the first saves the best model so far, a second aborts without saving)."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -25,14 +26,31 @@ def train_command(args) -> int:
 
     if len(args.image) != len(args.labels):
         raise ValueError(f"got {len(args.image)} image(s) but {len(args.labels)} labels file(s): give one -l per -i")
+    for image, labels in zip(args.image, args.labels):  # the image as its own labels trains nothing useful
+        if os.path.exists(image) and os.path.exists(labels) and os.path.samefile(image, labels):
+            raise ValueError(f"-i and -l both name {image!r}: give the image to -i and its annotations to -l")
     # before any work: the model never replaces an input, nor a file that is not a model
     refuse_inputs_as_outputs([args.output], args.image + args.labels + ([args.init] if args.init else []))
     out = check_model_output(args.output)
     images = [read_image(p) for p in args.image]
+    if args.channel_axis is None:  # as predict does: the channel axis the files declare
+        args.channel_axis = _declared_channel_axis(args.image)
     labels = [load_in_memory(read_image(p), f"labels file {p!r}") for p in args.labels]
     init = load_model(args.init) if args.init else None
     with data_parallel(args.device) as ranks:  # under torchrun: this process's rank (else None)
         return _train_run(args, images, labels, init, out, ranks)
+
+
+def _declared_channel_axis(paths):
+    """The channel axis the image files declare (ImageJ/OME-TIFF ``C``, OME-Zarr ``channel``), the same
+    for every file, or None."""
+    from .io import declared_channel_axis
+
+    declared = {str(p): declared_channel_axis(p) for p in paths}
+    if len(set(declared.values())) > 1:
+        listed = ", ".join(f"{p}: {a}" for p, a in declared.items())
+        raise ValueError(f"the images declare different channel axes ({listed}): give --channel-axis N")
+    return next(iter(declared.values()))
 
 
 def _train_run(args, images, labels, init, out, ranks):

@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from . import conventions as C
+from ._streams import ReaderMayLeave
 from .stitch import DEFAULT_STITCH_THRESHOLD
 
 __all__ = ["main", "build_parser"]
@@ -298,11 +299,14 @@ def main(argv=None) -> int:
     parser = build_parser()
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if on_main_thread else None
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ReaderMayLeave(sys.stdout), ReaderMayLeave(sys.stderr)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return _run(parser, argv)
     finally:
+        sys.stdout, sys.stderr = streams
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous_sigterm)
 

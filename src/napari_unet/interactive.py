@@ -88,7 +88,12 @@ def window_around(point: Sequence[int], shape: Sequence[int], window: Sequence[i
     tuple
         The leading indices (ints) followed by one slice per window axis: an index into the image.
     """
-    point, shape, window = [int(p) for p in point], [int(s) for s in shape], [int(w) for w in window]
+    try:  # a click's coordinates: numbers (floats are rounded down, as napari's cursor is), finite
+        point = [int(p) for p in point]
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"the point must be a sequence of finite numbers, one per spatial axis, got {point!r}") \
+            from None
+    shape, window = [int(s) for s in shape], [int(w) for w in window]
     if len(point) != len(shape):
         raise ValueError(f"the point {tuple(point)} needs one coordinate per spatial axis of shape {tuple(shape)}")
     if any(not 0 <= p < s for p, s in zip(point, shape)):
@@ -109,7 +114,7 @@ def _resolve_window(window, dims: int) -> tuple:
         return default_window(dims)
     if isinstance(window, (int, np.integer)) and not isinstance(window, bool):
         return (int(window),) * dims
-    window = tuple(window)
+    window = tuple(window) if isinstance(window, (tuple, list, np.ndarray)) else (window,)
     if len(window) != dims or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) for w in window):
         raise ValueError(f"window must be an integer or {dims} integers for a {dims}D model, got {window!r}")
     return tuple(int(w) for w in window)

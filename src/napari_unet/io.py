@@ -39,12 +39,26 @@ def _check_format(path, what: str) -> str:
     return ext
 
 
+def _input_format(path) -> str:
+    """An input's format: its ending, or ``.zarr`` for a path inside a zarr store (one array of a group,
+    an OME-Zarr pyramid level or label image such as ``image.ome.zarr/labels/nuclei``)."""
+    p = Path(path)
+    if _suffix(p) not in FORMATS and (not p.suffix or p.is_dir()) and _in_zarr_store(p):
+        return ".zarr"
+    return _check_format(p, "image")
+
+
+def _in_zarr_store(path: Path) -> bool:
+    return any(_suffix(parent) == ".zarr" for parent in path.parents)
+
+
 def read_image(path, *, lazy: bool = True):
     """Open an image file as an array, without loading big files whole.
 
     ``.npy`` is memory-mapped; ``.zarr`` opens the array (the first level of an OME-Zarr multiscale
-    group); ``.tif`` is memory-mapped when stored contiguously, otherwise read through a zarr view when
-    large, or read whole when small.
+    group; a path inside a store opens that array or group, e.g. ``image.ome.zarr/labels/nuclei``);
+    ``.tif`` is memory-mapped when stored contiguously, otherwise read through a zarr view when large,
+    or read whole when small.
 
     Raises
     ------
@@ -54,7 +68,7 @@ def read_image(path, *, lazy: bool = True):
         If the file is not a readable image of a known format, or is an interrupted output.
     """
     p = Path(path)
-    ext = _check_format(p, "image")
+    ext = _input_format(p)
     if not p.exists():
         raise FileNotFoundError(f"{str(path)!r} does not exist")
     try:
@@ -84,7 +98,7 @@ def declared_channel_axis(path) -> int | None:
     silently: a one-channel model refuses them with its own advice.)
     """
     ext = _suffix(path)
-    if ext == ".zarr":
+    if ext == ".zarr" or (ext not in FORMATS and _in_zarr_store(Path(path))):
         from .omezarr import declared_channel_axis as ome_channel_axis
 
         return ome_channel_axis(path)
@@ -183,7 +197,10 @@ def _open_zarr(p: Path):
     import zarr
 
     check_zarr_codecs(p)
-    node = zarr.open(str(p), mode="r")
+    try:
+        node = zarr.open(str(p), mode="r")
+    except FileNotFoundError:  # zarr's message names its store object, not the folder
+        raise _OwnError(f"{str(p)!r} is not a zarr store (a folder without zarr metadata)") from None
     if INCOMPLETE_ATTR in node.attrs:
         raise _OwnError(f"{str(p)!r} is an interrupted output (marked incomplete): run the prediction again")
     if hasattr(node, "shape"):
@@ -194,5 +211,8 @@ def _open_zarr(p: Path):
     arrays = list(node.array_keys())
     if len(arrays) == 1:
         return node[arrays[0]]
+    inside = arrays or sorted(node.group_keys())  # e.g. an OME-Zarr "labels" group: its label images
+    if not inside:
+        raise _OwnError(f"{str(p)!r} is an empty zarr group: it holds no array to read")
     raise _OwnError(f"{str(p)!r} is a zarr group with {len(arrays)} arrays: point to one of them "
-                     f"({', '.join(arrays[:5])})")
+                     f"(e.g. {str(p / inside[0])!r}; it holds {', '.join(inside[:5])})")

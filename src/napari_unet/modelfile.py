@@ -92,6 +92,8 @@ def check_file_output(path, suffixes, example: str, load, kind: str, what: str) 
     target = resolve_link(path)  # a symlinked output is written where it points: check that place
     if not target.parent.exists():
         raise FileNotFoundError(f"the folder {str(target.parent)!r} does not exist")
+    if not target.parent.is_dir():  # found only when saving, after all the training, before
+        raise NotADirectoryError(f"{str(target.parent)!r} is a file, not a folder: choose a {kind} path in a folder")
     if target.exists():
         try:
             load(path)
@@ -123,6 +125,7 @@ def load_model(path) -> Model:
         from .bioimageio import load_package
 
         return load_package(path)
+    _check_checksums(path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
             warnings.simplefilter("ignore")
@@ -145,6 +148,21 @@ def load_model(path) -> Model:
                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
     network.eval()
     return Model(network=network, config=config, history=history)
+
+
+def _check_checksums(path: Path) -> None:
+    """Refuse an archive whose stored data no longer matches its checksums: ``torch.load`` does not check
+    them, so a file damaged after saving (a bad disk, a broken copy) would load with wrong weights."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
+        return  # not a readable zip archive: torch.load says what it is
+    if bad is not None:
+        raise ValueError(f"{str(path)!r} is a damaged napari-unet model file (its data does not match "
+                         "the checksums stored with it: the file changed after it was saved); use an intact copy")
 
 
 def _check_weights(config: ModelConfig, state_dict) -> None:

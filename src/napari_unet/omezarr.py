@@ -182,9 +182,17 @@ def _read_multiscale(path: Path) -> OmeImage | None:
 
 
 def declared_channel_axis(path) -> int | None:
-    """The channel axis an OME-Zarr image's metadata declares (None for other inputs)."""
+    """The channel axis an OME-Zarr image's metadata declares, also for one of its pyramid levels (None
+    for other inputs)."""
+    path = Path(path)
     try:
-        image = read_ome_image(path) if str(path).rstrip("/\\").lower().endswith(".zarr") else None
+        if str(path).rstrip("/\\").lower().endswith(".zarr"):
+            image = read_ome_image(path)
+        else:  # a level: the image is the closest folder above it whose datasets name it
+            store = next((p for p in path.parents if str(p).lower().endswith(".zarr")), None)
+            above = [] if store is None else [p for p in path.parents if p == store or store in p.parents]
+            image = next((im for parent in above if (im := read_ome_image(parent)) is not None
+                          and path.relative_to(parent).as_posix() in im.paths), None)
     except ValueError:
         return None
     return None if image is None else image.channel_axis

@@ -24,6 +24,8 @@ def check_output_path(path) -> Path:
     path = resolve_link(path)  # a symlinked output is written where it points; the link stays
     if not path.parent.exists():
         raise FileNotFoundError(f"the output folder {str(path.parent)!r} does not exist")
+    if not path.parent.is_dir():
+        raise NotADirectoryError(f"{str(path.parent)!r} is a file, not a folder: choose an output path in a folder")
     if path.exists() and path.is_dir() != (ext == ".zarr"):
         raise ValueError(f"{str(path)!r} exists and is a {'folder' if path.is_dir() else 'file'}: "
                          "choose another output path")

@@ -28,6 +28,10 @@ def drain(events, progress=None, total: int = 100):
     total : int
         Parts of the whole run given to ``progress``.
     """
+    if progress is not None and (isinstance(progress, type) or not callable(getattr(progress, "update", None))):
+        # checked before the run: failing at its first report would throw the work away
+        raise TypeError(f"progress must be a tqdm-like object with an update(n) method (e.g. tqdm.tqdm()), got "
+                        f"{progress!r}")
     last = None
     shown = 0
     if progress is not None and getattr(progress, "total", None) is None:

@@ -74,10 +74,10 @@ def normalize_tile_size(tile, ndim: int, halo: int, align: int) -> tuple | None:
     for s in sizes:
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0:
             raise ValueError(f"tile size must be a positive integer, got {s!r}")
-        s = int(s) // align * align
+        asked, s = int(s), int(s) // align * align
         if s < minimum:
             raise ValueError(
-                f"tile size {int(s)} is too small for this network: it needs {halo} px of context on each "
+                f"tile size {asked} is too small for this network: it needs {halo} px of context on each "
                 f"side, so use a tile of at least {minimum} (or tile=None for one pass over the whole image)")
         out.append(s)
     return tuple(out)

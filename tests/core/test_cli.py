@@ -102,6 +102,7 @@ def test_more_bad_inputs_leave_existing_output_untouched(files, capsys):
     d = files
     (d / "corrupt.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)
     np.save(d / "nan.npy", np.full((64, 64), np.nan, np.float32))
+    np.save(d / "nan_labels.npy", np.full((64, 64), np.nan, np.float32))  # -i and -l may not name one file
     data = (d / "model.pt").read_bytes()
     (d / "trunc.pt").write_bytes(data[: len(data) // 3])
     nu.save_model(random_model(dims=3), d / "model3d.pt")
@@ -111,7 +112,7 @@ def test_more_bad_inputs_leave_existing_output_untouched(files, capsys):
         (["predict", d / "model.pt", d / "nan.npy", "-o", d / "out.tif"], "no finite values"),
         (["predict", d / "trunc.pt", d / "img.tif", "-o", d / "out.tif"], "not a napari-unet model"),
         (["predict", d / "model3d.pt", d / "img.tif", "-o", d / "out.tif"], "3D model"),
-        (["train", "-i", d / "nan.npy", "-l", d / "nan.npy", "-o", d / "m.pt"], "whole numbers"),
+        (["train", "-i", d / "nan.npy", "-l", d / "nan_labels.npy", "-o", d / "m.pt"], "whole numbers"),
         (["train", "-i", d / "img.tif", "-l", d / "strokes.tif", "-o", d / "out.tif"], "model files end in .pt"),
         (["train", "-i", d / "corrupt.tif", "-l", d / "strokes.tif", "-o", d / "m.pt"], "cannot read"),
     ]

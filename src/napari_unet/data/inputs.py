@@ -6,6 +6,7 @@ model) that hold annotations; the label conventions are `napari_unet.conventions
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,15 +24,26 @@ def check_labels(labels, name: str = "labels") -> np.ndarray:
     if np.issubdtype(arr.dtype, np.integer):
         if arr.size and arr.min() < 0:
             raise ValueError(f"{name} contain negative values: use 0 for 'not annotated' and 1, 2, ... for classes")
-        return arr.astype(np.int64, copy=False) if arr.dtype.kind == "u" and arr.dtype.itemsize >= 8 else arr
+        if arr.dtype.kind == "u" and arr.dtype.itemsize >= 8:
+            _check_int64(arr, name)
+            return arr.astype(np.int64, copy=False)
+        return arr
     if np.issubdtype(arr.dtype, np.floating):
         finite = np.isfinite(arr).all()
         if finite and np.array_equal(arr, np.round(arr)) and (arr.size == 0 or arr.min() >= 0):
+            _check_int64(arr, name)
             return arr.astype(np.int64)
         raise ValueError(
             f"{name} must hold whole numbers (0 = not annotated, 1, 2, ... = classes), but they are "
             f"{arr.dtype} with non-integer values: pass a Labels layer or an integer array")
     raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+
+
+def _check_int64(arr, name: str) -> None:
+    # int64 holds the ids; larger ones would wrap to negative ids (or to 0: "no annotation") silently
+    if arr.size and arr.max() >= 2**63:
+        raise ValueError(f"{name} hold ids of 2**63 or more: renumber them "
+                         "(e.g. skimage.segmentation.relabel_sequential)")
 
 
 class ChannelsFirst:
@@ -42,6 +54,7 @@ class ChannelsFirst:
     """
 
     def __init__(self, array, channel_axis: int | None):
+        _check_array(array)
         self.array = array
         shape = tuple(int(s) for s in np.shape(array))
         if channel_axis is None:
@@ -82,6 +95,16 @@ class ChannelsFirst:
 
     def __len__(self):
         return self.shape[0]
+
+
+def _check_array(image) -> None:
+    """Refuse what is not an array of real numbers, before numpy or torch fail deep inside on it."""
+    if not (hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__")):
+        hint = ": read a file with napari_unet.io.read_image(path) first" if isinstance(image, (str, os.PathLike)) \
+            else ": pass one array per image" if isinstance(image, (list, tuple)) else ""
+        raise TypeError(f"an image must be an array (numpy, dask, zarr...), got {type(image).__name__}{hint}")
+    if np.dtype(image.dtype).kind not in "biuf":
+        raise TypeError(f"cannot use an image of dtype {image.dtype}: images must hold real numbers")
 
 
 def as_channels_first(image, channel_axis: int | None) -> ChannelsFirst:

@@ -278,8 +278,6 @@ def _channels_first(model: Model, image, channel_axis):
     if len(spatial) < model.dims:
         raise ValueError(f"this is a {model.dims}D model but the image has only {len(spatial)} spatial axes "
                          f"(shape {tuple(np.shape(image))})")
-    if np.issubdtype(np.dtype(img.dtype), np.complexfloating) or np.dtype(img.dtype) == object:
-        raise TypeError(f"cannot segment an image of dtype {img.dtype}: use real numbers")
     return img, spatial
 
 
@@ -393,6 +391,10 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
     batches = -(-len(tiles) * len(items) // batch_size)
     n_workers = max(1, min(n_workers, batches))
     threads = max(1, torch.get_num_threads() // n_workers) if dev.type == "cpu" else torch.get_num_threads()
+    if model.mode != "instance" and (min_fraction is not None or min_size is not None):
+        # they drop small objects; a semantic model's classes have none, so they would be ignored silently
+        raise ValueError(f"{'min_fraction' if min_fraction is not None else 'min_size'} drops small objects of an "
+                         "instance model, but this model is semantic: leave it out")
     min_fraction = FRAGMENT_FRACTION if min_fraction is None else _fraction(min_fraction)
     if not isinstance(tta, (bool, np.bool_)):
         raise TypeError(f"tta must be True or False, got {tta!r}")

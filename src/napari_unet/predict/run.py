@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..conventions import written_labels
 from ..device import thread_policy
 from .network import prepared_network
 from .pipeline import run_pipeline
@@ -157,11 +158,26 @@ def run_blocks(plan: PredictionPlan, sink: Sink, blocks=None, *, t0: float | Non
                             on_start=hear_warnings)
 
 
-def _check_output(array, name: str, shape: tuple, what: str, floating: bool = False):
+def _check_output(array, name: str, shape: tuple, what: str, floating: bool = False, largest: int | None = None):
+    if not all(hasattr(array, a) for a in ("shape", "dtype", "__setitem__")):
+        raise TypeError(f"{name} must be an array (numpy, memmap, zarr...) with a shape and a dtype, got "
+                        f"{type(array).__name__}")
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(array.shape)} but the {what} need {tuple(shape)}")
-    if floating and not np.issubdtype(np.dtype(array.dtype), np.floating):
+    dtype = np.dtype(array.dtype)
+    if floating and not np.issubdtype(dtype, np.floating):
         raise TypeError(f"{name} has dtype {array.dtype}: probabilities need a float array (e.g. float32)")
+    # a narrower dtype would wrap instance ids past its maximum (or turn classes into True) silently
+    if largest is not None and (dtype.kind not in "iu" or np.iinfo(dtype).max < largest):
+        raise TypeError(f"{name} has dtype {dtype}, which cannot hold every label (up to {largest}): use "
+                        "dtype=napari_unet.predict.labels_dtype(model)")
+
+
+def _largest_label(model) -> int:
+    """The largest id a model's labels may hold: any int32 instance id, or the largest written class."""
+    if model.mode == "instance":
+        return int(np.iinfo(np.int32).max)
+    return int(written_labels(model.config.class_ids).max(initial=0))
 
 
 def _outputs(plan: PredictionPlan, labels_out, probabilities_out):
@@ -173,8 +189,12 @@ def _outputs(plan: PredictionPlan, labels_out, probabilities_out):
     if probabilities_out is not None and not plan.probabilities:
         raise ValueError("probabilities_out was given but the plan does not compute probabilities: plan with "
                          "probabilities=True")
+    for out, name in ((labels_out, "labels_out"), (probabilities_out, "probabilities_out")):
+        if isinstance(out, np.ndarray) and isinstance(plan.image.array, np.ndarray) \
+                and np.may_share_memory(out, plan.image.array):  # later tiles would read results as pixels
+            raise ValueError(f"{name} is the image itself (the same memory): write the results to a new array")
     if labels_out is not None:
-        _check_output(labels_out, "labels_out", plan.shape, "labels")
+        _check_output(labels_out, "labels_out", plan.shape, "labels", largest=_largest_label(plan.model))
     if probabilities_out is not None:
         _check_output(probabilities_out, "probabilities_out", plan.probabilities_shape, "probabilities",
                       floating=True)

@@ -135,6 +135,13 @@ def _check_request(mode, dims, time_budget, epochs, init):
             raise ValueError(f"the model to continue from was trained in {init.mode!r} mode, not {mode!r}")
 
 
+def _check_seed(seed) -> None:
+    # numpy and torch refuse these with messages of their own, after the data are prepared
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or not 0 <= seed < 2**63):
+        raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1 (or None), got {seed!r}")
+
+
 def _check_optional(batch_size, learning_rate, validation_fraction, border_band):
     if batch_size is not None and not _whole(batch_size):
         raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
@@ -165,8 +172,11 @@ def _resolve_classes(mode, seen, init, max_classes=C.MAX_SEMANTIC_CLASSES) -> tu
                              f" are {list(class_ids)}): train a new model to add classes")
         return class_ids
     if len(seen) < 2:
+        # a segmentation writes background as 0, which here means "not annotated"
+        hint = "" if seen[0] == C.BACKGROUND else (" (a segmentation as labels? its background is 0, 'not annotated': "
+                                                  "convert it with napari_unet.interactive.to_training_labels)")
         raise ValueError(f"only one class is painted (label {seen[0]}): paint at least two, e.g. 1 "
-                         "for background and 2 for objects")
+                         f"for background and 2 for objects{hint}")
     return tuple(seen)
 
 
@@ -227,6 +237,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
         Naming the parameter (or the labels) to fix.
     """
     _check_request(mode, dims, time_budget, epochs, init)
+    _check_seed(seed)
     _check_optional(batch_size, learning_rate, validation_fraction, border_band)
     choices = resolve_choices(init, mode, dims, loss=loss, edge_weight=edge_weight, instance_boundary=instance_boundary,
                               augment=augment)

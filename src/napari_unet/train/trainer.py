@@ -19,6 +19,10 @@ from .settings import TrainSettings
 
 __all__ = ["Trainer", "StepResult", "learning_rate_at", "masked_cross_entropy", "masked_loss", "edge_pixels"]
 
+#: Steps in a row whose loss is NaN or infinite after which training has diverged: its network predicts
+#: NaN everywhere (all background once segmented), so it is stopped with an error instead of returned.
+DIVERGED_STEPS = 5
+
 
 def learning_rate_at(fraction: float, base_lr: float, warmup: float = 0.05, floor: float = 0.05) -> float:
     """The schedule: linear warm-up from 10% over the first 5% of the run, then cosine down to 5%."""
@@ -167,6 +171,7 @@ class Trainer:
         self._forward = self.network if ranks is None else ranks.wrap(self.network)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=s.learning_rate, weight_decay=1e-4)
         self.step_count, self.last_loss = 0, None
+        self._not_finite = 0  # steps in a row with a NaN/inf loss
         self.best_val_loss, self._best_state = None, None
         self.history = list(s.init.history) if s.init is not None else []
         self._clock = _ValidationClock(timed=s.time_budget is not None)
@@ -257,6 +262,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             free_memory(self.settings.device)
             return StepResult(warning=self.shrink_after_oom())
+        self._not_finite = 0 if math.isfinite(self.last_loss) else self._not_finite + 1
+        if self._not_finite >= DIVERGED_STEPS:
+            raise ValueError(f"training diverged: the loss was not a finite number for {DIVERGED_STEPS} steps in a "
+                             f"row; lower the learning rate (it was {self.settings.learning_rate:g})")
         return StepResult(loss=self.last_loss)
 
     def _optimize(self, x: np.ndarray, y: np.ndarray) -> None:
