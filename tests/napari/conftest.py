@@ -148,10 +148,10 @@ def click_canvas(qtbot, viewer, world_yx):
     zoom = camera.zoom
     center = np.asarray(camera.center)[-2:]
     screen = (target - center)[::-1] * zoom + (native.width() / 2, native.height() / 2)
-    for _ in range(3):
+    for attempt in range(8):  # a canvas still settling (layout, a new slider) needs a few more moves
         pos = QPoint(int(round(screen[0])), int(round(screen[1])))
         qtbot.mouseMove(native, pos)
-        qtbot.wait(50)
+        qtbot.wait(50 if attempt < 3 else 200)
         error = target - np.asarray(viewer.cursor.position)[-2:]
         if np.abs(error).max() <= 1.0:
             break
