@@ -192,6 +192,13 @@ def test_a_too_small_tile_is_named_as_the_user_gave_it():
         nu.segment(random_model(), np.zeros((64, 64), np.float32), tile=3)
 
 
+@pytest.mark.parametrize("option", [dict(halo=2.5), dict(halo=-8), dict(min_size=10.5), dict(min_size=-1)])
+def test_pixel_counts_that_are_not_whole_numbers_are_refused_not_truncated(option):
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=f"{name} must be a whole number of pixels"):
+        nu.segment(random_model(mode="instance", classes=(1, 2, 3)), np.zeros((64, 64), np.float32), **option)
+
+
 def test_zarr_folders_without_one_array_say_what_to_read(tmp_path):
     import zarr
 

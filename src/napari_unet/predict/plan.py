@@ -216,9 +216,7 @@ def _tiles(model: Model, dev: torch.device, item_shape: tuple, tile, halo, batch
     """(tile sizes, halo) for ``tile="auto"``, an explicit size, or None (whole item)."""
     dims, align = model.dims, 2**model.depth
     if halo is not None:
-        if int(halo) < 0:
-            raise ValueError(f"halo must be >= 0, got {halo}")
-        halo = -(-int(halo) // align) * align
+        halo = -(-_whole(halo, "halo") // align) * align
     if isinstance(tile, str):
         if tile != "auto":
             raise ValueError(f"tile must be 'auto', a positive integer, a tuple or None, got {tile!r}")
@@ -298,6 +296,13 @@ def _check_some_finite(img, items, item_shape, window: int = 64):
 def _positive(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{what} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
+def _whole(value, what: str) -> int:
+    """A whole number of pixels >= 0 (a float like 2.5 would be truncated without a word)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{what} must be a whole number of pixels (0 or more), got {value!r}")
     return int(value)
 
 
@@ -396,6 +401,7 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
         raise ValueError(f"{'min_fraction' if min_fraction is not None else 'min_size'} drops small objects of an "
                          "instance model, but this model is semantic: leave it out")
     min_fraction = FRAGMENT_FRACTION if min_fraction is None else _fraction(min_fraction)
+    min_size = None if min_size is None else _whole(min_size, "min_size")
     if not isinstance(tta, (bool, np.bool_)):
         raise TypeError(f"tta must be True or False, got {tta!r}")
     _check_some_finite(img, items, item_shape)  # before the caller creates any output file
