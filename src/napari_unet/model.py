@@ -167,6 +167,9 @@ class ModelConfig:
         n = self.in_channels
         put("norm_low", _numbers("norm_low", self.norm_low or (0.0,) * n, n))
         put("norm_high", _numbers("norm_high", self.norm_high or (1.0,) * n, n))
+        if any(hi <= lo for lo, hi in zip(self.norm_low, self.norm_high)):  # would divide by ~0 or flip contrast
+            raise ValueError(f"norm_high must be above norm_low in every channel, got low {list(self.norm_low)} "
+                             f"and high {list(self.norm_high)}")
         put("trained_steps", _whole("trained_steps", self.trained_steps, 0, 2**62))
         put("trained_seconds", float(self.trained_seconds))
         if self.patch_size is not None:

@@ -20,6 +20,7 @@ __all__ = ["atomic_path", "check_output_path", "written_by_napari_unet", "refuse
 
 def check_output_path(path) -> Path:
     """Raise a clear error for an output path that cannot be written (format, folder, file/folder clash)."""
+    _refuse_label_group(path)
     ext = _check_format(path, "output")
     path = resolve_link(path)  # a symlinked output is written where it points; the link stays
     if not path.parent.exists():
@@ -34,6 +35,15 @@ def check_output_path(path) -> Path:
         raise ValueError(f"{str(path)!r} already exists and {why}, so it is never replaced: choose another "
                          "output path, or delete it first")
     return path
+
+
+def _refuse_label_group(path) -> None:
+    """A path inside an OME-Zarr image's ``labels/`` holds a label image, written only by the label writer."""
+    path = Path(str(path).rstrip("/\\"))
+    if path.parent.name == "labels" and path.parent.parent.name.lower().endswith(".zarr") and not _suffix(path):
+        raise ValueError(f"{str(path)!r} is inside an OME-Zarr image's labels group, which holds label images "
+                         "only: give labels there with `napari-unet predict -o`, and probabilities (or any other "
+                         "array) a .zarr, .tif or .npy path of their own")
 
 
 def _stored_attrs(path: Path, ext: str) -> dict:

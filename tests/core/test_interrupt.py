@@ -16,13 +16,21 @@ from napari_unet.outputs import write_image
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
-def _start(args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}  # stacks on SIGABRT
+def _popen(command, cwd):
+    """A child Python that sees signals as a terminal's would and imports the code under test."""
+    # the children run in tmp_path: a relative PYTHONPATH (PYTHONPATH=src) would make them import whatever
+    # napari_unet is installed instead of this checkout's
+    path = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", "PYTHONPATH": os.pathsep.join(path)}
     # Ctrl-C as a terminal delivers it: a test run started in the background (or by a CI runner) has
     # SIGINT ignored, which the child would inherit and then never see the KeyboardInterrupt
-    return subprocess.Popen([sys.executable, "-m", "napari_unet", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen([sys.executable, *map(str, command)], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _start(args, cwd):
+    return _popen(["-m", "napari_unet", *args], cwd)
 
 
 def _finish(proc, timeout=120):
@@ -128,11 +136,8 @@ def test_interrupting_a_long_forward_pass_stops_within_seconds(tmp_path, sig, co
 
     nu.save_model(random_model(depth=2, base=4), tmp_path / "model.pt")
     np.save(tmp_path / "img.npy", np.random.default_rng(0).random((64, 64)).astype(np.float32))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_FORWARD, "predict", "model.pt", "img.npy", "-o",
-                             "labels.zarr", "--probabilities", "prob.tif"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = _popen(["-c", _SLOW_FORWARD, "predict", "model.pt", "img.npy", "-o", "labels.zarr", "--probabilities",
+                   "prob.tif"], tmp_path)
     _wait_for(proc, "forward pass started")
     sent = time.monotonic()
     for _ in range(times):  # a second Ctrl-C while the first is being handled changes nothing
@@ -193,11 +198,8 @@ def test_ctrl_c_while_the_data_is_prepared_stops_at_once_and_saves_nothing(tmp_p
     image, strokes, _ = blobs
     tifffile.imwrite(tmp_path / "img.tif", image)
     tifffile.imwrite(tmp_path / "strokes.tif", strokes)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREPARATION, "train", "-i", "img.tif", "-l", "strokes.tif",
-                             "-o", "model.pt"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = _popen(["-c", _SLOW_PREPARATION, "train", "-i", "img.tif", "-l", "strokes.tif", "-o", "model.pt"],
+                  tmp_path)
     _wait_for(proc, "preparing the data")
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)

@@ -41,6 +41,8 @@ def test_config_is_frozen_and_replace_validates():
     (dict(class_ids=(1, 2), class_names=("a",)), "1 names for 2 classes"),
     (dict(in_channels=2, norm_low=(0.0,)), "norm_low must be 2"),
     (dict(norm_high=(float("nan"),)), "finite"),
+    (dict(norm_low=(2.0,), norm_high=(1.0,)), "norm_high must be above norm_low"),
+    (dict(norm_low=(1.0,), norm_high=(1.0,)), "norm_high must be above norm_low"),
     (dict(precision="int8"), "precision must be one of fp32, bf16, fp16"),
 ])
 def test_invalid_configuration_is_refused(fields, message):

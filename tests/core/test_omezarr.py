@@ -251,3 +251,13 @@ def test_provenance_records_the_settings_that_change_the_objects():
     plain = provenance(model, plan=plan_prediction(model, stack, min_fraction=0))["settings"]
     assert plain["stitch_planes"] is None and "stitch_trim" not in plain and plain["min_fraction"] == 0
     assert json.loads(json.dumps(linked)) == linked
+
+
+def test_probabilities_into_the_labels_group_are_refused_before_any_work(store, capsys):
+    d, image, _, _ = store
+    before = tree_digest(image)
+    code, err = run(capsys, "predict", d / "model.pt", image, "-o", image / "labels" / "cells",
+                    "--probabilities", image / "labels" / "p")
+    assert code == 2
+    assert "labels group, which holds label images only" in err
+    assert tree_digest(image) == before  # neither the labels nor anything else was written

@@ -106,3 +106,18 @@ def test_cli_predict_fp32_flag_is_recorded_in_the_provenance(tmp_path, blobs, ca
                      *flags]) == 0
         recorded = tifffile.TiffFile(out).shaped_metadata[0][PROVENANCE_KEY]["settings"]["precision"]
         assert recorded == (precision if devices.cpu_computes_bf16() or precision == "fp32" else "fp32")
+
+
+def test_gpu_tiles_are_sized_for_the_precision_the_passes_run_in(monkeypatch):
+    """An fp32 forward pass on a GPU holds twice the bytes per pixel of a bf16 one: its tiles must be smaller,
+    or ``--fp32`` on a GPU runs out of memory where the automatic precision fits."""
+    from napari_unet.predict import plan as plans
+
+    monkeypatch.setattr(plans, "memory_budget", lambda device: 2.0**30)  # no CUDA needed to size the tiles
+    model = nu.Model.untrained(depth=3, base_channels=16)
+    gpu = torch.device("cuda")
+    mixed, full = (plans.auto_tile_size(model, gpu, precision=p) for p in ("bf16", "fp32"))
+    assert full[0] < mixed[0]
+    assert full[0] ** 2 * 2 <= mixed[0] ** 2 * 1.2  # about half the pixels, up to rounding to the alignment
+    cpu = torch.device("cpu")  # the CPU estimate was fitted in fp32 and stays it
+    assert plans.auto_tile_size(model, cpu, precision="bf16") == plans.auto_tile_size(model, cpu, precision="fp32")

@@ -281,3 +281,33 @@ def test_an_unexpected_error_at_start_is_a_notification_and_changes_nothing(plug
     assert "something nobody expected" in caplog.text  # logged with its traceback, not swallowed
     assert [layer.name for layer in viewer.layers] == layers_before and not segment.running
     assert segment.segment_button.text == "Segment"
+
+
+def test_closing_segment_during_a_new_run_keeps_the_previous_result_alone(plugin_viewer, qtbot, notifications):
+    import tempfile
+    from pathlib import Path
+
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer, train, segment = plugin_viewer
+    open_lazy_stack(viewer, segment, planes=12)
+    segment.tile_size.value = 128
+    qtbot.mouseClick(segment.segment_button.native, LEFT)
+    wait_until(qtbot, lambda: not segment.running, timeout=120)
+    previous = viewer.layers["stack segmentation"]
+    before = np.asarray(previous.data).copy()
+    stores = lambda: set(Path(tempfile.gettempdir()).glob("napari-unet-*"))  # noqa: E731
+    stores_before = stores()
+
+    qtbot.mouseClick(segment.segment_button.native, LEFT)  # again: a new layer shows the run beside the first
+    wait_until(qtbot, lambda: segment.progress.value > 0, timeout=60)
+    assert len([la for la in viewer.layers if la.name.startswith("stack segmentation")]) == 2
+    job = segment.job
+    dock = next(d for d in viewer.window._qt_window.findChildren(QDockWidget) if "Segment with UNet" in d.windowTitle())
+    qtbot.mouseClick(dock.title.close_button, LEFT)  # the panel's X, mid-run
+    qtbot.waitUntil(job.ended.is_set, timeout=10000)
+    assert [la.name for la in viewer.layers if la.name.startswith("stack segmentation")] == [previous.name]
+    assert viewer.layers[previous.name] is previous and previous.editable
+    np.testing.assert_array_equal(np.asarray(previous.data), before)
+    assert stores() == stores_before  # the half-written labels of the stopped run are not left on disk
+    assert not messages(notifications, "error")

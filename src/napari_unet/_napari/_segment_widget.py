@@ -386,10 +386,18 @@ class SegmentWidget(JobWidget):
         self.clicks.stop_listening()
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """End running work (`JobWidget.shutdown`); the layer a stopped run was writing is unlocked."""
+        """End running work (`JobWidget.shutdown`). A stopped run is abandoned as a cancelled one is: a
+        previous result stays, without the partial layer beside it; else its layer holds the part done."""
         run = None if self.closing else self._run
+        job = self._main
         super().shutdown(timeout)
-        if run is not None and not run.done:  # its end is not shown once closing: never leave a layer locked
+        if run is None or run.done:
+            return
+        viewer = self.viewer
+        ended = job is None or job.ended.is_set()
+        if viewer is not None and ended:  # its end is not shown once closing: clean up here
+            run.abandon(viewer)
+        else:  # still writing (or no viewer left): never leave a layer locked
             run.seg.layer.editable = True
 
 

@@ -142,11 +142,13 @@ class PredictionPlan:
 
 
 # ------------------------------------------------------------------------------------ memory and tiles
-def _bytes_per_pixel(model: Model, device: torch.device) -> float:
+def _bytes_per_pixel(model: Model, device: torch.device, precision: str | None = None) -> float:
     # Activations alive at once at full resolution in eval mode: measured 367 B/px for base 16 in fp32
     # (2D, 1120^2 tile; 273 B/voxel in 3D), i.e. about 6 feature maps of base_channels; 7 leaves a margin.
-    # Half on GPUs (mixed precision by default there); CPUs keep the fp32 estimate their tiles were fitted with.
-    itemsize = 2 if device.type == "cuda" else 4
+    # Half on GPUs under mixed precision (their default); CPUs keep the fp32 estimate their tiles were
+    # fitted with. precision None: the automatic one for the device.
+    precision = compute_precision(device) if precision is None else precision
+    itemsize = 2 if device.type == "cuda" and precision != "fp32" else 4
     return model.config.base_channels * itemsize * 7.0
 
 
@@ -161,10 +163,10 @@ def memory_budget(device: torch.device) -> float:
     return float(min(2e9, max(256e6, available_memory() / 8)))
 
 
-def _check_whole_pass_fits(model: Model, device: torch.device, tile: Tile, batch: int) -> None:
+def _check_whole_pass_fits(model: Model, device: torch.device, tile: Tile, batch: int, precision: str) -> None:
     """``tile=None``: refuse, with advice, a whole-image pass whose activations cannot fit in memory."""
     pixels = float(np.prod([s.stop - s.start for s in tile.input], dtype=np.float64)) * batch
-    needed = pixels * _bytes_per_pixel(model, device)
+    needed = pixels * _bytes_per_pixel(model, device, precision)
     if device.type == "cuda":
         available = float(torch.cuda.mem_get_info(device)[0])
     else:
@@ -176,16 +178,18 @@ def _check_whole_pass_fits(model: Model, device: torch.device, tile: Tile, batch
                           f"{available / 2**30:.1f} GiB are available: use tiles (tile='auto')")
 
 
-def auto_tile_size(model: Model, device: torch.device, batch_size: int = 1, workers: int = 1) -> tuple:
+def auto_tile_size(model: Model, device: torch.device, batch_size: int = 1, workers: int = 1,
+                   precision: str | None = None) -> tuple:
     """The largest tile side per spatial axis that keeps activations within the memory budget.
 
     The budget (`memory_budget`: a third of the free memory on CUDA; on CPU an eighth of the available
     memory, at most 2 GB) is shared by the ``batch_size`` tiles of each of the ``workers`` concurrent
     forward passes. The side is rounded to the network's alignment, never smaller than what the halo
-    needs and at most 4096 (2D) or 512 (3D). `plan_prediction` then fits the tiles to the image
-    (`napari_unet.tiling.choose_tile_size`).
+    needs and at most 4096 (2D) or 512 (3D). On GPUs activations take half the bytes under mixed
+    precision (``precision`` "bf16"/"fp16"; None: the device's automatic one), so fp32 gets smaller tiles.
+    `plan_prediction` then fits the tiles to the image (`napari_unet.tiling.choose_tile_size`).
     """
-    pixels = memory_budget(device) / _bytes_per_pixel(model, device) / max(1, batch_size) / max(1, workers)
+    pixels = memory_budget(device) / _bytes_per_pixel(model, device, precision) / max(1, batch_size) / max(1, workers)
     align = 2**model.depth
     side = int(pixels ** (1.0 / model.dims)) // align * align
     lower = 2 * default_halo(model) + align
@@ -212,7 +216,8 @@ def default_halo(model: Model, tile_side: int | None = None) -> int:
     return int(min(model.halo, max(align, int(tile_side) // 8 // align * align)))
 
 
-def _tiles(model: Model, dev: torch.device, item_shape: tuple, tile, halo, batch_size: int, workers: int):
+def _tiles(model: Model, dev: torch.device, item_shape: tuple, tile, halo, batch_size: int, workers: int,
+           precision: str):
     """(tile sizes, halo) for ``tile="auto"``, an explicit size, or None (whole item)."""
     dims, align = model.dims, 2**model.depth
     if halo is not None:
@@ -220,7 +225,7 @@ def _tiles(model: Model, dev: torch.device, item_shape: tuple, tile, halo, batch
     if isinstance(tile, str):
         if tile != "auto":
             raise ValueError(f"tile must be 'auto', a positive integer, a tuple or None, got {tile!r}")
-        largest = auto_tile_size(model, dev, batch_size, workers)
+        largest = auto_tile_size(model, dev, batch_size, workers, precision)
         halo = default_halo(model, min(largest)) if halo is None else halo
         largest = tuple(max(s, 2 * halo + align) for s in largest)  # an explicit halo may need bigger tiles
         # fit the tiles to the image: fewest tiles, least halo overhead, no cache-hostile giant tiles on CPU
@@ -389,10 +394,10 @@ def plan_prediction(model, image, *, labels: bool = True, probabilities: bool = 
     stitch_trim = check_trim(stitch_trim, stitch)
     items = tuple(iter_items(spatial, model.dims))
     item_shape = spatial[len(spatial) - model.dims:]
-    tile_sizes, halo = _tiles(model, dev, item_shape, tile, halo, batch_size, n_workers)
+    tile_sizes, halo = _tiles(model, dev, item_shape, tile, halo, batch_size, n_workers, precision)
     tiles: tuple[Tile, ...] = tuple(plan_tiles(item_shape, tile_sizes, halo, 2**model.depth))
     if tile is None:
-        _check_whole_pass_fits(model, dev, tiles[0], min(batch_size, len(items)))
+        _check_whole_pass_fits(model, dev, tiles[0], min(batch_size, len(items)), precision)
     batches = -(-len(tiles) * len(items) // batch_size)
     n_workers = max(1, min(n_workers, batches))
     threads = max(1, torch.get_num_threads() // n_workers) if dev.type == "cpu" else torch.get_num_threads()
