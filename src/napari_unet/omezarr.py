@@ -24,7 +24,7 @@ from .io import check_zarr_codecs
 from .provenance import PROVENANCE_KEY
 
 __all__ = ["OWNER_KEY", "LABELS_DIR", "OmeImage", "LabelTarget", "read_ome_image", "read_ome_labels", "label_target",
-           "declared_channel_axis", "label_name", "group_attrs", "ome_attrs", "drop_axis", "check_replaceable"]
+           "names_label_image", "declared_channel_axis", "label_name", "group_attrs", "ome_attrs", "drop_axis", "check_replaceable"]
 
 #: Attribute of a label image written by napari-unet (its provenance); others are never replaced.
 OWNER_KEY = PROVENANCE_KEY
@@ -228,6 +228,12 @@ class LabelTarget:
         return LabelImageOutput(self, shape, dtype, channel_axis=channel_axis, attrs=attrs, classes=classes)
 
 
+def names_label_image(path) -> bool:
+    """Whether ``path`` has the form ``STORE.zarr/labels/NAME``: a label image of an OME-Zarr image."""
+    path = Path(str(path).rstrip("/\\"))
+    return path.parent.name == LABELS_DIR and path.parent.parent.name.lower().endswith(".zarr")
+
+
 def label_target(path, image=None) -> LabelTarget | None:
     """The label image that ``path`` (``IMAGE.ome.zarr/labels/NAME``) names, checked; None for other paths.
 
@@ -245,7 +251,7 @@ def label_target(path, image=None) -> LabelTarget | None:
         napari-unet did not write, a name that is not a plain folder name, another image than the input.
     """
     path = Path(str(path).rstrip("/\\"))
-    if path.parent.name != LABELS_DIR or not path.parent.parent.name.lower().endswith(".zarr"):
+    if not names_label_image(path):
         return None
     ome = read_ome_image(path.parent.parent)
     if ome is None:

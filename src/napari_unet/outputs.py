@@ -11,6 +11,7 @@ import numpy as np
 
 from . import __version__
 from .io import INCOMPLETE_ATTR, LABELS_ATTR, WRITER_ATTR, _check_format, _suffix
+from .omezarr import names_label_image
 from .publish import (PendingOutput, _remove, atomic_path, clean_stale, publish, resolve_link, temporary_name,
                       uninterruptible)
 
@@ -39,8 +40,7 @@ def check_output_path(path) -> Path:
 
 def _refuse_label_group(path) -> None:
     """A path inside an OME-Zarr image's ``labels/`` holds a label image, written only by the label writer."""
-    path = Path(str(path).rstrip("/\\"))
-    if path.parent.name == "labels" and path.parent.parent.name.lower().endswith(".zarr") and not _suffix(path):
+    if names_label_image(path) and not _suffix(path):
         raise ValueError(f"{str(path)!r} is inside an OME-Zarr image's labels group, which holds label images "
                          "only: give labels there with `napari-unet predict -o`, and probabilities (or any other "
                          "array) a .zarr, .tif or .npy path of their own")
