@@ -81,7 +81,7 @@ def check_stitch(threshold, *, mode: str, dims: int, spatial_ndim: int, labels: 
         threshold = DEFAULT_STITCH_THRESHOLD
     if not isinstance(threshold, numbers.Real) or not 0 < float(threshold) < 1:
         raise ValueError(f"stitch_planes must be an overlap between 0 and 1 (e.g. {DEFAULT_STITCH_THRESHOLD}), "
-                         f"or None for no stitching; got {threshold!r}")
+                         f"got {threshold!r}; for no stitching, leave stitch_planes=None")
     if dims != 2:
         raise ValueError("stitch_planes links the planes of a 2D model's objects; a 3D model segments objects "
                          "in 3D already: leave stitch_planes=None")

@@ -187,6 +187,14 @@ def test_a_progress_that_is_not_a_progress_bar_is_refused_before_training(progre
     nu.predict(random_model(), np.zeros((32, 32)), progress=_Bar())
 
 
+def test_an_empty_image_is_called_empty_not_all_nan_or_unannotated():
+    model, empty = random_model(), np.zeros((0, 32), np.float32)
+    for call in (lambda: nu.segment(model, empty), lambda: nu.segment_at(model, empty, (0, 0)),
+                 lambda: nu.train(empty, np.zeros((0, 32), np.uint8), depth=2, base_channels=4, epochs=1)):
+        with pytest.raises(ValueError, match=r"the image is empty \(shape \(0, 32\)\)"):
+            call()
+
+
 def test_a_too_small_tile_is_named_as_the_user_gave_it():
     with pytest.raises(ValueError, match="tile size 3 is too small"):  # was "tile size 0" (rounded down)
         nu.segment(random_model(), np.zeros((64, 64), np.float32), tile=3)

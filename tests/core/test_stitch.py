@@ -277,6 +277,15 @@ def test_cli_refuses_stitching_a_semantic_model_in_one_line(stack_files, capsys)
     assert not (d / "c.zarr").exists()
 
 
+def test_cli_refuses_an_overlap_of_0_and_says_how_to_turn_linking_off(stack_files, capsys):
+    d, _ = stack_files
+    assert main(["predict", str(d / "inst.pt"), str(d / "stack.npy"), "-o", str(d / "z.zarr"),
+                 "--stitch-planes", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "between 0 and 1" in err and err.endswith("leave out --stitch-planes") and "None" not in err
+    assert not (d / "z.zarr").exists()
+
+
 def test_block_by_block_labels_are_linked_across_planes_too(stack_files, capsys):
     d, model = stack_files
     stack = np.load(d / "stack.npy")

@@ -105,6 +105,8 @@ def _check_array(image) -> None:
         raise TypeError(f"an image must be an array (numpy, dask, zarr...), got {type(image).__name__}{hint}")
     if np.dtype(image.dtype).kind not in "biuf":
         raise TypeError(f"cannot use an image of dtype {image.dtype}: images must hold real numbers")
+    if 0 in tuple(image.shape):  # else reported later as "no finite values" or "no annotation"
+        raise ValueError(f"the image is empty (shape {tuple(image.shape)}): every axis needs at least one pixel")
 
 
 def as_channels_first(image, channel_axis: int | None) -> ChannelsFirst:
