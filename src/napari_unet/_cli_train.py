@@ -84,7 +84,7 @@ def _train_run(args, images, labels, init, out, ranks):
                                 epochs=args.epochs, init=init, device=args.device, seed=args.seed,
                                 channel_axis=args.channel_axis, max_classes=args.max_classes, loss=args.loss,
                                 edge_weight=args.edge_weight, instance_boundary=args.instance_boundary,
-                                augment=args.augment, spacing=args.spacing,
+                                augment=args.augment, spacing=args.spacing, background=args.background,
                                 mixed_precision=args.mixed_precision, stop=stop,
                                 ranks=ranks):
             last = event

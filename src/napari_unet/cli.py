@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--spacing", type=float, nargs="+", default=None, metavar="SIZE",
                    help="voxel size per spatial axis, e.g. --spacing 3 1 1 (Z, Y, X) for planes 3x further apart "
                         "than the pixels: a 3D model then pools Y and X first (default: isotropic)")
+    t.add_argument("--background", type=int, default=None, metavar="PX",
+                   help="uneven illumination or haze: the network subtracts a smooth local background "
+                        "estimated over windows of PX pixels (about 3 object diameters, e.g. 61 for nuclei "
+                        "20 px across); stored in the model (default: none)")
     t.add_argument("--max-classes", type=_positive_int, default=C.MAX_SEMANTIC_CLASSES,
                    help=f"semantic mode: the most painted classes accepted (default {C.MAX_SEMANTIC_CLASSES}; "
                         "more ids usually mean instance masks)")
@@ -368,6 +372,7 @@ _FLAGS = [(re.compile(r"\bchannel_axis=\.\.\."), "--channel-axis N"),
           (re.compile(r"\bstitch_trim=False"), "--no-stitch-trim"),
           (re.compile(r"\bstitch_planes\b"), "--stitch-planes"),
           (re.compile(r"\bmin_fraction\b"), "--min-fraction"),
+          (re.compile(r"\bleave background out"), "leave out --background"),
           (re.compile(r"\bdevice='([\w:]+)'"), r"--device \1")]
 
 

@@ -8,21 +8,22 @@ import numpy as np
 import torch
 
 from . import conventions
-from .unet import UNet
+from .unet import UNet, background_windows
 
 __all__ = ["UNet", "Model", "ModelConfig", "halo_for_depth", "network_from_config", "network_kwargs",
            "xy_pool_levels_for"]
 
 
-def halo_for_depth(depth: int) -> int:
+def halo_for_depth(depth: int, extra: int = 0) -> int:
     """Context (pixels) that makes a tile's centre exact, rounded up to a multiple of ``2**depth``.
 
     Each level ``l`` of the contraction and expansion path adds two 3x3 convolutions at a pixel pitch of
     ``2**l`` and each pooling adds ``2**l``; the bottleneck adds two at ``2**depth``. The sum is
-    ``6 * 2**depth - 2`` (94 for depth 4), rounded up so tile origins stay aligned to the pooling grid.
+    ``6 * 2**depth - 2`` (94 for depth 4), plus ``extra`` (a `LocalBackground`'s reach), rounded up so
+    tile origins stay aligned to the pooling grid.
     """
     step = 2**depth
-    raw = 6 * step - 2
+    raw = 6 * step - 2 + int(extra)
     return int(-(-raw // step) * step)
 
 
@@ -32,6 +33,8 @@ def network_kwargs(config: "ModelConfig") -> dict:
                   depth=config.depth, base_channels=config.base_channels)
     if config.xy_pool_levels:  # left out otherwise: packages of isotropic networks stay as they were
         kwargs["xy_pool_levels"] = config.xy_pool_levels
+    if config.background:
+        kwargs["background"] = background_windows(config.background, config.spacing, config.dims)
     return kwargs
 
 
@@ -74,7 +77,7 @@ def _numbers(name: str, values, n: int) -> tuple:
 #: The training arithmetics a configuration records (`ModelConfig.precision`).
 PRECISIONS = ("fp32", "bf16", "fp16")
 _LATER_FIELDS = {"spacing": None, "xy_pool_levels": 0, "loss": "ce", "edge_weight": 1.0, "instance_boundary": "inner",
-                 "augment": [], "precision": None}  # as to_dict writes them (lists for tuples)
+                 "augment": [], "precision": None, "background": None}  # as to_dict writes them (lists for tuples)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,9 @@ class ModelConfig:
         (`conventions.INSTANCE_BOUNDARIES`), extra augmentations (`conventions.AUGMENTATIONS`). Files
         written before they were stored read as the defaults, which is what those models were trained with
         unless ``loss="ce+dice"`` was asked for.
+    background : int or None
+        Window (px along the finest axis, odd) of the local background the network subtracts from its
+        input (`napari_unet.unet.LocalBackground`): for uneven illumination. None: none subtracted.
     precision : {"fp32", "bf16", "fp16"} or None
         The arithmetic of the last training run (bf16 / fp16: mixed precision, `device.compute_precision`);
         None when not recorded (never trained, or trained before it was).
@@ -137,6 +143,7 @@ class ModelConfig:
     instance_boundary: str = conventions.INSTANCE_BOUNDARIES[0]
     augment: tuple = ()
     precision: str | None = None
+    background: int | None = None
 
     def __post_init__(self):
         def put(name, value):
@@ -177,6 +184,8 @@ class ModelConfig:
         if self.spacing is not None:
             put("spacing", relative_spacing(self.spacing, self.dims))
         put("xy_pool_levels", _whole("xy_pool_levels", self.xy_pool_levels, 0, self.depth if self.dims == 3 else 0))
+        if self.background is not None:
+            put("background", _whole("background", self.background, 3, 1023) | 1)  # odd: centred on its pixel
         self._check_choices(put)
 
     def _check_choices(self, put):
@@ -301,8 +310,14 @@ class Model:
 
     @property
     def halo(self) -> int:
-        """Context in pixels for exact tiling (see `halo_for_depth`)."""
-        return halo_for_depth(self.depth)
+        """Context in pixels for exact tiling (see `halo_for_depth`), the background's reach included."""
+        return halo_for_depth(self.depth, self.background_reach)
+
+    @property
+    def background_reach(self) -> int:
+        """Context in pixels the subtracted background needs (`napari_unet.unet.LocalBackground`); 0 without."""
+        reach = getattr(getattr(self.network, "background", None), "reach", None)
+        return int(reach()) if reach is not None else 0
 
     def preprocess(self, image: Any) -> np.ndarray:
         """Normalize one item as the network expects it.
@@ -338,6 +353,8 @@ class Model:
         if c.spacing is not None or c.xy_pool_levels:
             lines.insert(1, f"voxel spacing (Z, Y, X, relative): {list(c.spacing or (1.0,) * c.dims)}; "
                             f"poolings in Y and X only: {c.xy_pool_levels}")
+        if c.background:
+            lines.insert(-1, f"background: subtracted, estimated over {c.background} px windows")
         if c.trained_steps:
             lines.append(f"trained: {c.trained_steps} steps, {c.trained_seconds:.0f} s, "
                          f"best validation loss {c.best_val_loss}" + (f", last run in {c.precision}" if c.precision else ""))

@@ -6,7 +6,10 @@ but its defaults, and those only when it is part of the package.
 """
 from __future__ import annotations
 
+from typing import List, Optional, Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 try:
@@ -14,7 +17,7 @@ try:
 except ImportError:  # this file alone, as a bioimage.io package ships it: its rdf passes every argument
     DEFAULT_DEPTH, DEFAULT_BASE_CHANNELS = 4, 16
 
-__all__ = ["UNet", "UNetProbabilities"]
+__all__ = ["UNet", "UNetProbabilities", "LocalBackground", "background_windows"]
 
 
 def _conv(dims: int):
@@ -31,6 +34,65 @@ class _DoubleConv(nn.Sequential):
             Conv(c_in, c_out, 3, padding=1, bias=False), Norm(c_out), nn.ReLU(inplace=True),
             Conv(c_out, c_out, 3, padding=1, bias=False), Norm(c_out), nn.ReLU(inplace=True),
         )
+
+
+def background_windows(size: int, spacing: Optional[Sequence[float]], dims: int) -> List[int]:
+    """`LocalBackground`'s odd window per axis for ``size`` px along the finest axis (fewer planes along
+    an axis whose voxels are ``spacing`` times larger)."""
+    spacing = list(spacing) if spacing is not None else [1.0] * dims
+    return [max(1, int(round(size / float(s)))) | 1 for s in spacing]
+
+
+class LocalBackground(nn.Module):
+    """Subtracts a smooth estimate of the local background from each channel (no weights).
+
+    The estimate is a grey opening (a minimum, then a maximum filter) over ``window`` pixels per axis,
+    which removes every bright object narrower than the window, smoothed by a box filter of half the
+    window: what is left is the uneven illumination, stray light and haze under the objects. All filters
+    are separable and run along one axis at a time; outside the input they see nothing (max pooling's
+    padding), so the result at a pixel depends only on pixels within `reach` of it, and tiles with that
+    much more context give exactly the whole image's result.
+
+    Parameters
+    ----------
+    dims : {2, 3}
+    window : sequence of int
+        Odd window size per spatial axis (1: that axis is not filtered).
+    """
+
+    def __init__(self, dims: int, window: Sequence[int]):
+        super().__init__()
+        window = [int(w) for w in window]
+        if len(window) != dims or any(w < 1 or w % 2 == 0 for w in window):
+            raise ValueError(f"window must be {dims} odd sizes of at least 1 px, got {window}")
+        self.dims = dims
+        self.window: List[int] = window
+        self.box: List[int] = [(w // 2) | 1 for w in window]  # odd, about half the window
+
+    def reach(self) -> int:
+        """Pixels of context the result at a pixel depends on (along the widest axis)."""
+        return max(2 * (w // 2) + b // 2 for w, b in zip(self.window, self.box))
+
+    def _along(self, x: torch.Tensor, sizes: List[int], op: str) -> torch.Tensor:
+        for axis in range(self.dims):
+            k = sizes[axis]
+            if k == 1:
+                continue
+            kernel = [1] * self.dims
+            kernel[axis] = k
+            pad = [0] * self.dims
+            pad[axis] = k // 2
+            if op == "max":
+                x = F.max_pool2d(x, kernel, 1, pad) if self.dims == 2 else F.max_pool3d(x, kernel, 1, pad)
+            else:
+                x = (F.avg_pool2d(x, kernel, 1, pad, count_include_pad=False) if self.dims == 2 else
+                     F.avg_pool3d(x, kernel, 1, pad, count_include_pad=False))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eroded = -self._along(-x, self.window, "max")
+        opened = self._along(eroded, self.window, "max")
+        return x - self._along(opened, self.box, "mean")
 
 
 class UNet(nn.Module):
@@ -53,6 +115,10 @@ class UNet(nn.Module):
         only, for stacks whose planes lie further apart than their pixels (nnU-Net's anisotropic
         pooling): features then reach a roughly isotropic pitch before Z is pooled. 0 (the default)
         pools every axis at every level.
+    background : sequence of int, optional
+        Window per spatial axis (odd px) of a `LocalBackground` subtracted from the input before the
+        first convolution, for images whose background varies across the field (uneven illumination,
+        haze). None (the default): the input goes in as it is.
 
     Notes
     -----
@@ -62,7 +128,8 @@ class UNet(nn.Module):
     """
 
     def __init__(self, dims: int = 2, in_channels: int = 1, num_classes: int = 2,
-                 depth: int = DEFAULT_DEPTH, base_channels: int = DEFAULT_BASE_CHANNELS, xy_pool_levels: int = 0):
+                 depth: int = DEFAULT_DEPTH, base_channels: int = DEFAULT_BASE_CHANNELS, xy_pool_levels: int = 0,
+                 background: Optional[Sequence[int]] = None):
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {dims!r}")
@@ -71,6 +138,8 @@ class UNet(nn.Module):
         if not 0 <= xy_pool_levels <= (depth if dims == 3 else 0):
             raise ValueError(f"xy_pool_levels must be from 0 to depth ({depth}) in 3D and 0 in 2D, got {xy_pool_levels!r}")
         self.dims, self.depth, self.xy_pool_levels = dims, depth, xy_pool_levels
+        # no weights: the state dict is the same with or without it
+        self.background = LocalBackground(dims, background) if background is not None else nn.Identity()
         Conv = _conv(dims)
         Pool = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
         UpConv = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
@@ -105,6 +174,7 @@ class UNet(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, *spatial) normalized input -> (N, K, *spatial) class logits (TorchScript-able)."""
+        x = self.background(x)
         skips = []
         for block, pool in zip(self.down, self.pools):
             x = block(x)

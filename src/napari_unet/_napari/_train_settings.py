@@ -28,7 +28,8 @@ class AdvancedTrainSettings(Container):
         Shows or hides ``body``.
     body : Container
         dims (2D or 3D), depth, base_channels, patch_size, batch_size, learning_rate (0 = automatic),
-        device and the images' channel_axis.
+        background (the window of the local background subtracted; 0 = off), device and the images'
+        channel_axis.
     """
 
     def __init__(self, first_image):
@@ -47,11 +48,16 @@ class AdvancedTrainSettings(Container):
         self.learning_rate = FloatSpinBox(label="Learning rate", value=0.0, min=0.0, max=1.0, step=1e-4,
                                           tooltip="auto: 2e-3, or 5e-4 when continuing")
         self.learning_rate.native.setSpecialValueText("auto")  # shown for 0
+        self.background = SpinBox(label="Background window", value=0, min=0, max=1023, step=2,
+                                  tooltip="Uneven illumination or haze: subtract a smooth local background "
+                                          "estimated over this many px (about 3 object diameters); off: 0")
+        self.background.native.setSpecialValueText("off")  # shown for 0
         self.device = ComboBox(label="Device", choices=device_choices(), value="auto")
         self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices,
                                      tooltip="Axis of the images that holds channels (RGB is automatic)")
         self.body = Container(widgets=[self.dims, self.depth, self.base_channels, self.patch_size,
-                                       self.batch_size, self.learning_rate, self.device, self.channel_axis],
+                                       self.batch_size, self.learning_rate, self.background, self.device,
+                                       self.channel_axis],
                               visible=False)
         self.extend([self.toggle, self.body])
         self.toggle.changed.connect(self._on_toggle)
@@ -76,4 +82,5 @@ class AdvancedTrainSettings(Container):
         """The settings as `napari_unet.iter_train` arguments (automatic choices as None)."""
         return dict(dims=self.dims.value, depth=self.depth.value, base_channels=self.base_channels.value,
                     device=self.device.value, patch_size=self.patch_size.value or None,
-                    batch_size=self.batch_size.value or None, learning_rate=self.learning_rate.value or None)
+                    batch_size=self.batch_size.value or None, learning_rate=self.learning_rate.value or None,
+                    background=self.background.value or None)

@@ -17,7 +17,7 @@ import torch
 from ..conventions import written_labels
 from ..data import as_channels_first, iter_items
 from ..device import compute_precision, resolve_device
-from ..model import Model
+from ..model import Model, halo_for_depth
 from ..postprocess import FRAGMENT_FRACTION
 from ..stitch import check_stitch, check_trim
 from ..tiling import Tile, choose_tile_size, normalize_tile_size, plan_tiles
@@ -206,14 +206,17 @@ def default_halo(model: Model, tile_side: int | None = None) -> int:
     at the midpoint of the overlap: 16 for the 128^3 tiles of a CPU, 64 for the 512^3 tiles of a big GPU.
     Measured on depth-4 networks, classes differ from whole-volume inference on 0.03-0.05% (trained) to
     0.4-0.7% (random weights) of the voxels at halo 16, 5-10x fewer at 32; blending the overlap instead
-    of cropping it was not closer at equal cost (BENCHMARKS.md, "3D tiling").
+    of cropping it was not closer at equal cost (BENCHMARKS.md, "3D tiling"). A subtracted background's
+    reach is added in full (`Model.background_reach`): its estimate is a wide filter, so too little
+    context shifts the whole tile's input level, which shows as seams.
     """
     align = 2**model.depth
     if model.dims == 2:
         return model.halo
-    if tile_side is None:
-        return max(align, model.halo // 4 // align * align)
-    return int(min(model.halo, max(align, int(tile_side) // 8 // align * align)))
+    reach = model.background_reach
+    base = halo_for_depth(model.depth)
+    part = max(align, (base // 4 if tile_side is None else int(tile_side) // 8) // align * align)
+    return int(min(model.halo, -(-(part + reach) // align) * align))
 
 
 def _tiles(model: Model, dev: torch.device, item_shape: tuple, tile, halo, batch_size: int, workers: int,

@@ -70,7 +70,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                validation_fraction: float = VALIDATION_FRACTION, border_band: int = BORDER_BAND,
                max_classes: int = C.MAX_SEMANTIC_CLASSES, loss: str | None = None, edge_weight: float | None = None,
                instance_boundary: str | None = None, augment=None, spacing=None, mixed_precision: bool | None = None,
-               stop=None, ranks=None):
+               background: int | None = None, stop=None, ranks=None):
     """Train a UNet on painted annotations, yielding `TrainEvent` progress reports.
 
     Parameters
@@ -135,6 +135,12 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         Steps in mixed precision (weights stay fp32). Default (None): on GPUs, and on CPUs with bf16 units
         (Intel AMX / AVX-512 BF16), where a step takes about 0.4x the time (a time budget trains 2.5x the
         steps; BENCHMARKS.md); fp32 elsewhere. False: fp32 everywhere (the same numbers on every machine).
+    background : int, optional
+        For images whose background varies across the field (uneven illumination, stray light, haze):
+        the network subtracts a smooth local background estimated over windows of this many px (odd;
+        about 3 object diameters, e.g. 61 for nuclei 20 px across) before its first layer, in training
+        and prediction alike (`napari_unet.unet.LocalBackground`). Part of the network: stored in the
+        model, kept when fine-tuning; the tiling halo grows by the window's reach. Default: none.
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
     ranks : napari_unet.train.distributed.Ranks, optional
@@ -154,7 +160,8 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         epochs=epochs, init=init, device=device, seed=seed, channel_axis=channel_axis, patch_size=patch_size,
         batch_size=batch_size, learning_rate=learning_rate, validation_fraction=validation_fraction,
         border_band=border_band, max_classes=max_classes, loss=loss, edge_weight=edge_weight,
-        instance_boundary=instance_boundary, augment=augment, spacing=spacing, mixed_precision=mixed_precision)
+        instance_boundary=instance_boundary, augment=augment, spacing=spacing, mixed_precision=mixed_precision,
+        background=background)
     with thread_policy(device=settings.device):
         trainer = Trainer(settings, annotated, start_time, ranks=ranks)
         yield TrainEvent("start", elapsed=trainer.elapsed(), message=trainer.summary)

@@ -181,8 +181,9 @@ def _resolve_classes(mode, seen, init, max_classes=C.MAX_SEMANTIC_CLASSES) -> tu
 
 
 def _resolve_config(annotated: AnnotatedItems, mode, dims, depth, base_channels, class_ids, init,
-                    spacing=None) -> ModelConfig:
-    """``init``'s configuration, or a new network's with the images' normalization (and voxel spacing)."""
+                    spacing=None, background=None) -> ModelConfig:
+    """``init``'s configuration, or a new network's with the images' normalization (and voxel spacing,
+    background window)."""
     spacing = None if spacing is None else relative_spacing(spacing, dims)
     if init is not None:
         if init.in_channels != annotated.n_channels:
@@ -191,6 +192,10 @@ def _resolve_config(annotated: AnnotatedItems, mode, dims, depth, base_channels,
         if spacing is not None and spacing != (init.config.spacing or (1.0,) * dims):
             raise ValueError(f"the model to continue from was trained for voxel spacing "
                              f"{list(init.config.spacing or (1.0,) * dims)}, not {list(spacing)}: leave spacing out")
+        if background is not None and background != init.config.background:
+            raise ValueError(f"the model to continue from subtracts "
+                             + (f"the background over {init.config.background} px" if init.config.background
+                                else "no background") + ": leave background out (it is part of the network)")
         return init.config
     for name, v in (("depth", depth), ("base_channels", base_channels)):
         if not _whole(v):
@@ -198,7 +203,7 @@ def _resolve_config(annotated: AnnotatedItems, mode, dims, depth, base_channels,
     low, high = compute_normalization([(img, idx) for img, _, idx in annotated.items])
     return ModelConfig(mode=mode, dims=dims, depth=depth, base_channels=base_channels,
                        in_channels=annotated.n_channels, class_ids=tuple(class_ids), norm_low=tuple(low),
-                       norm_high=tuple(high), spacing=spacing,
+                       norm_high=tuple(high), spacing=spacing, background=background,
                        xy_pool_levels=xy_pool_levels_for(spacing, depth) if spacing and dims == 3 else 0)
 
 
@@ -221,7 +226,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
                      device="auto", seed=None, channel_axis=None, patch_size=None, batch_size=None,
                      learning_rate=None, validation_fraction=VALIDATION_FRACTION, border_band=BORDER_BAND,
                      max_classes=C.MAX_SEMANTIC_CLASSES, loss=None, edge_weight=None, instance_boundary=None,
-                     augment=None, spacing=None, mixed_precision=None):
+                     augment=None, spacing=None, mixed_precision=None, background=None):
     """Validate a training request and resolve its defaults, once.
 
     Parameters are those of `napari_unet.train.iter_train` (``stop`` aside).
@@ -251,7 +256,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
         time_budget = C.DEFAULT_TIME_BUDGET
     annotated = collect_annotated(images, labels, dims, channel_axis, mode)
     class_ids = _resolve_classes(mode, annotated.classes, init, max_classes)
-    config = _resolve_config(annotated, mode, dims, depth, base_channels, class_ids, init, spacing)
+    config = _resolve_config(annotated, mode, dims, depth, base_channels, class_ids, init, spacing, background)
     patch = _resolve_patch(patch_size, dims, dev, config.size_multiples, annotated.item_shapes)
     band = border_band if (mode == "semantic" and class_ids[0] == C.BACKGROUND) else 0
     settings = TrainSettings(
