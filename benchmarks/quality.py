@@ -12,7 +12,7 @@ debris) and trains on imprecise annotator outlines (`annotator_labels`; strokes 
 scoring on the true labels. ``--models DIR`` keeps the trained models there and reuses them.
 
 Usage: python benchmarks/quality.py [--seeds 0 1 2] [--base-channels 32] [--naive] [--only sparse]
-       [--stand-in standard|hard] [--models DIR]
+       [--stand-in standard|hard] [--models DIR] [--tta]
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def run_name(protocol, kind, seed, budget, base, depth, epochs, extra=""):
     return f"{protocol}-{kind}-s{seed}-{f'e{epochs}' if epochs else f't{budget:g}'}-d{depth}b{base}{extra}"
 
 
-def instance_run(seed, budget, base, depth, epochs=None, kind="standard", models=None, **opts):
+def instance_run(seed, budget, base, depth, epochs=None, kind="standard", models=None, tta=False, **opts):
     image, train_labels, truth = stand_in(seed, kind)
     train_img, train_lab = image[:, :256], train_labels[:, :256]
     test_img, test_lab = image[:, 256:], truth[:, 256:]
@@ -62,21 +62,21 @@ def instance_run(seed, budget, base, depth, epochs=None, kind="standard", models
     model = cached_train(models, name, train_img, train_lab, mode="instance", time_budget=None if epochs else budget,
                          epochs=epochs, base_channels=base, depth=depth, seed=seed,
                          **opts)
-    pred = nu.segment(model, test_img)
+    pred = nu.segment(model, test_img, tta=tta)
     otsu_pred = otsu_baseline(test_img)
     return dict(ours=matching(test_lab, pred)["f1"], otsu=matching(test_lab, otsu_pred)["f1"],
                 ours_mean=mean_f1(test_lab, pred), otsu_mean=mean_f1(test_lab, otsu_pred),
                 steps=model.config.trained_steps)
 
 
-def sparse_run(seed, budget, base, depth, band, epochs=None, kind="standard", models=None, **opts):
+def sparse_run(seed, budget, base, depth, band, epochs=None, kind="standard", models=None, tta=False, **opts):
     image, train_labels, _ = stand_in(seed, kind)
     strokes = make_strokes(train_labels, fraction=0.06, seed=seed)
     test_img, test_truth = make_nuclei((512, 512), seed=seed + 100, realism=kind.removesuffix("-true"))
     name = run_name("sparse", kind, seed, budget, base, depth, epochs, f"-band{band}" + options_tag(opts))
     model = cached_train(models, name, image, strokes, mode="semantic", time_budget=None if epochs else budget,
                          epochs=epochs, base_channels=base, depth=depth, seed=seed, border_band=band, **opts)
-    pred = nu.segment(model, test_img)
+    pred = nu.segment(model, test_img, tta=tta)
     return dict(ours=foreground_iou(test_truth, pred), otsu=foreground_iou(test_truth, otsu_baseline(test_img)),
                 steps=model.config.trained_steps, annotated=float((strokes > 0).mean()))
 
@@ -98,15 +98,17 @@ def main():
     p.add_argument("--stand-in", choices=["standard", "hard", "hard-true"], default="standard",
                    help="the synthetic stand-in: standard, or hard (realism='hard', trained on annotator "
                         "outlines); hard-true: hard images, true outlines (an ablation)")
+    p.add_argument("--tta", action="store_true",
+                   help="segment the test images with test-time augmentation (8 views; about 8x the prediction)")
     p.add_argument("--models", default=None, help="directory where trained models are kept and reused")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a training option passed to nu.train in both protocols, e.g. edge_weight=3 (repeatable)")
     args = p.parse_args()
     opts = training_options(args.opt)
-    common = dict(kind=args.stand_in, models=args.models, **opts)
+    common = dict(kind=args.stand_in, models=args.models, tta=args.tta, **opts)
     print(f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, base_channels={args.base_channels}, depth={args.depth}, "
-          f"stand-in {args.stand_in}"
+          f"stand-in {args.stand_in}" + (", tta" if args.tta else "")
           + (f", loss={args.loss}" if args.loss else "") + "".join(f", {k}={v!r}" for k, v in opts.items()))
     if args.only in (None, "sparse"):
         rows = []
