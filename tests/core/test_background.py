@@ -106,3 +106,18 @@ def test_a_package_of_a_model_with_the_background_runs_it(tmp_path):
     summary = bioimageio.core.test_model(path)
     assert summary.status == "passed", [(d.name, [e.msg[:200] for e in d.errors]) for d in summary.details
                                         if d.status != "passed"]
+
+
+def test_block_probabilities_with_the_background_equal_the_whole_image():
+    """Blockwise and distributed runs read each block with the plan's halo: the background's reach is in it."""
+    from napari_unet.blockwise import region_predictions
+    from napari_unet.predict import plan_prediction
+
+    model = _with_batchnorm_statistics(Model.untrained(depth=2, base_channels=4, mode="instance", background=31,
+                                                       seed=6))
+    image = np.random.default_rng(3).random((1, 200, 236)).astype(np.float32)
+    whole = nu.predict(model, image, tile=None, mixed_precision=False)
+    plan = plan_prediction(model, image, probabilities=True, tile=160, mixed_precision=False)
+    region = (slice(70, 131), slice(101, 236))
+    part = region_predictions(plan, [0], region)[0]
+    assert np.abs(part - whole[(slice(None), 0) + region]).max() < 1e-5
