@@ -73,26 +73,38 @@ class LocalBackground(nn.Module):
         """Pixels of context the result at a pixel depends on (along the widest axis)."""
         return max(2 * (w // 2) + b // 2 for w, b in zip(self.window, self.box))
 
-    def _along(self, x: torch.Tensor, sizes: List[int], op: str) -> torch.Tensor:
+    def _max_along(self, x: torch.Tensor, sizes: List[int]) -> torch.Tensor:
+        for axis in range(self.dims):
+            k = sizes[axis]
+            if k > 1:
+                kernel = [1] * self.dims
+                kernel[axis] = k
+                pad = [0] * self.dims
+                pad[axis] = k // 2
+                x = F.max_pool2d(x, kernel, 1, pad) if self.dims == 2 else F.max_pool3d(x, kernel, 1, pad)
+        return x
+
+    def _mean_along(self, x: torch.Tensor, sizes: List[int]) -> torch.Tensor:
+        # 2D average pooling along one axis at a time, 3D inputs folded into 2D views: avg_pool3d refuses
+        # inputs thinner than the window (a stack of 8 planes and a 31-plane box), avg_pool2d does not
         for axis in range(self.dims):
             k = sizes[axis]
             if k == 1:
                 continue
-            kernel = [1] * self.dims
-            kernel[axis] = k
-            pad = [0] * self.dims
-            pad[axis] = k // 2
-            if op == "max":
-                x = F.max_pool2d(x, kernel, 1, pad) if self.dims == 2 else F.max_pool3d(x, kernel, 1, pad)
+            first = axis == 0 if self.dims == 2 else axis < 2
+            kernel, pad = ([k, 1], [k // 2, 0]) if first else ([1, k], [0, k // 2])
+            if self.dims == 2:
+                x = F.avg_pool2d(x, kernel, 1, pad, count_include_pad=False)
             else:
-                x = (F.avg_pool2d(x, kernel, 1, pad, count_include_pad=False) if self.dims == 2 else
-                     F.avg_pool3d(x, kernel, 1, pad, count_include_pad=False))
+                n, c, d, h, w = x.size(0), x.size(1), x.size(2), x.size(3), x.size(4)
+                view = x.reshape(n, c, d, h * w) if axis == 0 else x.reshape(n, c * d, h, w)
+                x = F.avg_pool2d(view, kernel, 1, pad, count_include_pad=False).reshape(n, c, d, h, w)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eroded = -self._along(-x, self.window, "max")
-        opened = self._along(eroded, self.window, "max")
-        return x - self._along(opened, self.box, "mean")
+        eroded = -self._max_along(-x, self.window)
+        opened = self._max_along(eroded, self.window)
+        return x - self._mean_along(opened, self.box)
 
 
 class UNet(nn.Module):

@@ -121,3 +121,10 @@ def test_block_probabilities_with_the_background_equal_the_whole_image():
     region = (slice(70, 131), slice(101, 236))
     part = region_predictions(plan, [0], region)[0]
     assert np.abs(part - whole[(slice(None), 0) + region]).max() < 1e-5
+
+
+def test_a_thin_stack_with_a_wide_window_segments():
+    """8 planes and a window of 61 along Z: the box filter is wider than the stack (avg_pool3d refuses that)."""
+    model = Model.untrained(dims=3, depth=2, base_channels=4, mode="instance", background=61, seed=0)
+    labels = nu.segment(model, np.random.default_rng(0).random((8, 64, 64)).astype(np.float32))
+    assert labels.shape == (8, 64, 64)
