@@ -10,14 +10,7 @@ from napari_unet.model import Model
 from napari_unet.synthetic import make_nuclei, make_strokes
 from napari_unet.unet import LocalBackground
 
-
-def _with_batchnorm_statistics(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.network.modules():
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-    return model
+from .test_predict import random_model
 
 
 def test_the_background_is_a_grey_opening_smoothed_and_objects_stay():
@@ -36,8 +29,7 @@ def test_the_background_is_a_grey_opening_smoothed_and_objects_stay():
 
 @pytest.mark.parametrize("dims, shape, spacing", [(2, (150, 330), None), (3, (20, 150, 170), (3, 1, 1))])
 def test_tiles_with_the_background_equal_the_whole_image(dims, shape, spacing):
-    model = _with_batchnorm_statistics(Model.untrained(dims=dims, depth=2, base_channels=4, background=21,
-                                                       spacing=spacing, seed=1))
+    model = random_model(dims=dims, background=21, spacing=spacing, seed=1)
     assert model.halo > Model.untrained(dims=dims, depth=2, base_channels=4).halo  # the window's reach is added
     image = np.random.default_rng(2).random(shape).astype(np.float32)
     whole = nu.predict(model, image, tile=None, mixed_precision=False)
@@ -53,9 +45,7 @@ def test_a_model_with_the_background_hardly_sees_a_change_of_illumination():
     lighter = image + np.linspace(0, 0.5 * image.max(), 128, dtype=np.float32)[None, :]  # stray light
     change = {}
     for bg in (None, 41):
-        model = _with_batchnorm_statistics(Model.untrained(depth=2, base_channels=4, background=bg, seed=4,
-                                                           norm_low=(float(image.min()),),
-                                                           norm_high=(float(image.max()),)))
+        model = random_model(background=bg, seed=4, norm_low=(float(image.min()),), norm_high=(float(image.max()),))
         a, b = (nu.predict(model, x, mixed_precision=False) for x in (image, lighter))
         change[bg] = float(np.abs(a - b).mean())
     assert change[41] < 0.2 * change[None]
@@ -99,7 +89,7 @@ def test_a_package_of_a_model_with_the_background_runs_it(tmp_path):
 
     from napari_unet.bioimageio import export_package, read_rdf
 
-    model = _with_batchnorm_statistics(Model.untrained(depth=2, base_channels=4, background=21, seed=5))
+    model = random_model(background=21, seed=5)
     path = export_package(model, tmp_path / "bg.zip")
     assert read_rdf(path)["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["background"] == [21, 21]
     assert nu.load_model(path).config == model.config
@@ -113,8 +103,7 @@ def test_block_probabilities_with_the_background_equal_the_whole_image():
     from napari_unet.blockwise import region_predictions
     from napari_unet.predict import plan_prediction
 
-    model = _with_batchnorm_statistics(Model.untrained(depth=2, base_channels=4, mode="instance", background=31,
-                                                       seed=6))
+    model = random_model(mode="instance", classes=(1, 2, 3), background=31, seed=6)
     image = np.random.default_rng(3).random((1, 200, 236)).astype(np.float32)
     whole = nu.predict(model, image, tile=None, mixed_precision=False)
     plan = plan_prediction(model, image, probabilities=True, tile=160, mixed_precision=False)

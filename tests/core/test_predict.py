@@ -8,10 +8,11 @@ from napari_unet.predict import plan_prediction, run_prediction
 from napari_unet.predict import plan as plan_module
 
 
-def random_model(dims=2, depth=2, base=4, in_channels=1, mode="semantic", classes=(1, 2), seed=0):
-    """An untrained network with random weights and non-trivial BatchNorm statistics."""
+def random_model(dims=2, depth=2, base=4, in_channels=1, mode="semantic", classes=(1, 2), seed=0, **fields):
+    """An untrained network with random weights and non-trivial BatchNorm statistics (``fields``: more
+    `ModelConfig` fields, e.g. ``background=21``)."""
     model = Model.untrained(dims=dims, depth=depth, base_channels=base, in_channels=in_channels, mode=mode,
-                            class_ids=tuple(classes), seed=seed)
+                            class_ids=tuple(classes), seed=seed, **fields)
     for m in model.network.modules():
         if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
             m.running_mean.uniform_(-0.5, 0.5)

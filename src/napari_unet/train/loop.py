@@ -136,11 +136,9 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         (Intel AMX / AVX-512 BF16), where a step takes about 0.4x the time (a time budget trains 2.5x the
         steps; BENCHMARKS.md); fp32 elsewhere. False: fp32 everywhere (the same numbers on every machine).
     background : int, optional
-        For images whose background varies across the field (uneven illumination, stray light, haze):
-        the network subtracts a smooth local background estimated over windows of this many px (odd;
-        about 3 object diameters, e.g. 61 for nuclei 20 px across) before its first layer, in training
-        and prediction alike (`napari_unet.unet.LocalBackground`). Part of the network: stored in the
-        model, kept when fine-tuning; the tiling halo grows by the window's reach. Default: none.
+        Uneven illumination: the network first subtracts a smooth local background over windows of this
+        many px, about 3 object diameters (`napari_unet.unet.LocalBackground`; docs/training-quality.md).
+        Stored in the model and kept when fine-tuning. Default: none.
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
     ranks : napari_unet.train.distributed.Ranks, optional
