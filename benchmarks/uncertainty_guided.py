@@ -18,7 +18,7 @@ and each is fine-tuned the same number of epochs from the trained model (``init=
 scored on the unseen image seed+100 against the TRUE labels. Models are kept in ``--models`` and reused.
 
 Usage: PYTHONPATH=src:benchmarks OMP_NUM_THREADS=1 nice python benchmarks/uncertainty_guided.py
-       [--seeds 0 1 2] [--epochs 19] [--finetune-epochs 9] [--correct 0.02] [--models DIR]
+       [--seeds 0 1 2] [--epochs 19] [--finetune-epochs 9] [--correct 0.02] [--models DIR] [--opt KEY=VALUE]
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from napari_unet.metrics import foreground_iou
 from napari_unet.synthetic import make_nuclei, make_strokes
 from napari_unet.uncertainty import hesitation, suggest_strokes
 
-from _common import alternate, machine, ratio_summary
+from _common import alternate, machine, options_tag, ratio_summary, training_options
 from correction_loop import correct_largest_mistakes
 from quality import cached_train, run_name, stand_in
 
@@ -97,10 +97,14 @@ def run_seed(seed, args):
     image, annotator, truth = stand_in(seed, "hard")
     strokes = make_strokes(annotator, fraction=0.06, seed=seed)
     test_image, test_truth = make_nuclei((512, 512), seed=seed + 100, realism="hard")
+    opts = training_options(args.opt)
     common = dict(mode="semantic", base_channels=args.base_channels, depth=args.depth, seed=seed, border_band=3)
-    name = run_name("sparse", "hard", seed, None, args.base_channels, args.depth, args.epochs, "-band3")
+    name = run_name("sparse", "hard", seed, None, args.base_channels, args.depth, args.epochs,
+                    "-band3" + options_tag(opts))
     t0 = time.perf_counter()
-    model = cached_train(args.models, name, image, strokes, epochs=args.epochs, **common)
+    model = cached_train(args.models, name, image, strokes, epochs=args.epochs, **common, **opts)
+    # fine-tuning keeps the model's network (its background window included) and the other options
+    tune_opts = {k: v for k, v in opts.items() if k != "background"}
     before = foreground_iou(test_truth, nu.segment(model, test_image))
     probabilities = np.empty((model.num_classes,) + image.shape, np.float32)
     prediction = nu.segment(model, image, probabilities_out=probabilities)
@@ -113,7 +117,8 @@ def run_seed(seed, args):
                                          args.radius, seed)
         tuned = cached_train(args.models, f"{name}-{arm}{args.correct:g}r{args.radius}-ft{args.finetune_epochs}",
                              image, corrected, init=model, epochs=args.finetune_epochs,
-                             **{k: v for k, v in common.items() if k not in ("mode", "base_channels", "depth")})
+                             **{k: v for k, v in common.items() if k not in ("mode", "base_channels", "depth")},
+                             **tune_opts)
         after = foreground_iou(test_truth, nu.segment(tuned, test_image))
         row[arm], row[arm + "_px"] = after, painted / strokes.size
         info = painted_info(corrected, strokes, prediction, truth)
@@ -158,6 +163,8 @@ def main():
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS[:4]))
     p.add_argument("--models", default=os.path.join(tempfile.gettempdir(), "napari-unet-uncertainty-models"),
                    help="directory where trained models are kept and reused")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training option of the strokes model (napari_unet.train keyword), repeatable")
     p.add_argument("--preview-cost", type=int, default=0, metavar="REPS",
                    help="only time a live preview with and without the map, REPS times alternated")
     args = p.parse_args()
