@@ -59,6 +59,8 @@ VARIANTS = {
     "bf16": {"mixed_precision": True},  # for 2D models: "2d:bf16"
     "bf16-b32": {"mixed_precision": True, "base_channels": 32},  # a bf16 step of 32 channels: 1.1x an fp32 one of 16
     "fp32": {"mixed_precision": False},
+    # 2D models that read each plane with K planes above and below it (`context_planes=K`, tenth session)
+    **{f"bf16-b32-ctx{k}": {"mixed_precision": True, "base_channels": 32, "context_planes": k} for k in range(1, 6)},
 }
 
 

@@ -85,7 +85,7 @@ def _train_run(args, images, labels, init, out, ranks):
                                 channel_axis=args.channel_axis, max_classes=args.max_classes, loss=args.loss,
                                 edge_weight=args.edge_weight, instance_boundary=args.instance_boundary,
                                 augment=args.augment, spacing=args.spacing, background=args.background,
-                                mixed_precision=args.mixed_precision, stop=stop,
+                                context_planes=args.context_planes, mixed_precision=args.mixed_precision, stop=stop,
                                 ranks=ranks):
             last = event
             if event.kind == "start":

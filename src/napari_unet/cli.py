@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uneven illumination or haze: the network subtracts a smooth local background "
                         "estimated over windows of PX pixels (about 3 object diameters, e.g. 61 for nuclei "
                         "20 px across); stored in the model (default: none)")
+    t.add_argument("--context-planes", type=int, default=None, metavar="K",
+                   help="2D models on z-stacks: read each plane with the K planes above and below it (2.5D; "
+                        "K=2 for planes about 3x further apart than the pixels); stored in the model, and "
+                        "prediction reads the neighbours the same way (default: 0, each plane alone)")
     t.add_argument("--max-classes", type=_positive_int, default=C.MAX_SEMANTIC_CLASSES,
                    help=f"semantic mode: the most painted classes accepted (default {C.MAX_SEMANTIC_CLASSES}; "
                         "more ids usually mean instance masks)")
@@ -373,6 +377,9 @@ _FLAGS = [(re.compile(r"\bchannel_axis=\.\.\."), "--channel-axis N"),
           (re.compile(r"\bstitch_planes\b"), "--stitch-planes"),
           (re.compile(r"\bmin_fraction\b"), "--min-fraction"),
           (re.compile(r"\bleave background out"), "leave out --background"),
+          (re.compile(r"\bleave context_planes out"), "leave out --context-planes"),
+          (re.compile(r"\bcontext_planes=(\d+)"), r"--context-planes \1"),
+          (re.compile(r"\bcontext_planes\b"), "--context-planes"),
           (re.compile(r"\bdevice='([\w:]+)'"), r"--device \1")]
 
 

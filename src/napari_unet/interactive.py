@@ -151,16 +151,17 @@ def segment_at(model, image, point, *, window=None, device="auto", channel_axis=
     from .predict import predict
 
     t0 = time.perf_counter()
-    source = as_channels_first(image, channel_axis)
+    source = as_channels_first(image, channel_axis, model.config.context_planes)
     if source.shape[0] != model.in_channels:
-        raise ValueError(f"the model takes {model.in_channels} channel(s) and the image has {source.shape[0]}: "
+        raise ValueError(f"the model takes {model.config.image_channels} channel(s) and the image has "
+                         f"{source.shape[0] // (2 * model.config.context_planes + 1)}: "
                          "set channel_axis= to the image's channel axis")
     spatial = source.shape[1:]
     if len(spatial) < model.dims:
         raise ValueError(f"this is a {model.dims}D model but the image has {len(spatial)} spatial axes")
     key = window_around(point, spatial, _resolve_window(window, model.dims))
-    pixels = np.asarray(source[(slice(None),) + key])  # reads only the window
-    prob = predict(model, pixels, tile=None, device=device, channel_axis=0)
+    pixels = np.asarray(source[(slice(None),) + key])  # reads only the window (and its context planes)
+    prob = predict(model.for_prepared_input(), pixels, tile=None, device=device, channel_axis=0)
     n_lead = len(spatial) - model.dims
     local = tuple(int(p) - k.start for p, k in zip(list(point)[n_lead:], key[n_lead:]))
     from .postprocess import item_spacing

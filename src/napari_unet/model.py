@@ -76,8 +76,10 @@ def _numbers(name: str, values, n: int) -> tuple:
 #: `ModelConfig` fields newer than the first model files, with the defaults that `to_dict` leaves out.
 #: The training arithmetics a configuration records (`ModelConfig.precision`).
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: The most neighbouring planes on each side a 2D model may read with each plane (`ModelConfig.context_planes`).
+MAX_CONTEXT_PLANES = 8
 _LATER_FIELDS = {"spacing": None, "xy_pool_levels": 0, "loss": "ce", "edge_weight": 1.0, "instance_boundary": "inner",
-                 "augment": [], "precision": None, "background": None}  # as to_dict writes them (lists for tuples)
+                 "augment": [], "precision": None, "background": None, "context_planes": 0}  # as to_dict writes them (lists for tuples)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,10 @@ class ModelConfig:
     background : int or None
         Window (px along the finest axis, odd) of the local background the network subtracts from its
         input (`napari_unet.unet.LocalBackground`): for uneven illumination. None: none subtracted.
+    context_planes : int
+        2D models: neighbouring planes on each side that the network reads with each plane of a stack, as
+        extra input channels (2.5D; `napari_unet.data.PlaneContext`). ``in_channels`` counts them: the
+        image's channels times ``2 * context_planes + 1``. 0: each plane alone.
     precision : {"fp32", "bf16", "fp16"} or None
         The arithmetic of the last training run (bf16 / fp16: mixed precision, `device.compute_precision`);
         None when not recorded (never trained, or trained before it was).
@@ -144,6 +150,7 @@ class ModelConfig:
     augment: tuple = ()
     precision: str | None = None
     background: int | None = None
+    context_planes: int = 0
 
     def __post_init__(self):
         def put(name, value):
@@ -186,6 +193,10 @@ class ModelConfig:
         put("xy_pool_levels", _whole("xy_pool_levels", self.xy_pool_levels, 0, self.depth if self.dims == 3 else 0))
         if self.background is not None:
             put("background", _whole("background", self.background, 3, 1023) | 1)  # odd: centred on its pixel
+        put("context_planes", _whole("context_planes", self.context_planes, 0, MAX_CONTEXT_PLANES))
+        if self.context_planes and (self.dims != 2 or self.in_channels % (2 * self.context_planes + 1)):
+            raise ValueError("context_planes is for 2D models, whose input channels are the image's channels "
+                             f"times 2 * context_planes + 1; got a {self.dims}D model with {self.in_channels} input channel(s)")
         self._check_choices(put)
 
     def _check_choices(self, put):
@@ -208,6 +219,11 @@ class ModelConfig:
     def num_classes(self) -> int:
         """Output channels of the network (one per class id)."""
         return len(self.class_ids)
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images the model takes (``in_channels`` without the context planes)."""
+        return self.in_channels // (2 * self.context_planes + 1)
 
     @property
     def size_multiples(self) -> tuple:
@@ -313,6 +329,13 @@ class Model:
         """Context in pixels for exact tiling (see `halo_for_depth`), the background's reach included."""
         return halo_for_depth(self.depth, self.background_reach)
 
+    def for_prepared_input(self) -> "Model":
+        """This network for inputs whose channels already hold each plane's context planes (a window read
+        through `napari_unet.data.as_channels_first` with ``context_planes``); the model itself without them."""
+        if not self.config.context_planes:
+            return self
+        return Model(self.network, replace(self.config, context_planes=0), self.history)
+
     @property
     def background_reach(self) -> int:
         """Context in pixels the subtracted background needs (`napari_unet.unet.LocalBackground`); 0 without."""
@@ -355,6 +378,9 @@ class Model:
                             f"poolings in Y and X only: {c.xy_pool_levels}")
         if c.background:
             lines.insert(-1, f"background: subtracted, estimated over {c.background} px windows")
+        if c.context_planes:
+            lines.insert(-1, f"context planes: each plane of a stack is read with {c.context_planes} plane(s) "
+                             f"above and below it ({c.image_channels} image channel(s) x {2 * c.context_planes + 1})")
         if c.trained_steps:
             lines.append(f"trained: {c.trained_steps} steps, {c.trained_seconds:.0f} s, "
                          f"best validation loss {c.best_val_loss}" + (f", last run in {c.precision}" if c.precision else ""))

@@ -137,8 +137,8 @@ class ClickToSegment:
         widget = self._widget()
         data, axis = image_array(image, parse_channel_axis(widget.channel_axis.value))
         shape = spatial_shape(data, axis)
-        if model.in_channels != (np.shape(data)[axis] if axis is not None else 1):
-            raise ValueError(f"the model takes {model.in_channels} channel(s): set the image's channel axis")
+        if model.config.image_channels != (np.shape(data)[axis] if axis is not None else 1):
+            raise ValueError(f"the model takes {model.config.image_channels} channel(s): set the image's channel axis")
         coords = list(image.world_to_data(world_position))
         # layer axis -> spatial axis of the data; a declared channel axis is not spatial (an RGB layer's
         # colour axis is not a layer axis at all)

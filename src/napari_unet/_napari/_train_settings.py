@@ -4,6 +4,7 @@ from __future__ import annotations
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, SpinBox
 
 from napari_unet.conventions import interactive_network
+from napari_unet.model import MAX_CONTEXT_PLANES
 
 from ._pickers import auto_choices, channel_axis_choices, device_choices, has_gpu, parse_channel_axis
 
@@ -28,8 +29,8 @@ class AdvancedTrainSettings(Container):
         Shows or hides ``body``.
     body : Container
         dims (2D or 3D), depth, base_channels, patch_size, batch_size, learning_rate (0 = automatic),
-        background (the window of the local background subtracted; 0 = off), device and the images'
-        channel_axis.
+        background (the window of the local background subtracted; 0 = off), context_planes (2D models
+        on stacks: neighbouring planes read with each plane; 0 = off), device and the images' channel_axis.
     """
 
     def __init__(self, first_image):
@@ -52,15 +53,21 @@ class AdvancedTrainSettings(Container):
                                   tooltip="Uneven illumination or haze: subtract a smooth local background "
                                           "estimated over this many px (about 3 object diameters); off: 0")
         self.background.native.setSpecialValueText("off")  # shown for 0
+        self.context_planes = SpinBox(label="Context planes", value=0, min=0, max=MAX_CONTEXT_PLANES,
+                                      tooltip="2D model on a z-stack: read each plane with this many planes "
+                                              "above and below it (2.5D: 3 for nuclei on planes 3x further "
+                                              "apart than the pixels); off: each plane alone")
+        self.context_planes.native.setSpecialValueText("off")  # shown for 0
         self.device = ComboBox(label="Device", choices=device_choices(), value="auto")
         self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices,
                                      tooltip="Axis of the images that holds channels (RGB is automatic)")
         self.body = Container(widgets=[self.dims, self.depth, self.base_channels, self.patch_size,
-                                       self.batch_size, self.learning_rate, self.background, self.device,
-                                       self.channel_axis],
+                                       self.batch_size, self.learning_rate, self.background,
+                                       self.context_planes, self.device, self.channel_axis],
                               visible=False)
         self.extend([self.toggle, self.body])
         self.toggle.changed.connect(self._on_toggle)
+        self.dims.changed.connect(self._on_dims)
 
     @property
     def shown(self) -> bool:
@@ -70,6 +77,9 @@ class AdvancedTrainSettings(Container):
     def _on_toggle(self, *_):
         self.body.visible = not self.body.visible
         self.toggle.text = ("▾ " if self.body.visible else "▸ ") + _TITLE
+
+    def _on_dims(self, *_):
+        self.context_planes.enabled = self.dims.value == 2  # a 3D model sees its neighbouring planes already
 
     def _channel_choices(self, widget=None):
         return channel_axis_choices(self._first_image())
@@ -83,4 +93,5 @@ class AdvancedTrainSettings(Container):
         return dict(dims=self.dims.value, depth=self.depth.value, base_channels=self.base_channels.value,
                     device=self.device.value, patch_size=self.patch_size.value or None,
                     batch_size=self.batch_size.value or None, learning_rate=self.learning_rate.value or None,
-                    background=self.background.value or None)
+                    background=self.background.value or None,
+                    context_planes=(self.context_planes.value or None) if self.dims.value == 2 else None)

@@ -255,8 +255,8 @@ class TrainWidget(JobWidget):
                 show_info(f"{NAME}: no current model to continue from; training a new one")
         kwargs = dict(self.advanced.training_kwargs(), mode=self.mode.value, init=init,
                       time_budget=float(self.time_budget.value), channel_axis=channel_axis)
-        if init is not None:  # the background window is part of the network: fine-tuning keeps the model's
-            kwargs["background"] = None
+        if init is not None:  # background window and context planes are part of the network: kept
+            kwargs.update(background=None, context_planes=None)
         else:  # a new 3D model learns the voxel size the image layers declare (their scale)
             from napari_unet.model import spacing_from_scales
 

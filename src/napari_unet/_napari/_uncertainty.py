@@ -12,6 +12,7 @@ import weakref
 
 import numpy as np
 
+from napari_unet.data import as_channels_first
 from napari_unet.predict import iter_predict
 from napari_unet.progress import until
 from napari_unet.uncertainty import hesitation
@@ -44,16 +45,6 @@ def displayed_key(viewer, image, channel_axis, dims: int) -> tuple:
         del point[channel_axis % len(point)]
     index = tuple(min(max(int(round(p)), 0), s - 1) for p, s in zip(point[:lead], shape[:lead]))
     return index + tuple(slice(0, s) for s in shape[lead:])
-
-
-def _window(data, key, channel_axis):
-    """``data`` at a spatial ``key`` (the channel axis kept whole), and where the channel axis is then."""
-    if channel_axis is None:
-        return data[key], None
-    axis = channel_axis % np.ndim(data)
-    full = list(key)
-    full.insert(axis, slice(None))
-    return data[tuple(full)], sum(isinstance(k, slice) for k in full[:axis])
 
 
 def _one_shot(model, pixels, options, stop):
@@ -152,13 +143,15 @@ class UncertaintyView:
         """
         data, axis = image_array(image, channel_axis)
         key = displayed_key(viewer, image, axis, model.dims)
-        pixels, window_axis = _window(data, key, axis)
-        options = dict(device=device, channel_axis=window_axis)
+        # the displayed plane (with a 2.5D model's context planes), channels first
+        source = as_channels_first(data, axis, model.config.context_planes)
+        plane_model = model.for_prepared_input()
         if self.job is not None:
             self.job.stop.set()
 
         def work(stop):
-            return _one_shot(model, pixels, options, stop)
+            pixels = np.asarray(source[(slice(None),) + key])  # read in the worker: a lazy image is read there
+            return _one_shot(plane_model, pixels, dict(device=device, channel_axis=0), stop)
 
         job = self.runner.start("uncertainty", work, layers=[image] + ([labels_layer] if labels_layer else []),
                                 on_result=weak_method(self._on_result, weakref.ref(viewer), image, labels_layer, key,

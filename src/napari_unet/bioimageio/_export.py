@@ -111,6 +111,11 @@ def export_package(model, path, *, name: str | None = None, description: str | N
         from ..modelfile import load_model
 
         model = load_model(model)
+    if model.config.context_planes:
+        # a package's consumers feed one plane's channels; nothing in the format builds the neighbours
+        raise ValueError(f"this model reads each plane with {model.config.context_planes} neighbouring plane(s) "
+                         "on each side (context_planes), which bioimage.io packages cannot describe: export a "
+                         "model trained without context_planes")
     raw = _test_input(model, test_image)
     with tempfile.TemporaryDirectory(prefix="napari-unet-export-") as tmp:
         files = _write_files(model, raw, Path(tmp), onnx=onnx)

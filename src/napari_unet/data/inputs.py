@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["check_labels", "ChannelsFirst", "as_channels_first", "iter_items", "compute_normalization",
+__all__ = ["check_labels", "ChannelsFirst", "PlaneContext", "as_channels_first", "iter_items", "compute_normalization",
            "AnnotatedItems", "collect_annotated"]
 
 
@@ -71,12 +71,7 @@ class ChannelsFirst:
         self.ndim = len(self.shape)
 
     def __getitem__(self, key):
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
-        key = key + (slice(None),) * (self.ndim - len(key))
+        key = _full_key(key, self.ndim)
         c, rest = key[0], key[1:]
         if self.axis is None:
             block = np.asarray(self.array[rest])
@@ -88,6 +83,64 @@ class ChannelsFirst:
             pos = sum(1 for k in full[: self.axis] if isinstance(k, slice))
             block = np.moveaxis(block, pos, 0)
         return block
+
+    def __array__(self, dtype=None, copy=None):
+        block = self[...]
+        return block if dtype is None else block.astype(dtype)
+
+    def __len__(self):
+        return self.shape[0]
+
+
+def _full_key(key, ndim: int) -> tuple:
+    """An index as one entry per axis (Ellipsis expanded, missing trailing axes as full slices)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1:]
+    return key + (slice(None),) * (ndim - len(key))
+
+
+class PlaneContext:
+    """A channels-first stack whose every plane also carries its ``planes`` neighbours on each side as channels.
+
+    For a 2D model that reads a plane of a z-stack together with the planes above and below it (2.5D):
+    channel ``j * C + c`` of plane ``z`` is channel ``c`` of plane ``z + j - planes``, the first and last
+    planes repeated beyond the stack's ends. The planes are those of the axis just before the two
+    spatial axes (Z of ``(C, Z, Y, X)``; of ``(C, T, Z, Y, X)`` too). Lazy like `ChannelsFirst`: an
+    index reads only the planes it needs.
+    """
+
+    def __init__(self, base: ChannelsFirst, planes: int):
+        if base.ndim < 4:
+            raise ValueError(f"this model reads each plane with its {planes} neighbouring plane(s) on each side "
+                             f"(context_planes={planes}): give it a stack (Z, Y, X), not an image of shape "
+                             f"{tuple(base.shape[1:])}")
+        self.base, self.planes = base, int(planes)
+        self.shape = (base.shape[0] * (2 * self.planes + 1),) + tuple(base.shape[1:])
+        self.dtype, self.ndim = base.dtype, base.ndim
+        self.array, self.axis = base.array, base.axis  # the caller's array, as on `ChannelsFirst`
+
+    def __getitem__(self, key):
+        key = _full_key(key, self.ndim)
+        axis, depth, k = self.ndim - 3, self.shape[self.ndim - 3], self.planes
+        z = key[axis]
+        wanted = np.arange(depth)[z] if isinstance(z, slice) else np.array([range(depth)[z]])
+        if wanted.size == 0:  # an empty selection of planes: empty, with the channels of a full one
+            block = np.asarray(self.base[(slice(None),) + key[1:]])
+            return np.concatenate([block] * (2 * k + 1))[key[0]]
+        low, high = max(int(wanted.min()) - k, 0), min(int(wanted.max()) + k, depth - 1)
+        inner = key[1:axis] + (slice(low, high + 1),) + key[axis + 1:]
+        block = np.asarray(self.base[(slice(None),) + inner])  # (C, ..., planes low..high, ...)
+        at = sum(1 for i in key[1:axis] if isinstance(i, slice)) + 1  # where the planes are in ``block``
+        neighbours = np.clip(wanted[:, None] + np.arange(-k, k + 1)[None], 0, depth - 1) - low
+        out = np.take(block, neighbours, axis=at)  # (C, ..., wanted, 2k + 1, ...)
+        out = np.moveaxis(out, at + 1, 0)  # (2k + 1, C, ..., wanted, ...): offset-major channels
+        out = out.reshape((-1,) + out.shape[2:])
+        if not isinstance(z, slice):
+            out = np.take(out, 0, axis=at)
+        return out[key[0]]
 
     def __array__(self, dtype=None, copy=None):
         block = self[...]
@@ -109,9 +162,11 @@ def _check_array(image) -> None:
         raise ValueError(f"the image is empty (shape {tuple(image.shape)}): every axis needs at least one pixel")
 
 
-def as_channels_first(image, channel_axis: int | None) -> ChannelsFirst:
-    """A lazy channels-first view of ``image`` (see `ChannelsFirst`)."""
-    return ChannelsFirst(image, channel_axis)
+def as_channels_first(image, channel_axis: int | None, context_planes: int = 0):
+    """A lazy channels-first view of ``image`` (see `ChannelsFirst`); with ``context_planes``, each plane
+    also carries that many neighbouring planes on each side as channels (see `PlaneContext`)."""
+    view = ChannelsFirst(image, channel_axis)
+    return PlaneContext(view, context_planes) if context_planes else view
 
 
 def iter_items(spatial_shape: Sequence[int], dims: int):
@@ -195,13 +250,13 @@ def _as_list(x, name):
     return [x]
 
 
-def _channels_first_pair(i, img, lab, name, channel_axis):
+def _channels_first_pair(i, img, lab, name, channel_axis, context_planes=0):
     """The image of pair ``i`` channels first, after checking it against its labels."""
     if channel_axis is None and np.ndim(img) == lab.ndim + 1 and np.shape(img)[-1] in (3, 4) \
             and tuple(np.shape(img)[:-1]) == lab.shape:
         raise ValueError(f"image {i} looks like RGB(A) with shape {tuple(np.shape(img))}: pass "
                          "channel_axis=-1 to use its channels")
-    img_cf = as_channels_first(img, channel_axis)
+    img_cf = as_channels_first(img, channel_axis, context_planes)
     if tuple(img_cf.shape[1:]) != lab.shape:
         hint = "" if channel_axis is not None else " (if the image has a channel axis, declare it with channel_axis)"
         raise ValueError(f"image {i} has spatial shape {tuple(img_cf.shape[1:])} but {name} has shape "
@@ -209,7 +264,8 @@ def _channels_first_pair(i, img, lab, name, channel_axis):
     return img_cf
 
 
-def collect_annotated(images, labels, dims: int, channel_axis: int | None, mode: str) -> AnnotatedItems:
+def collect_annotated(images, labels, dims: int, channel_axis: int | None, mode: str,
+                      context_planes: int = 0) -> AnnotatedItems:
     """Validate (image, labels) pairs and keep the items that hold annotations.
 
     Parameters
@@ -222,6 +278,8 @@ def collect_annotated(images, labels, dims: int, channel_axis: int | None, mode:
         The images' channel axis (never guessed).
     mode : {"semantic", "instance"}
         In semantic mode items without strokes are left out; instance labels are dense.
+    context_planes : int
+        A 2D model's neighbouring planes on each side read with each plane (`PlaneContext`); 0: none.
 
     Raises
     ------
@@ -235,7 +293,7 @@ def collect_annotated(images, labels, dims: int, channel_axis: int | None, mode:
     for i, (img, lab) in enumerate(zip(images, labels)):
         name = f"labels[{i}]" if len(labels) > 1 else "labels"
         lab = check_labels(lab, name)
-        img_cf = _channels_first_pair(i, img, lab, name, channel_axis)
+        img_cf = _channels_first_pair(i, img, lab, name, channel_axis, context_planes)
         if n_channels is None:
             n_channels = img_cf.shape[0]
         elif img_cf.shape[0] != n_channels:

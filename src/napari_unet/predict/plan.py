@@ -267,18 +267,20 @@ def _cpu_workers(device: torch.device, workers) -> int:
 
 def _channels_first(model: Model, image, channel_axis):
     """The input as a lazy channels-first view, and its spatial shape; refuses what the model cannot take."""
-    if channel_axis is None and model.in_channels > 1:
-        raise ValueError(f"this model takes {model.in_channels} channels: declare the image's channel axis "
+    channels = model.config.image_channels  # the image's own, without a 2.5D model's context planes
+    if channel_axis is None and channels > 1:
+        raise ValueError(f"this model takes {channels} channels: declare the image's channel axis "
                          "(channel_axis=...)")
     shape = tuple(np.shape(image))
     if channel_axis is None and len(shape) > model.dims and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
         # a colour image read as planes 3 pixels wide: never segment that "per channel" by accident
-        raise ValueError(f"the image looks like RGB(A) (shape {shape}): this model takes {model.in_channels} "
+        raise ValueError(f"the image looks like RGB(A) (shape {shape}): this model takes {channels} "
                          "channel(s); convert the image to one channel, or use a model trained on its colours "
                          "(channel_axis=-1)")
-    img = as_channels_first(image, channel_axis)
+    img = as_channels_first(image, channel_axis, model.config.context_planes)
     if img.shape[0] != model.in_channels:
-        raise ValueError(f"the model takes {model.in_channels} channel(s) but the image has {img.shape[0]}"
+        raise ValueError(f"the model takes {channels} channel(s) but the image has "
+                         f"{img.shape[0] // (2 * model.config.context_planes + 1)}"
                          f"{' (declare the channel axis with channel_axis=...)' if channel_axis is None else ''}")
     spatial = tuple(int(s) for s in img.shape[1:])
     if len(spatial) < model.dims:

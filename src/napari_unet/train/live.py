@@ -161,7 +161,8 @@ def _take_labels(trainer: Trainer, images, update: LabelsUpdate) -> str:
     """Train on ``update`` from now on; a warning (and the previous annotations kept) when unusable."""
     s = trainer.settings
     try:
-        annotated = collect_annotated(images, list(update.labels), s.dims, s.channel_axis, s.mode)
+        annotated = collect_annotated(images, list(update.labels), s.dims, s.channel_axis, s.mode,
+                                      s.config.context_planes)
         new = sorted(set(annotated.classes) - set(s.class_ids)) if s.mode == "semantic" else []
         if new:
             return (f"label {new[0]} is not a class of this run (classes {list(s.class_ids)}): stop and train "
@@ -184,9 +185,9 @@ def _preview(trainer: Trainer, sources, request: PreviewRequest) -> Preview:
 
     t0 = time.perf_counter()
     model = trainer.snapshot()
-    pixels = np.asarray(sources[request.image][(slice(None),) + tuple(request.key)])
+    pixels = np.asarray(sources[request.image][(slice(None),) + tuple(request.key)])  # context planes read
     # labels and probabilities of the same forward pass: the map costs only its own arithmetic
-    done = drain(iter_predict(model, pixels, labels=True, probabilities=request.hesitation, tile=None,
+    done = drain(iter_predict(model.for_prepared_input(), pixels, labels=True, probabilities=request.hesitation, tile=None,
                               device=trainer.settings.device, channel_axis=0))
     hesitant = hesitation(done.probabilities) if request.hesitation else None
     return Preview(request, done.labels, time.perf_counter() - t0, model, hesitant)
@@ -210,7 +211,7 @@ def iter_train_live(images, labels, *, updates: Latest, previews: Latest | None 
     **options
         The other parameters of `iter_train` (mode, dims, depth, base_channels, init, device, seed,
         channel_axis, patch_size, batch_size, learning_rate, validation_fraction, border_band,
-        max_classes); not ``time_budget`` or ``epochs``.
+        max_classes, context_planes...); not ``time_budget`` or ``epochs``.
 
     Yields
     ------
@@ -221,8 +222,8 @@ def iter_train_live(images, labels, *, updates: Latest, previews: Latest | None 
     """
     start_time = time.perf_counter()
     settings, annotated = _live_settings(images, labels, dict(options))
-    sources = [as_channels_first(img, settings.channel_axis) for img in (images if isinstance(images, (list, tuple))
-                                                                            else [images])]
+    sources = [as_channels_first(img, settings.channel_axis, settings.config.context_planes)
+               for img in (images if isinstance(images, (list, tuple)) else [images])]
     with thread_policy(device=settings.device):
         trainer = Trainer(settings, annotated, start_time)
         yield TrainEvent("start", elapsed=trainer.elapsed(), message=trainer.summary)

@@ -70,7 +70,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
                validation_fraction: float = VALIDATION_FRACTION, border_band: int = BORDER_BAND,
                max_classes: int = C.MAX_SEMANTIC_CLASSES, loss: str | None = None, edge_weight: float | None = None,
                instance_boundary: str | None = None, augment=None, spacing=None, mixed_precision: bool | None = None,
-               background: int | None = None, stop=None, ranks=None):
+               background: int | None = None, context_planes: int | None = None, stop=None, ranks=None):
     """Train a UNet on painted annotations, yielding `TrainEvent` progress reports.
 
     Parameters
@@ -139,6 +139,11 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         Uneven illumination: the network first subtracts a smooth local background over windows of this
         many px, about 3 object diameters (`napari_unet.unet.LocalBackground`; docs/training-quality.md).
         Stored in the model and kept when fine-tuning. Default: none.
+    context_planes : int, optional
+        2D models on z-stacks (2.5D): each plane is read with this many planes above and below it as
+        extra input channels, so the network can tell a nucleus' middle from the blurred light above and
+        below it (`napari_unet.data.PlaneContext`; docs/3d.md). Images must then be stacks; prediction reads
+        the neighbours the same way. Stored in the model and kept when fine-tuning. Default: 0.
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
     ranks : napari_unet.train.distributed.Ranks, optional
@@ -159,7 +164,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         batch_size=batch_size, learning_rate=learning_rate, validation_fraction=validation_fraction,
         border_band=border_band, max_classes=max_classes, loss=loss, edge_weight=edge_weight,
         instance_boundary=instance_boundary, augment=augment, spacing=spacing, mixed_precision=mixed_precision,
-        background=background)
+        background=background, context_planes=context_planes)
     with thread_policy(device=settings.device):
         trainer = Trainer(settings, annotated, start_time, ranks=ranks)
         yield TrainEvent("start", elapsed=trainer.elapsed(), message=trainer.summary)

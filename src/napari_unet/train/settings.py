@@ -11,7 +11,7 @@ import torch
 from .. import conventions as C
 from ..data import AnnotatedItems, collect_annotated, compute_normalization
 from ..device import compute_precision, resolve_device
-from ..model import Model, ModelConfig, relative_spacing, xy_pool_levels_for
+from ..model import MAX_CONTEXT_PLANES, Model, ModelConfig, relative_spacing, xy_pool_levels_for
 
 __all__ = ["TrainSettings", "resolve_settings", "default_patch_size", "default_batch_size",
            "default_learning_rate", "VALIDATION_FRACTION", "BORDER_BAND", "LOSSES"]
@@ -180,8 +180,27 @@ def _resolve_classes(mode, seen, init, max_classes=C.MAX_SEMANTIC_CLASSES) -> tu
     return tuple(seen)
 
 
+def resolve_context_planes(context_planes, dims: int, init=None) -> int:
+    """The neighbouring planes a 2D model reads on each side of a plane: as asked, else ``init``'s, else 0."""
+    if init is not None:
+        if context_planes is not None and context_planes != init.config.context_planes:
+            raise ValueError(f"the model to continue from reads {init.config.context_planes} context plane(s) on "
+                             "each side: leave context_planes out (it is part of the network)")
+        return init.config.context_planes
+    if context_planes is None:
+        return 0
+    if isinstance(context_planes, bool) or not isinstance(context_planes, (int, np.integer)) \
+            or not 0 <= context_planes <= MAX_CONTEXT_PLANES:
+        raise ValueError(f"context_planes must be a whole number from 0 to {MAX_CONTEXT_PLANES}, "
+                         f"got {context_planes!r}")
+    if context_planes and dims != 2:
+        raise ValueError("context_planes is for 2D models on stacks (a 3D model sees its neighbouring planes "
+                         "already): leave it out, or train with dims=2")
+    return int(context_planes)
+
+
 def _resolve_config(annotated: AnnotatedItems, mode, dims, depth, base_channels, class_ids, init,
-                    spacing=None, background=None) -> ModelConfig:
+                    spacing=None, background=None, context_planes=0) -> ModelConfig:
     """``init``'s configuration, or a new network's with the images' normalization (and voxel spacing,
     background window)."""
     spacing = None if spacing is None else relative_spacing(spacing, dims)
@@ -203,7 +222,7 @@ def _resolve_config(annotated: AnnotatedItems, mode, dims, depth, base_channels,
     low, high = compute_normalization([(img, idx) for img, _, idx in annotated.items])
     return ModelConfig(mode=mode, dims=dims, depth=depth, base_channels=base_channels,
                        in_channels=annotated.n_channels, class_ids=tuple(class_ids), norm_low=tuple(low),
-                       norm_high=tuple(high), spacing=spacing, background=background,
+                       norm_high=tuple(high), spacing=spacing, background=background, context_planes=context_planes,
                        xy_pool_levels=xy_pool_levels_for(spacing, depth) if spacing and dims == 3 else 0)
 
 
@@ -226,7 +245,7 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
                      device="auto", seed=None, channel_axis=None, patch_size=None, batch_size=None,
                      learning_rate=None, validation_fraction=VALIDATION_FRACTION, border_band=BORDER_BAND,
                      max_classes=C.MAX_SEMANTIC_CLASSES, loss=None, edge_weight=None, instance_boundary=None,
-                     augment=None, spacing=None, mixed_precision=None, background=None):
+                     augment=None, spacing=None, mixed_precision=None, background=None, context_planes=None):
     """Validate a training request and resolve its defaults, once.
 
     Parameters are those of `napari_unet.train.iter_train` (``stop`` aside).
@@ -254,9 +273,11 @@ def resolve_settings(images, labels, *, mode="semantic", dims=2, depth=C.DEFAULT
         base_channels = C.default_base_channels(mode, dims, precision)
     if time_budget is None and epochs is None:
         time_budget = C.DEFAULT_TIME_BUDGET
-    annotated = collect_annotated(images, labels, dims, channel_axis, mode)
+    context = resolve_context_planes(context_planes, dims, init)
+    annotated = collect_annotated(images, labels, dims, channel_axis, mode, context)
     class_ids = _resolve_classes(mode, annotated.classes, init, max_classes)
-    config = _resolve_config(annotated, mode, dims, depth, base_channels, class_ids, init, spacing, background)
+    config = _resolve_config(annotated, mode, dims, depth, base_channels, class_ids, init, spacing, background,
+                             context)
     patch = _resolve_patch(patch_size, dims, dev, config.size_multiples, annotated.item_shapes)
     band = border_band if (mode == "semantic" and class_ids[0] == C.BACKGROUND) else 0
     settings = TrainSettings(
