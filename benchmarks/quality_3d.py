@@ -61,6 +61,7 @@ VARIANTS = {
     "fp32": {"mixed_precision": False},
     # 2D models that read each plane with K planes above and below it (`context_planes=K`, tenth session)
     **{f"bf16-b32-ctx{k}": {"mixed_precision": True, "base_channels": 32, "context_planes": k} for k in range(1, 6)},
+    "fp32-ctx3": {"mixed_precision": False, "context_planes": 3},  # what an fp32 CPU trains (16 base channels)
 }
 
 
