@@ -196,7 +196,8 @@ class ModelConfig:
         put("context_planes", _whole("context_planes", self.context_planes, 0, MAX_CONTEXT_PLANES))
         if self.context_planes and (self.dims != 2 or self.in_channels % (2 * self.context_planes + 1)):
             raise ValueError("context_planes is for 2D models, whose input channels are the image's channels "
-                             f"times 2 * context_planes + 1; got a {self.dims}D model with {self.in_channels} input channel(s)")
+                             f"times 2 * context_planes + 1; got a {self.dims}D model with {self.in_channels} "
+                             "input channel(s)")
         self._check_choices(put)
 
     def _check_choices(self, put):

@@ -187,8 +187,8 @@ def _preview(trainer: Trainer, sources, request: PreviewRequest) -> Preview:
     model = trainer.snapshot()
     pixels = np.asarray(sources[request.image][(slice(None),) + tuple(request.key)])  # context planes read
     # labels and probabilities of the same forward pass: the map costs only its own arithmetic
-    done = drain(iter_predict(model.for_prepared_input(), pixels, labels=True, probabilities=request.hesitation, tile=None,
-                              device=trainer.settings.device, channel_axis=0))
+    done = drain(iter_predict(model.for_prepared_input(), pixels, labels=True, probabilities=request.hesitation,
+                              tile=None, device=trainer.settings.device, channel_axis=0))
     hesitant = hesitation(done.probabilities) if request.hesitation else None
     return Preview(request, done.labels, time.perf_counter() - t0, model, hesitant)
 
