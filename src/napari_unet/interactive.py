@@ -154,8 +154,7 @@ def segment_at(model, image, point, *, window=None, device="auto", channel_axis=
     source = as_channels_first(image, channel_axis, model.config.context_planes)
     if source.shape[0] != model.in_channels:
         raise ValueError(f"the model takes {model.config.image_channels} channel(s) and the image has "
-                         f"{source.shape[0] // (2 * model.config.context_planes + 1)}: "
-                         "set channel_axis= to the image's channel axis")
+                         f"{source.channels}: set channel_axis= to the image's channel axis")
     spatial = source.shape[1:]
     if len(spatial) < model.dims:
         raise ValueError(f"this is a {model.dims}D model but the image has {len(spatial)} spatial axes")

@@ -69,6 +69,7 @@ class ChannelsFirst:
             self.shape = (shape[self.axis],) + shape[: self.axis] + shape[self.axis + 1:]
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
+        self.channels = self.shape[0]  # the image's own (a `PlaneContext` has more in ``shape[0]``)
 
     def __getitem__(self, key):
         key = _full_key(key, self.ndim)
@@ -120,7 +121,7 @@ class PlaneContext:
         self.base, self.planes = base, int(planes)
         self.shape = (base.shape[0] * (2 * self.planes + 1),) + tuple(base.shape[1:])
         self.dtype, self.ndim = base.dtype, base.ndim
-        self.array, self.axis = base.array, base.axis  # the caller's array, as on `ChannelsFirst`
+        self.array, self.axis, self.channels = base.array, base.axis, base.channels  # as on `ChannelsFirst`
 
     def __getitem__(self, key):
         key = _full_key(key, self.ndim)

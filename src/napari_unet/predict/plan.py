@@ -279,8 +279,7 @@ def _channels_first(model: Model, image, channel_axis):
                          "(channel_axis=-1)")
     img = as_channels_first(image, channel_axis, model.config.context_planes)
     if img.shape[0] != model.in_channels:
-        raise ValueError(f"the model takes {channels} channel(s) but the image has "
-                         f"{img.shape[0] // (2 * model.config.context_planes + 1)}"
+        raise ValueError(f"the model takes {channels} channel(s) but the image has {img.channels}"
                          f"{' (declare the channel axis with channel_axis=...)' if channel_axis is None else ''}")
     spatial = tuple(int(s) for s in img.shape[1:])
     if len(spatial) < model.dims:

@@ -140,10 +140,8 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         many px, about 3 object diameters (`napari_unet.unet.LocalBackground`; docs/training-quality.md).
         Stored in the model and kept when fine-tuning. Default: none.
     context_planes : int, optional
-        2D models on z-stacks (2.5D): each plane is read with this many planes above and below it as
-        extra input channels, so the network can tell a nucleus' middle from the blurred light above and
-        below it (`napari_unet.data.PlaneContext`; docs/3d.md). Images must then be stacks; prediction reads
-        the neighbours the same way. Stored in the model and kept when fine-tuning. Default: 0.
+        2D models of z-stacks: each plane is read with this many planes above and below it as extra input
+        channels (`napari_unet.data.PlaneContext`; docs/3d.md). Stored in the model, kept when fine-tuning.
     stop : object with ``is_set()``, optional
         E.g. a `threading.Event`; training ends at the next step once it is set, keeping the best model.
     ranks : napari_unet.train.distributed.Ranks, optional
