@@ -134,3 +134,16 @@ def test_live_training_previews_a_plane_of_the_stack():
     stop.set()
     done = next(ev for ev in events if ev.kind == "done")
     assert done.model.config.context_planes == 1 and done.model.in_channels == 3
+
+
+def test_planes_of_a_stack_without_objects_are_not_trained_as_background():
+    """A user paints the nuclei of a few planes of a z-stack: the other planes are not annotated."""
+    from napari_unet.data import collect_annotated
+
+    image, labels = make_nuclei((8, 64, 64), seed=3)
+    painted = np.zeros_like(labels)
+    painted[[2, 5]] = labels[[2, 5]]
+    annotated = collect_annotated(image, painted, dims=2, channel_axis=None, mode="instance", context_planes=1)
+    assert [idx for _, _, idx in annotated.items] == [(2,), (5,)]
+    with pytest.raises(ValueError, match="no objects"):
+        collect_annotated(image, np.zeros_like(labels), dims=2, channel_axis=None, mode="instance")

@@ -278,7 +278,8 @@ def collect_annotated(images, labels, dims: int, channel_axis: int | None, mode:
     channel_axis : int or None
         The images' channel axis (never guessed).
     mode : {"semantic", "instance"}
-        In semantic mode items without strokes are left out; instance labels are dense.
+        In semantic mode items without strokes are left out; instance labels are dense within an item,
+        and the planes (items) of a stack that hold no object are left out as not annotated.
     context_planes : int
         A 2D model's neighbouring planes on each side read with each plane (`PlaneContext`); 0: none.
 
@@ -302,7 +303,9 @@ def collect_annotated(images, labels, dims: int, channel_axis: int | None, mode:
         for idx in iter_items(lab.shape, dims):
             values = np.unique(lab[idx])
             values = values[values > 0]
-            if mode == "semantic" and values.size == 0:
+            # a plane of a stack without objects was most likely not annotated (a user paints a few
+            # planes of a z-stack): left out, like an item without strokes; a whole image is kept as is
+            if values.size == 0 and (mode == "semantic" or idx):
                 continue
             seen.update(int(v) for v in values)
             out.append((img_cf, lab, idx))
