@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "20 px across); stored in the model (default: none)")
     t.add_argument("--context-planes", type=int, default=None, metavar="K",
                    help="2D models on z-stacks: read each plane with the K planes above and below it (2.5D; "
-                        "K=2 for planes about 3x further apart than the pixels); stored in the model, and "
+                        "K about the objects' half-height in planes: 3 for nuclei 20 px across on planes 3 px "
+                        "apart); stored in the model, and "
                         "prediction reads the neighbours the same way (default: 0, each plane alone)")
     t.add_argument("--max-classes", type=_positive_int, default=C.MAX_SEMANTIC_CLASSES,
                    help=f"semantic mode: the most painted classes accepted (default {C.MAX_SEMANTIC_CLASSES}; "
