@@ -10,9 +10,10 @@ It opens the nuclei sample, trains from its strokes (``--time-budget`` seconds) 
 * ``train.png``    after training, loss plot visible,
 * ``segment.png``  the segmentation over the image,
 * ``click.png``    objects added one click at a time (real mouse clicks on the canvas),
-* ``live.png``     live training: strokes painted while it trains, the model's preview below them.
+* ``live.png``     live training: strokes painted while it trains, the model's preview below them,
+* ``advanced.png`` the Train UNet panel alone with its advanced settings unfolded.
 
-``--only live`` makes the last one alone (no other image is rewritten).
+``--only live`` or ``--only advanced`` makes that one alone (no other image is rewritten).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--time-budget", type=float, default=40.0)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--base-channels", type=int, default=16)
-    p.add_argument("--only", choices=["live"], default=None, help="make only this screenshot")
+    p.add_argument("--only", choices=["live", "advanced"], default=None, help="make only this screenshot")
     return p.parse_args(argv)
 
 
@@ -101,10 +102,10 @@ def main(argv=None) -> int:
             pump(0.02)
         pump(0.3)
 
-    def shoot(name):
+    def shoot(name, widget=None):
         pump(0.5)
         path = out / name
-        viewer.window._qt_window.grab().save(str(path))
+        (widget or viewer.window._qt_window).grab().save(str(path))
         print(f"wrote {path}")
 
     viewer = napari.Viewer(title="napari-unet")
@@ -121,9 +122,13 @@ def main(argv=None) -> int:
         viewer.close()
         return 0
 
-    # --- Train
+    # --- Train (its advanced settings first, as a user opens them)
     train.advanced.toggle.native.click()
     train.advanced.depth.value, train.advanced.base_channels.value = args.depth, args.base_channels
+    shoot("advanced.png", train.native)
+    if args.only == "advanced":
+        viewer.close()
+        return 0
     train.time_budget.value = args.time_budget
     train.advanced.toggle.native.click()  # fold the settings again: the plot is the point of the picture
     train.train_button.native.click()

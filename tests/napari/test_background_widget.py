@@ -11,7 +11,7 @@ LEFT = Qt.MouseButton.LeftButton
 def test_background_window_trains_a_model_that_keeps_it_when_continued(plugin_viewer, qtbot, notifications):
     viewer, train, segment = plugin_viewer
     set_tiny(train, budget=5.0)
-    assert train.advanced.background.value == 0 and train.advanced.background.native.specialValueText() == "off"
+    assert train.advanced.background.value == 0 and train.advanced.background.native.text() == "off"  # what the user reads
     train.advanced.background.value = 41
     qtbot.mouseClick(train.train_button.native, LEFT)
     wait_until(qtbot, lambda: not train.running, timeout=60)

@@ -21,7 +21,7 @@ def test_context_planes_train_segment_click_and_continue(plugin_viewer, qtbot, n
     train.mode.value = "instance"
     set_tiny(train, budget=4.0)
     box = train.advanced.context_planes
-    assert box.value == 0 and box.native.specialValueText() == "off" and box.enabled
+    assert box.value == 0 and box.native.text() == "off" and box.enabled  # "off" is what the user reads
     train.advanced.dims.value = 3
     assert not box.enabled  # a 3D model sees its neighbouring planes already
     train.advanced.dims.value = 2

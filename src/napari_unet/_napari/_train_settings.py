@@ -8,7 +8,7 @@ from napari_unet.model import MAX_CONTEXT_PLANES
 
 from ._pickers import auto_choices, channel_axis_choices, device_choices, has_gpu, parse_channel_axis
 
-__all__ = ["AdvancedTrainSettings"]
+__all__ = ["AdvancedTrainSettings", "whole_number_box"]
 
 PATCH_SIZES = (32, 64, 96, 128, 192, 256, 384, 512)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -49,15 +49,13 @@ class AdvancedTrainSettings(Container):
         self.learning_rate = FloatSpinBox(label="Learning rate", value=0.0, min=0.0, max=1.0, step=1e-4,
                                           tooltip="auto: 2e-3, or 5e-4 when continuing")
         self.learning_rate.native.setSpecialValueText("auto")  # shown for 0
-        self.background = SpinBox(label="Background window", value=0, min=0, max=1023, step=2,
-                                  tooltip="Uneven illumination or haze: subtract a smooth local background "
-                                          "estimated over this many px (about 3 object diameters); off: 0")
-        self.background.native.setSpecialValueText("off")  # shown for 0
-        self.context_planes = SpinBox(label="Context planes", value=0, min=0, max=MAX_CONTEXT_PLANES,
-                                      tooltip="2D model on a z-stack: read each plane with this many planes "
-                                              "above and below it (2.5D: 3 for nuclei on planes 3x further "
-                                              "apart than the pixels); off: each plane alone")
-        self.context_planes.native.setSpecialValueText("off")  # shown for 0
+        self.background = whole_number_box("Background window", 1023, 2, "off",
+                                           "Uneven illumination or haze: subtract a smooth local background "
+                                           "estimated over this many px (about 3 object diameters); off: 0")
+        self.context_planes = whole_number_box("Context planes", MAX_CONTEXT_PLANES, 1, "off",
+                                               "2D model on a z-stack: read each plane with this many planes "
+                                               "above and below it (2.5D: 3 for nuclei on planes 3x further "
+                                               "apart than the pixels); off: each plane alone")
         self.device = ComboBox(label="Device", choices=device_choices(), value="auto")
         self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices,
                                      tooltip="Axis of the images that holds channels (RGB is automatic)")
@@ -93,5 +91,17 @@ class AdvancedTrainSettings(Container):
         return dict(dims=self.dims.value, depth=self.depth.value, base_channels=self.base_channels.value,
                     device=self.device.value, patch_size=self.patch_size.value or None,
                     batch_size=self.batch_size.value or None, learning_rate=self.learning_rate.value or None,
-                    background=self.background.value or None,
-                    context_planes=(self.context_planes.value or None) if self.dims.value == 2 else None)
+                    background=int(self.background.value) or None,
+                    context_planes=(int(self.context_planes.value) or None) if self.dims.value == 2 else None)
+
+
+def whole_number_box(label: str, maximum: int, step: int, zero_text: str, tooltip: str) -> FloatSpinBox:
+    """A spin box of whole numbers from 0 that shows ``zero_text`` for 0.
+
+    magicgui's SpinBox is superqt's QLargeIntSpinBox, which never shows a special value text; Qt's
+    QDoubleSpinBox with no decimals does (its value is a float: read it with ``int()``).
+    """
+    box = FloatSpinBox(label=label, value=0, min=0, max=maximum, step=step, tooltip=tooltip)
+    box.native.setDecimals(0)
+    box.native.setSpecialValueText(zero_text)  # shown for the minimum, 0
+    return box
