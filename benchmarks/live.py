@@ -12,7 +12,9 @@ Usage: xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/live.py [--seco
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import time
+from types import SimpleNamespace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -20,7 +22,7 @@ from scipy import ndimage as ndi
 from _common import machine
 
 
-def run_once(viewer, train, preview, seconds: float, stroke_every: float, rng):
+def run_once(viewer, train, preview, seconds: float, stroke_every: float, rng, trace=None):
     """One run: ``preview`` True / False (live), or None: a plain Train run with a time budget (the baseline)."""
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
@@ -39,6 +41,8 @@ def run_once(viewer, train, preview, seconds: float, stroke_every: float, rng):
     ticks = []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    if trace is not None:  # a stall longer than trace.after s dumps every thread's stack (no GIL needed)
+        timer.timeout.connect(lambda: faulthandler.dump_traceback_later(trace.after, file=trace.file))
     try:
         train.live.value = preview is not None
         train.time_budget.value = seconds + 30
@@ -61,6 +65,8 @@ def run_once(viewer, train, preview, seconds: float, stroke_every: float, rng):
         wall = time.perf_counter() - t0
         steps = len(train.loss_plot.train) - steps0
         timer.stop()
+        if trace is not None:
+            faulthandler.cancel_dump_traceback_later()
         train.stop()
         while train.running:
             app.processEvents()
@@ -84,7 +90,13 @@ def main():
     p.add_argument("--stroke-every", type=float, default=4.0)
     p.add_argument("--fp32", action="store_true", help="train in fp32 even where the CPU has bf16 units (the "
                    "widget passes no precision: this makes 'automatic' mean fp32)")
+    p.add_argument("--trace-stalls", metavar="FILE", help="write the stacks of every thread to FILE whenever "
+                   "the event loop stalls longer than --trace-after (where a stall comes from)")
+    p.add_argument("--trace-after", type=float, default=0.06, help="seconds (default 0.06)")
     args = p.parse_args()
+    trace = None
+    if args.trace_stalls:
+        trace = SimpleNamespace(after=args.trace_after, file=open(args.trace_stalls, "w"))
     if args.fp32:
         import napari_unet.device
 
@@ -109,7 +121,7 @@ def main():
     results = {True: [], False: [], None: []}
     for rep in range(args.reps):
         for preview in ((True, False, None), (False, None, True), (None, True, False))[rep % 3]:
-            r = run_once(viewer, train, preview, args.seconds, args.stroke_every, rng)
+            r = run_once(viewer, train, preview, args.seconds, args.stroke_every, rng, trace)
             results[preview].append(r)
             if preview is None:
                 print(f"plain Train (baseline): {r['steps_per_s']:.2f} steps/s, longest event-loop stall "

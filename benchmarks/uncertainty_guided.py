@@ -18,7 +18,7 @@ and each is fine-tuned the same number of epochs from the trained model (``init=
 scored on the unseen image seed+100 against the TRUE labels. Models are kept in ``--models`` and reused.
 
 Usage: PYTHONPATH=src:benchmarks OMP_NUM_THREADS=1 nice python benchmarks/uncertainty_guided.py
-       [--seeds 0 1 2] [--epochs 19] [--finetune-epochs 9] [--correct 0.02] [--models DIR] [--opt KEY=VALUE]
+       [--seeds 0 1 2] [--epochs 19] [--finetune-epochs 9] [--correct 0.02] [--models DIR] [--opt KEY=VALUE] [--tta]
 """
 from __future__ import annotations
 
@@ -104,8 +104,8 @@ def run_seed(seed, args):
     t0 = time.perf_counter()
     model = cached_train(args.models, name, image, strokes, epochs=args.epochs, **common, **opts)
     # fine-tuning keeps the model's network (its background window included) and the other options
-    tune_opts = {k: v for k, v in opts.items() if k != "background"}
-    before = foreground_iou(test_truth, nu.segment(model, test_image))
+    tune_opts = {**{k: v for k, v in opts.items() if k != "background"}, **training_options(args.tune_opt)}
+    before = foreground_iou(test_truth, nu.segment(model, test_image, tta=args.tta))
     probabilities = np.empty((model.num_classes,) + image.shape, np.float32)
     prediction = nu.segment(model, image, probabilities_out=probabilities)
     row = dict(seed=seed, before=before, steps=model.config.trained_steps, annotated=float((strokes > 0).mean()))
@@ -113,18 +113,34 @@ def run_seed(seed, args):
           f"({time.perf_counter() - t0:.0f} s) -> IoU {before:.3f}", flush=True)
     for arm in args.arms:
         t0 = time.perf_counter()
-        corrected, painted = corrections(arm, strokes, annotator, truth, prediction, probabilities, args.correct,
-                                         args.radius, seed)
-        tuned = cached_train(args.models, f"{name}-{arm}{args.correct:g}r{args.radius}-ft{args.finetune_epochs}",
-                             image, corrected, init=model, epochs=args.finetune_epochs,
-                             **{k: v for k, v in common.items() if k not in ("mode", "base_channels", "depth")},
-                             **tune_opts)
-        after = foreground_iou(test_truth, nu.segment(tuned, test_image))
+        tuned, corrected = correct_and_tune(arm, model, name, image, strokes, annotator, truth, prediction,
+                                            probabilities, args, {**common, **tune_opts})
+        after = foreground_iou(test_truth, nu.segment(tuned, test_image, tta=args.tta))
+        painted = int(np.count_nonzero(corrected != strokes))
         row[arm], row[arm + "_px"] = after, painted / strokes.size
         info = painted_info(corrected, strokes, prediction, truth)
         print(f"  {arm:10s}: painted {100 * painted / strokes.size:.2f}% more ({info}) -> IoU {after:.3f} "
               f"({after - before:+.3f}; {time.perf_counter() - t0:.0f} s)", flush=True)
     return row
+
+
+def correct_and_tune(arm, model, name, image, strokes, annotator, truth, prediction, probabilities, args, options):
+    """The arm's correction, in ``args.rounds`` rounds that share its budget and its fine-tuning epochs: each
+    round paints where the model of the round before is wrong (or hesitates), then fine-tunes it."""
+    rounds = args.rounds
+    corrected = strokes
+    for r in range(rounds):
+        if r:  # the next round looks at the model the previous one made
+            probabilities = np.empty((model.num_classes,) + image.shape, np.float32)
+            prediction = nu.segment(model, image, probabilities_out=probabilities)
+        corrected, _ = corrections(arm, corrected, annotator, truth, prediction, probabilities,
+                                   args.correct / rounds, args.radius, options["seed"] + 1000 * r)
+        tag = f"{name}-{arm}{args.correct:g}r{args.radius}-ft{args.finetune_epochs}" + options_tag(
+            training_options(args.tune_opt)) + (
+            f"-round{r + 1}of{rounds}" if rounds > 1 else "")
+        model = cached_train(args.models, tag, image, corrected, init=model, epochs=args.finetune_epochs // rounds,
+                             **{k: v for k, v in options.items() if k not in ("mode", "base_channels", "depth")})
+    return model, corrected
 
 
 def preview_cost(reps):
@@ -165,6 +181,12 @@ def main():
                    help="directory where trained models are kept and reused")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a training option of the strokes model (napari_unet.train keyword), repeatable")
+    p.add_argument("--tune-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training option of the fine-tuning only (e.g. learning_rate=0.0002), repeatable")
+    p.add_argument("--rounds", type=int, default=1, help="split each arm's correction budget and fine-tuning "
+                   "epochs over this many rounds, each looking at the model the round before made")
+    p.add_argument("--tta", action="store_true", help="score every model's segmentation of the unseen image "
+                   "with test-time augmentation (8 views)")
     p.add_argument("--preview-cost", type=int, default=0, metavar="REPS",
                    help="only time a live preview with and without the map, REPS times alternated")
     args = p.parse_args()
@@ -174,7 +196,8 @@ def main():
         return preview_cost(args.preview_cost)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {machine()}\n# hard stand-in, strokes {args.epochs} epochs, "
           f"d{args.depth}b{args.base_channels}; one correction of {100 * args.correct:g}% "
-          f"(dabs r={args.radius}), fine-tune {args.finetune_epochs} epochs", flush=True)
+          f"(dabs r={args.radius}), fine-tune {args.finetune_epochs} epochs"
+          + (f", in {args.rounds} rounds" if args.rounds > 1 else "") + (", scored with TTA" if args.tta else ""), flush=True)
     rows = [run_seed(s, args) for s in args.seeds]
     print("\n| arm | " + " | ".join(f"seed {r['seed']}" for r in rows) + " | median | mean | gain (mean) |")
     print("| --- |" + " --- |" * (len(rows) + 3))
