@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "capacity, ~2.4x slower in fp32)")
     t.add_argument("--time-budget", type=_seconds, default=None, help=f"seconds of training (default {C.DEFAULT_TIME_BUDGET:g})")
     t.add_argument("--epochs", type=_positive_int, default=None)
-    t.add_argument("--init", default=None, help="model file to continue training from (fine-tuning)")
+    t.add_argument("--init", default=None, help="model file to continue training from (fine-tuning, at a learning "
+                   "rate of 1e-4 instead of 2e-3)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--channel-axis", type=int, default=None, help="axis of the image holding channels")

@@ -41,7 +41,7 @@ def test_fine_tuning_settings_keep_the_models_classes_normalization_and_architec
     s, _ = resolve_settings(image, strokes, init=init, dims=3, depth=4, base_channels=32, device="cpu")
     assert s.config == init.config and s.dims == 2 and s.init is init
     assert s.class_ids == (1, 2, 5)  # class 5 is not painted this time, but the model keeps it
-    assert s.learning_rate == 5e-4
+    assert s.learning_rate == 1e-4
     extra = strokes.copy()
     extra[50:52, 50:52] = 7
     with pytest.raises(ValueError, match=r"class \[7\] that the model was not trained for"):

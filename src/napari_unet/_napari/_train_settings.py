@@ -47,7 +47,7 @@ class AdvancedTrainSettings(Container):
         self.batch_size = ComboBox(label="Batch size", choices=auto_choices(BATCH_SIZES), value=0,
                                    tooltip="Patches per step (auto: 8 on CPU, 16 on GPU in 2D)")
         self.learning_rate = FloatSpinBox(label="Learning rate", value=0.0, min=0.0, max=1.0, step=1e-4,
-                                          tooltip="auto: 2e-3, or 5e-4 when continuing")
+                                          tooltip="auto: 2e-3, or 1e-4 when continuing")
         self.learning_rate.native.setSpecialValueText("auto")  # shown for 0
         self.background = whole_number_box("Background window", 1023, 2, "off",
                                            "Uneven illumination or haze: subtract a smooth local background "

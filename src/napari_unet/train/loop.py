@@ -102,7 +102,7 @@ def iter_train(images, labels, *, mode: str = "semantic", dims: int = 2, depth: 
         Axis of the images holding channels. Never guessed.
     patch_size, batch_size, learning_rate : optional
         Defaults: 128 px patches x 8 in 2D on CPU (256 on GPU), 64^3 x 2 in 3D, learning rate 2e-3
-        (5e-4 when fine-tuning).
+        (1e-4 when fine-tuning).
     validation_fraction : float
         Fraction of annotated blocks held out to pick the best model; skipped when too few annotations.
     border_band : int

@@ -104,8 +104,8 @@ def default_batch_size(dims: int, device: torch.device) -> int:
 
 
 def default_learning_rate(fine_tuning: bool) -> float:
-    """2e-3 for a new network, 5e-4 when fine-tuning."""
-    return 5e-4 if fine_tuning else 2e-3
+    """2e-3 for a new network, 1e-4 when fine-tuning (continuing at 5e-4 lost quality on some seeds: BENCHMARKS.md)."""
+    return 1e-4 if fine_tuning else 2e-3
 
 
 def _whole(value) -> bool:
